@@ -1,0 +1,549 @@
+//! The media core: conferences, participants, forwarding, RTCP.
+//!
+//! Nothing here knows Matrix. The seam to the signaling world is small:
+//! commands in ([`Sfu::join`], [`Sfu::add_remote_candidate`], [`Sfu::remote_description`],
+//! [`Sfu::subscribe`], [`Sfu::unsubscribe`], [`Sfu::send_data`], [`Sfu::leave`]) and events
+//! out ([`SfuEvent`], one ordered channel for the whole instance).
+//!
+//! Each participant has exactly one peer connection that both publishes and subscribes.
+//! A publisher track's packets are fanned out by one forwarder task to per-subscriber
+//! *legs*; each leg has its own bounded queue and writer task that rewrites the packet for
+//! what that leg negotiated (see [`rewrite`]).
+
+mod conference;
+mod participant;
+pub mod rewrite;
+pub mod rtcp;
+pub mod sdp;
+pub mod stats;
+mod track;
+
+use crate::config::SfuConfig;
+use conference::Conference;
+use participant::Participant;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+pub use stats::{DropReason, MediaKind, Stats};
+
+/// Conference key, chosen by the signaling layer (Matrix: room id + call id).
+pub type ConferenceId = String;
+/// Participant key within a conference, chosen by the signaling layer (Matrix: user + device).
+pub type ParticipantId = String;
+
+/// Why a participant's session ended. The strings are the protocol's hangup reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HangupReason {
+    /// Normal end: the client left or its membership is gone.
+    UserHangup,
+    /// The client stopped answering keep-alives.
+    KeepAliveTimeout,
+    /// ICE or DTLS failed after connecting, or the connection failed.
+    IceFailed,
+    /// ICE did not connect within the configured deadline.
+    InviteTimeout,
+    /// An internal error ended the session.
+    UnknownError,
+    /// The instance is shutting down.
+    Draining,
+}
+
+impl HangupReason {
+    /// The reason string sent in `m.call.hangup`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupReason::UserHangup => "user_hangup",
+            HangupReason::KeepAliveTimeout => "keep_alive_timeout",
+            HangupReason::IceFailed => "ice_failed",
+            HangupReason::InviteTimeout => "invite_timeout",
+            HangupReason::UnknownError => "unknown_error",
+            HangupReason::Draining => "sluice.draining",
+        }
+    }
+}
+
+/// A refused command. [`SfuError::code`] is stable and suitable for clients and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    /// The SDP is malformed, empty or too large.
+    #[error("bad SDP: {0}")]
+    BadSdp(String),
+    /// The offer has no media or data channel section.
+    #[error("the offer has no media sections")]
+    NoMedia,
+    /// No media section offers a codec Sluice forwards.
+    #[error("no supported codec in the offer ({0})")]
+    UnsupportedCodec(String),
+    /// A participant with this id is already in the conference.
+    #[error("participant {0} is already in the conference")]
+    ParticipantExists(ParticipantId),
+    /// No such participant in the conference.
+    #[error("unknown participant {0}")]
+    UnknownParticipant(ParticipantId),
+    /// No such track is published in the conference.
+    #[error("unknown track {stream_id}/{track_id}")]
+    UnknownTrack {
+        /// Stream id asked for.
+        stream_id: String,
+        /// Track id asked for.
+        track_id: String,
+    },
+    /// The subscription would put two tracks with one id on one connection.
+    #[error("track id {0} is already used on this connection")]
+    TrackIdConflict(String),
+    /// A participant asked for its own track.
+    #[error("cannot subscribe to one's own track {0}")]
+    OwnTrack(String),
+    /// The conference has reached its participant limit.
+    #[error("the conference is full")]
+    ConferenceFull,
+    /// The instance has reached its conference limit.
+    #[error("the server is full")]
+    ServerFull,
+    /// Too many subscriptions for one participant.
+    #[error("too many subscriptions (limit {0})")]
+    TooManySubscriptions(usize),
+    /// A description arrived in a state that does not expect it.
+    #[error("invalid signaling state: {0}")]
+    InvalidState(String),
+    /// A malformed ICE candidate.
+    #[error("bad ICE candidate: {0}")]
+    BadCandidate(String),
+    /// A data-channel message over the size limit, or the channel is not open.
+    #[error("data channel: {0}")]
+    DataChannel(String),
+    /// webrtc reported an error.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+}
+
+impl SfuError {
+    /// A stable, short code for the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SfuError::BadSdp(_) => "bad_sdp",
+            SfuError::NoMedia => "no_media",
+            SfuError::UnsupportedCodec(_) => "unsupported_codec",
+            SfuError::ParticipantExists(_) => "participant_exists",
+            SfuError::UnknownParticipant(_) => "unknown_participant",
+            SfuError::UnknownTrack { .. } => "unknown_track",
+            SfuError::TrackIdConflict(_) => "track_id_conflict",
+            SfuError::OwnTrack(_) => "own_track",
+            SfuError::ConferenceFull => "conference_full",
+            SfuError::ServerFull => "server_full",
+            SfuError::TooManySubscriptions(_) => "too_many_subscriptions",
+            SfuError::InvalidState(_) => "invalid_state",
+            SfuError::BadCandidate(_) => "bad_candidate",
+            SfuError::DataChannel(_) => "data_channel",
+            SfuError::WebRtc(_) => "webrtc",
+        }
+    }
+}
+
+impl From<webrtc::error::Error> for SfuError {
+    fn from(e: webrtc::error::Error) -> Self {
+        SfuError::WebRtc(e.to_string())
+    }
+}
+
+/// An ICE candidate in the W3C `RTCIceCandidateInit` shape used on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IceCandidate {
+    /// The `candidate:...` attribute; empty marks the end of candidates.
+    pub candidate: String,
+    /// The media section id the candidate belongs to.
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The media section index.
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// Offer or answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpKind {
+    /// An SDP offer.
+    Offer,
+    /// An SDP answer.
+    Answer,
+}
+
+/// A session description from or to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SessionDescription {
+    /// Offer or answer.
+    #[serde(rename = "type")]
+    pub kind: SdpKind,
+    /// The SDP text.
+    pub sdp: String,
+}
+
+/// A track named by its MediaStream id and track id, as in SDP `msid` and stream metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct TrackRef {
+    /// MediaStream id.
+    pub stream_id: String,
+    /// Track id.
+    pub track_id: String,
+}
+
+/// A published track as the conference sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrackInfo {
+    /// Who publishes it.
+    pub publisher: ParticipantId,
+    /// Stream and track id, kept unchanged on every subscriber leg.
+    pub track: TrackRef,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Codec MIME type, e.g. `video/VP8`.
+    pub mime_type: String,
+}
+
+/// What happened, for one participant of one conference.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEventKind {
+    /// Sluice's answer to the participant's offer (the join offer or a renegotiation).
+    /// Always emitted before any local candidate of the participant.
+    Answer(String),
+    /// A Sluice-initiated renegotiation offer (subscriptions changed). The client replies
+    /// with [`Sfu::remote_description`] carrying its answer.
+    Offer(String),
+    /// A local ICE candidate, `None` at the end of gathering.
+    LocalCandidate(Option<IceCandidate>),
+    /// ICE and DTLS connected.
+    Connected,
+    /// The participant's data channel opened.
+    DataChannelOpen,
+    /// A text message on the participant's data channel.
+    DataChannelMessage(String),
+    /// The participant started publishing a track (its first packet arrived).
+    TrackPublished(TrackInfo),
+    /// The participant stopped publishing a track, or left.
+    TrackUnpublished(TrackInfo),
+    /// The participant was removed from the conference; every resource it held is released.
+    Left(HangupReason),
+}
+
+/// An event of the media core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SfuEvent {
+    /// The conference.
+    pub conference: ConferenceId,
+    /// The participant the event is about (for track events, the publisher).
+    pub participant: ParticipantId,
+    /// What happened.
+    pub kind: SfuEventKind,
+}
+
+/// Counts of what the instance holds, for tests, metrics and the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SfuSnapshot {
+    /// Live conferences.
+    pub conferences: usize,
+    /// Participants across all conferences.
+    pub participants: usize,
+    /// Published tracks across all conferences.
+    pub published_tracks: usize,
+    /// Subscriber legs across all conferences.
+    pub subscriptions: usize,
+}
+
+/// Hands out UDP ports from the configured range, round robin; the seam where a
+/// single-port mode will plug in.
+#[derive(Debug)]
+pub(crate) struct PortAllocator {
+    range: Option<(u16, u16)>,
+    next: AtomicU32,
+}
+
+impl PortAllocator {
+    fn new(range: Option<(u16, u16)>) -> Self {
+        Self {
+            range,
+            next: AtomicU32::new(0),
+        }
+    }
+
+    /// Ports to try, in order: the whole range starting at the next one, or just `0`.
+    fn candidates(&self) -> Vec<u16> {
+        match self.range {
+            None => vec![0],
+            Some((lo, hi)) => {
+                let len = (hi - lo) as u32 + 1;
+                let start = self.next.fetch_add(1, Ordering::Relaxed) % len;
+                (0..len).map(|i| lo + ((start + i) % len) as u16).collect()
+            }
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: SfuConfig,
+    pub(crate) conferences: Mutex<HashMap<ConferenceId, Arc<Conference>>>,
+    pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) ports: PortAllocator,
+}
+
+impl Inner {
+    pub(crate) fn emit(&self, conference: &str, participant: &str, kind: SfuEventKind) {
+        let _ = self.events.send(SfuEvent {
+            conference: conference.to_owned(),
+            participant: participant.to_owned(),
+            kind,
+        });
+    }
+
+    fn conference(&self, id: &str) -> Option<Arc<Conference>> {
+        self.conferences.lock().unwrap().get(id).cloned()
+    }
+
+    fn participant(&self, conf: &str, pid: &str) -> Result<Arc<Participant>, SfuError> {
+        self.conference(conf)
+            .and_then(|c| c.participant(pid))
+            .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))
+    }
+
+    /// Drops an empty conference from the registry.
+    pub(crate) fn drop_if_empty(&self, conf: &Arc<Conference>) {
+        let mut map = self.conferences.lock().unwrap();
+        if conf.is_empty()
+            && let Some(existing) = map.get(&conf.id)
+            && Arc::ptr_eq(existing, conf)
+        {
+            map.remove(&conf.id);
+        }
+    }
+}
+
+/// The selective forwarding unit: a registry of conferences. Cheap to clone.
+#[derive(Clone)]
+pub struct Sfu {
+    inner: Arc<Inner>,
+}
+
+impl Sfu {
+    /// Creates an SFU and the receiver of its events.
+    pub fn new(config: SfuConfig) -> (Sfu, mpsc::UnboundedReceiver<SfuEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ports = PortAllocator::new(config.port_range());
+        (
+            Sfu {
+                inner: Arc::new(Inner {
+                    config,
+                    conferences: Mutex::new(HashMap::new()),
+                    events: tx,
+                    stats: Arc::new(Stats::default()),
+                    ports,
+                }),
+            },
+            rx,
+        )
+    }
+
+    /// The instance's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inner.stats.clone()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SfuConfig {
+        &self.inner.config
+    }
+
+    /// A participant joins `conference` with an SDP offer. On success the answer follows as
+    /// [`SfuEventKind::Answer`], then local candidates. On refusal nothing is allocated.
+    pub async fn join(
+        &self,
+        conference: &str,
+        participant: &str,
+        offer_sdp: &str,
+    ) -> Result<(), SfuError> {
+        sdp::check_offer(offer_sdp)?;
+        let conf = Conference::reserve(&self.inner, conference, participant)?;
+        match Participant::create(&self.inner, &conf, participant, offer_sdp).await {
+            Ok(p) => {
+                conf.activate(participant, p);
+                Ok(())
+            }
+            Err(e) => {
+                conf.release_reservation(participant);
+                self.inner.drop_if_empty(&conf);
+                Err(e)
+            }
+        }
+    }
+
+    /// A remote ICE candidate for a participant. An empty candidate (end of candidates) is
+    /// accepted and ignored.
+    pub async fn add_remote_candidate(
+        &self,
+        conference: &str,
+        participant: &str,
+        candidate: IceCandidate,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.add_remote_candidate(candidate).await
+    }
+
+    /// A description from the client: its answer to a Sluice offer, or its own renegotiation
+    /// offer (glare is resolved with Sluice as the polite side). An answer to a client offer
+    /// follows as [`SfuEventKind::Answer`].
+    pub async fn remote_description(
+        &self,
+        conference: &str,
+        participant: &str,
+        description: SessionDescription,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.remote_description(description).await
+    }
+
+    /// Subscribes a participant to published tracks of the conference. Renegotiates once
+    /// for the whole batch; tracks already subscribed are left as they are.
+    pub async fn subscribe(
+        &self,
+        conference: &str,
+        participant: &str,
+        tracks: &[TrackRef],
+    ) -> Result<(), SfuError> {
+        let conf = self
+            .inner
+            .conference(conference)
+            .ok_or_else(|| SfuError::UnknownParticipant(participant.to_owned()))?;
+        let p = conf
+            .participant(participant)
+            .ok_or_else(|| SfuError::UnknownParticipant(participant.to_owned()))?;
+        let mut sources = Vec::with_capacity(tracks.len());
+        for t in tracks {
+            let source = conf.track(t).ok_or_else(|| SfuError::UnknownTrack {
+                stream_id: t.stream_id.clone(),
+                track_id: t.track_id.clone(),
+            })?;
+            if source.info.publisher == participant {
+                return Err(SfuError::OwnTrack(t.track_id.clone()));
+            }
+            sources.push(source);
+        }
+        p.subscribe(sources).await
+    }
+
+    /// Ends subscriptions; unknown ones are ignored. Renegotiates once for the batch.
+    pub async fn unsubscribe(
+        &self,
+        conference: &str,
+        participant: &str,
+        tracks: &[TrackRef],
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.unsubscribe(tracks).await
+    }
+
+    /// Sends a text message on the participant's data channel.
+    pub async fn send_data(
+        &self,
+        conference: &str,
+        participant: &str,
+        text: &str,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.send_data(text).await
+    }
+
+    /// Removes a participant, releasing everything it held. [`SfuEventKind::Left`] follows.
+    pub async fn leave(
+        &self,
+        conference: &str,
+        participant: &str,
+        reason: HangupReason,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.remove(reason).await;
+        Ok(())
+    }
+
+    /// Tracks currently published in a conference.
+    pub fn published_tracks(&self, conference: &str) -> Vec<TrackInfo> {
+        self.inner
+            .conference(conference)
+            .map(|c| c.track_infos())
+            .unwrap_or_default()
+    }
+
+    /// Participants of a conference.
+    pub fn participants(&self, conference: &str) -> Vec<ParticipantId> {
+        self.inner
+            .conference(conference)
+            .map(|c| c.participant_ids())
+            .unwrap_or_default()
+    }
+
+    /// Counts of what the instance holds.
+    pub fn snapshot(&self) -> SfuSnapshot {
+        let confs: Vec<Arc<Conference>> = self
+            .inner
+            .conferences
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        let mut s = SfuSnapshot {
+            conferences: confs.len(),
+            ..Default::default()
+        };
+        for c in confs {
+            let (participants, tracks, subs) = c.counts();
+            s.participants += participants;
+            s.published_tracks += tracks;
+            s.subscriptions += subs;
+        }
+        s
+    }
+
+    /// Removes every participant of every conference with `reason`.
+    pub async fn shutdown(&self, reason: HangupReason) {
+        let confs: Vec<Arc<Conference>> = self
+            .inner
+            .conferences
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        for c in confs {
+            for p in c.participants() {
+                p.remove(reason).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_allocator_walks_the_whole_range_round_robin() {
+        let a = PortAllocator::new(Some((40000, 40002)));
+        assert_eq!(a.candidates(), vec![40000, 40001, 40002]);
+        assert_eq!(a.candidates(), vec![40001, 40002, 40000]);
+        let e = PortAllocator::new(None);
+        assert_eq!(e.candidates(), vec![0]);
+    }
+
+    #[test]
+    fn hangup_reasons_use_protocol_strings() {
+        assert_eq!(HangupReason::InviteTimeout.as_str(), "invite_timeout");
+        assert_eq!(HangupReason::Draining.as_str(), "sluice.draining");
+    }
+}

@@ -1,0 +1,405 @@
+//! Published tracks, subscriber legs, and the packet path between them.
+//!
+//! ```text
+//! publisher PC ──► TrackRemote::poll ──► forwarder task (one per published track)
+//!                                         │ for each attached LegSink whose layer matches:
+//!                                         │   try_send((arrival, packet.clone()))  (never waits)
+//!                                         ▼
+//!                             bounded queue per leg ──► writer task (one per leg):
+//!                                                         LegRewriter::rewrite, write_rtp
+//!                                                         ──► subscriber PC
+//! subscriber PC ──► TrackLocal::poll (PLI/FIR) ──► rtcp task (one per leg)
+//!                                                  ──► KeyframeThrottle ──► publisher PLI
+//! ```
+
+use super::rewrite::{LegParams, LegRewriter};
+use super::rtcp::{KeyframeThrottle, is_keyframe_request};
+use super::stats::{DropReason, MediaKind, Stats};
+use super::{SfuError, TrackInfo};
+use arc_swap::ArcSwap;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::PeerConnection;
+use webrtc::rtp_transceiver::RtpSender;
+
+/// One simulcast layer (or the only stream) of a published track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Layer {
+    pub(crate) rid: Option<String>,
+    pub(crate) ssrc: u32,
+}
+
+/// A track a participant publishes, with the legs it is forwarded to.
+pub(crate) struct PublishedTrack {
+    pub(crate) info: TrackInfo,
+    pub(crate) codec: RTCRtpCodec,
+    /// The publisher connection's negotiated header extensions, `(id, uri)`.
+    pub(crate) source_exts: Vec<(u16, String)>,
+    remote: Arc<dyn TrackRemote>,
+    layers: Mutex<Vec<Layer>>,
+    /// Read on every packet without locking; replaced whole when a leg comes or goes.
+    legs: ArcSwap<Vec<Arc<LegSink>>>,
+    legs_edit: Mutex<()>,
+    throttles: Mutex<HashMap<u32, Arc<KeyframeThrottle>>>,
+    keyframe_interval: Duration,
+    stats: Arc<Stats>,
+    closed: AtomicBool,
+}
+
+impl PublishedTrack {
+    pub(crate) fn new(
+        info: TrackInfo,
+        codec: RTCRtpCodec,
+        source_exts: Vec<(u16, String)>,
+        remote: Arc<dyn TrackRemote>,
+        first: Layer,
+        keyframe_interval: Duration,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Self {
+            info,
+            codec,
+            source_exts,
+            remote,
+            layers: Mutex::new(vec![first]),
+            legs: ArcSwap::from_pointee(Vec::new()),
+            legs_edit: Mutex::new(()),
+            throttles: Mutex::new(HashMap::new()),
+            keyframe_interval,
+            stats,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn add_layer(&self, layer: Layer) {
+        let mut layers = self.layers.lock().unwrap();
+        if !layers.iter().any(|l| l.ssrc == layer.ssrc) {
+            layers.push(layer);
+        }
+    }
+
+    /// The layer new subscribers start on.
+    pub(crate) fn default_ssrc(&self) -> u32 {
+        self.layers.lock().unwrap().first().map_or(0, |l| l.ssrc)
+    }
+
+    /// Attaches a leg's sink; false when the track is already gone.
+    pub(crate) fn attach(&self, sink: Arc<LegSink>) -> bool {
+        let _g = self.legs_edit.lock().unwrap();
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut next: Vec<Arc<LegSink>> = self.legs.load().as_ref().clone();
+        if !next.iter().any(|s| Arc::ptr_eq(s, &sink)) {
+            next.push(sink);
+        }
+        self.legs.store(Arc::new(next));
+        true
+    }
+
+    pub(crate) fn detach(&self, sink: &Arc<LegSink>) {
+        let _g = self.legs_edit.lock().unwrap();
+        let mut next: Vec<Arc<LegSink>> = self.legs.load().as_ref().clone();
+        next.retain(|s| !Arc::ptr_eq(s, sink));
+        self.legs.store(Arc::new(next));
+    }
+
+    /// Marks the track gone and detaches every leg.
+    pub(crate) fn close(&self) {
+        let _g = self.legs_edit.lock().unwrap();
+        self.closed.store(true, Ordering::Release);
+        self.legs.store(Arc::new(Vec::new()));
+    }
+
+    /// Fans one packet out to the attached legs. Never waits: a full leg queue drops the
+    /// packet for that leg only, and counts it.
+    #[inline]
+    pub(crate) fn forward(&self, pkt: rtp::Packet, now: Instant) {
+        self.stats.record_in(self.info.kind, pkt.payload.len());
+        let legs = self.legs.load();
+        let ssrc = pkt.header.ssrc;
+        for sink in legs.iter() {
+            let selected = sink.selected_ssrc.load(Ordering::Relaxed);
+            if selected != ssrc
+                && !(selected == 0
+                    && sink
+                        .selected_ssrc
+                        .compare_exchange(0, ssrc, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok())
+            {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send((now, pkt.clone()))
+            {
+                self.stats.record_drop(DropReason::QueueFull);
+            }
+        }
+    }
+
+    /// Asks the publisher for a keyframe on `ssrc`, at most once per interval per stream.
+    pub(crate) async fn request_keyframe(&self, ssrc: u32) {
+        if ssrc == 0 {
+            return;
+        }
+        let throttle = self
+            .throttles
+            .lock()
+            .unwrap()
+            .entry(ssrc)
+            .or_insert_with(|| Arc::new(KeyframeThrottle::new(self.keyframe_interval)))
+            .clone();
+        if !throttle.try_acquire(Instant::now()) {
+            self.stats
+                .keyframe_requests_suppressed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if self.remote.write_rtcp(vec![Box::new(pli)]).await.is_ok() {
+            self.stats
+                .keyframe_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The forwarder's handle on one subscriber leg.
+pub(crate) struct LegSink {
+    tx: mpsc::Sender<(Instant, rtp::Packet)>,
+    /// The source SSRC (simulcast layer) this leg receives; 0 = the first one seen.
+    pub(crate) selected_ssrc: AtomicU32,
+}
+
+/// One published track forwarded to one subscriber.
+pub(crate) struct Leg {
+    pub(crate) source: Arc<PublishedTrack>,
+    pub(crate) sink: Arc<LegSink>,
+    pub(crate) sender: Arc<dyn RtpSender>,
+    pub(crate) ssrc: u32,
+    params_tx: watch::Sender<Option<Arc<LegParams>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    active: AtomicBool,
+}
+
+impl Leg {
+    /// Adds a send track for `source` to `pc` and starts the leg's writer and RTCP tasks.
+    /// Nothing is forwarded until [`Leg::activate`] after the subscriber's answer.
+    pub(crate) async fn create(
+        pc: &dyn PeerConnection,
+        source: Arc<PublishedTrack>,
+        stats: Arc<Stats>,
+        queue_len: usize,
+    ) -> Result<Arc<Leg>, SfuError> {
+        let ssrc = loop {
+            let s: u32 = rand::random();
+            if s != 0 {
+                break s;
+            }
+        };
+        let kind = match source.info.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let track = MediaStreamTrack::new(
+            source.info.track.stream_id.clone(),
+            source.info.track.track_id.clone(),
+            source.info.track.track_id.clone(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: source.codec.clone(),
+                ..Default::default()
+            }],
+        );
+        let local = Arc::new(TrackLocalStaticRTP::new(track));
+        let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await?;
+        let (tx, rx) = mpsc::channel(queue_len);
+        let (params_tx, params_rx) = watch::channel(None);
+        let sink = Arc::new(LegSink {
+            tx,
+            selected_ssrc: AtomicU32::new(0),
+        });
+        let writer = tokio::spawn(write_loop(
+            rx,
+            params_rx,
+            local.clone(),
+            stats.clone(),
+            source.info.kind,
+            source.codec.clock_rate,
+        ));
+        let rtcp = tokio::spawn(rtcp_loop(
+            local,
+            Arc::downgrade(&source),
+            Arc::downgrade(&sink),
+            stats,
+        ));
+        Ok(Arc::new(Leg {
+            source,
+            sink,
+            sender,
+            ssrc,
+            params_tx,
+            tasks: Mutex::new(vec![writer, rtcp]),
+            active: AtomicBool::new(false),
+        }))
+    }
+
+    /// Reads what the subscriber negotiated for this leg, starts forwarding, and asks the
+    /// publisher for a keyframe so the subscriber can start decoding. Returns false when the
+    /// leg cannot carry the source codec (the subscriber did not accept it) or the source
+    /// is gone.
+    pub(crate) async fn activate(&self, pc: &dyn PeerConnection) -> Result<bool, SfuError> {
+        if self.active.load(Ordering::Acquire) {
+            return Ok(true);
+        }
+        let params = self.sender.get_parameters().await?;
+        let codecs = &params.rtp_parameters.codecs;
+        let want = &self.source.codec;
+        let matching: Vec<_> = codecs
+            .iter()
+            .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&want.mime_type))
+            .collect();
+        let chosen = matching
+            .iter()
+            .find(|c| c.rtp_codec.sdp_fmtp_line == want.sdp_fmtp_line)
+            .or_else(|| matching.first());
+        let Some(codec) = chosen else {
+            tracing::warn!(
+                track = %self.source.info.track.track_id,
+                mime = %want.mime_type,
+                "subscriber did not negotiate the publisher's codec; leg stays idle"
+            );
+            return Ok(false);
+        };
+        let leg_exts: Vec<(u16, String)> = params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .map(|e| (e.id, e.uri.clone()))
+            .collect();
+        let mut mid = None;
+        let sender_id = self.sender.id();
+        for t in pc.get_transceivers().await {
+            if let Ok(Some(s)) = t.sender().await
+                && s.id() == sender_id
+            {
+                mid = t.mid().await.ok().flatten();
+                break;
+            }
+        }
+        let leg_params = LegParams::new(
+            self.ssrc,
+            codec.payload_type,
+            &self.source.source_exts,
+            &leg_exts,
+            mid.as_deref(),
+        );
+        self.params_tx.send_replace(Some(Arc::new(leg_params)));
+        if !self.source.attach(self.sink.clone()) {
+            return Ok(false);
+        }
+        self.active.store(true, Ordering::Release);
+        let ssrc = self.source.default_ssrc();
+        self.sink
+            .selected_ssrc
+            .compare_exchange(0, ssrc, Ordering::Relaxed, Ordering::Relaxed)
+            .ok();
+        if self.source.info.kind == MediaKind::Video {
+            self.source
+                .request_keyframe(self.sink.selected_ssrc.load(Ordering::Relaxed))
+                .await;
+        }
+        Ok(true)
+    }
+
+    /// Stops forwarding and ends the leg's tasks (awaited, so nothing of the leg outlives
+    /// this call). The caller removes the sender from the connection.
+    pub(crate) async fn stop(&self) {
+        self.source.detach(&self.sink);
+        let tasks: Vec<JoinHandle<()>> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Per-leg writer: rewrites each packet for the leg and hands it to webrtc.
+async fn write_loop(
+    mut rx: mpsc::Receiver<(Instant, rtp::Packet)>,
+    mut params_rx: watch::Receiver<Option<Arc<LegParams>>>,
+    local: Arc<TrackLocalStaticRTP>,
+    stats: Arc<Stats>,
+    kind: MediaKind,
+    clock_rate: u32,
+) {
+    let mut rewriter = LegRewriter::new(clock_rate);
+    let mut params: Option<Arc<LegParams>> = params_rx.borrow_and_update().clone();
+    while let Some((arrival, mut pkt)) = rx.recv().await {
+        if params_rx.has_changed().unwrap_or(false) {
+            params = params_rx.borrow_and_update().clone();
+        }
+        // Packets reach the queue only after activation, which sets the parameters first.
+        let Some(p) = params.as_deref() else {
+            continue;
+        };
+        rewriter.rewrite(&mut pkt, p, arrival);
+        let len = pkt.payload.len();
+        match local.write_rtp(pkt).await {
+            Ok(()) => stats.record_out(kind, len),
+            Err(_) => stats.record_drop(DropReason::WriteFailed),
+        }
+    }
+}
+
+/// Per-leg RTCP: relays the subscriber's keyframe requests to the publisher.
+async fn rtcp_loop(
+    local: Arc<TrackLocalStaticRTP>,
+    source: std::sync::Weak<PublishedTrack>,
+    sink: std::sync::Weak<LegSink>,
+    stats: Arc<Stats>,
+) {
+    while let Some(evt) = local.poll().await {
+        let TrackLocalEvent::OnRtcpPacket(packets) = evt else {
+            continue;
+        };
+        let requests = packets
+            .iter()
+            .filter(|p| is_keyframe_request(p.as_ref()))
+            .count();
+        if requests == 0 {
+            continue;
+        }
+        stats
+            .keyframe_requests_received
+            .fetch_add(requests as u64, Ordering::Relaxed);
+        let (Some(source), Some(sink)) = (source.upgrade(), sink.upgrade()) else {
+            break;
+        };
+        // Several requests in one compound packet are one request.
+        source
+            .request_keyframe(sink.selected_ssrc.load(Ordering::Relaxed))
+            .await;
+    }
+}

@@ -1,0 +1,641 @@
+//! Test participants: real webrtc-rs peer connections on loopback, signaled through the
+//! SFU's command/event API by an in-process router (no Matrix).
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
+use sluice::config::SfuConfig;
+use sluice::sfu::rtcp::{is_keyframe_request, with_keyframe_requests};
+use sluice::sfu::{
+    IceCandidate, SdpKind, SessionDescription, Sfu, SfuEvent, SfuEventKind, TrackRef,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use webrtc::data_channel::DataChannel;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    register_default_interceptors,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const CONF: &str = "!room:test|main";
+
+/// Marker bytes at the start of every test payload.
+pub const MAGIC: &[u8; 4] = b"SLCE";
+
+/// Payload of packet `seq` of `sender`'s `kind` stream: a header then a deterministic body.
+pub fn payload(sender: u8, kind: u8, seq: u32, len: usize) -> Bytes {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(MAGIC);
+    v.push(sender);
+    v.push(kind);
+    v.extend_from_slice(&seq.to_be_bytes());
+    while v.len() < len {
+        v.push((v.len() as u32 ^ seq) as u8);
+    }
+    Bytes::from(v)
+}
+
+/// Parses a test payload: (sender, kind, seq), or None when it is not one.
+pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
+    if p.len() < 10 || &p[..4] != MAGIC {
+        return None;
+    }
+    Some((p[4], p[5], u32::from_be_bytes([p[6], p[7], p[8], p[9]])))
+}
+
+pub fn test_config() -> SfuConfig {
+    SfuConfig {
+        // Keep test failures quick when ICE never connects.
+        ice_connect_timeout_secs: 20,
+        ..SfuConfig::default()
+    }
+}
+
+/// One received packet, as the subscriber saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub ssrc: u32,
+    pub pt: u8,
+    pub sender: u8,
+    pub kind: u8,
+    pub seq: u32,
+    pub payload: Bytes,
+    pub extensions: Vec<(u8, Bytes)>,
+}
+
+/// A remote track as the test peer sees it.
+pub struct RemoteInfo {
+    pub stream_id: String,
+    pub track_id: String,
+    pub kind: RtpCodecKind,
+    pub track: Arc<dyn TrackRemote>,
+    pub packets: Vec<Received>,
+    pub ended: bool,
+    pub ssrc: u32,
+}
+
+pub struct SendTrack {
+    pub stream_id: String,
+    pub track_id: String,
+    pub kind: RtpCodecKind,
+    pub ssrc: u32,
+    pub pt: u8,
+    pub local: Arc<TrackLocalStaticRTP>,
+    pub sender: Arc<dyn RtpSender>,
+}
+
+#[derive(Default)]
+pub struct PeerState {
+    pub remotes: HashMap<String, RemoteInfo>,
+    pub local_candidates: Vec<IceCandidate>,
+    pub candidates_flow: bool,
+    pub connected: bool,
+    pub failed: bool,
+}
+
+pub struct TestPeer {
+    pub idx: u8,
+    pub id: String,
+    pub pc: Arc<dyn PeerConnection>,
+    pub sends: Vec<SendTrack>,
+    pub dc: Arc<dyn DataChannel>,
+    pub state: Arc<Mutex<PeerState>>,
+    pub changed: Arc<Notify>,
+    pub plis: Arc<AtomicUsize>,
+    pub stop: Arc<AtomicBool>,
+    pub sent: Arc<Mutex<HashMap<u8, u32>>>,
+}
+
+struct PeerHandler {
+    state: Arc<Mutex<PeerState>>,
+    changed: Arc<Notify>,
+    sfu: Sfu,
+    id: String,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for PeerHandler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let Ok(init) = event.candidate.to_json() else {
+            return;
+        };
+        let c = IceCandidate {
+            candidate: init.candidate,
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        let flow = {
+            let mut st = self.state.lock().unwrap();
+            if !st.candidates_flow {
+                st.local_candidates.push(c.clone());
+            }
+            st.candidates_flow
+        };
+        if flow {
+            let sfu = self.sfu.clone();
+            let id = self.id.clone();
+            tokio::spawn(async move {
+                let _ = sfu.add_remote_candidate(CONF, &id, c).await;
+            });
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let mut st = self.state.lock().unwrap();
+        match state {
+            RTCPeerConnectionState::Connected => st.connected = true,
+            RTCPeerConnectionState::Failed => st.failed = true,
+            _ => {}
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let state = self.state.clone();
+        let changed = self.changed.clone();
+        tokio::spawn(async move {
+            let track_id = track.track_id().await;
+            let stream_id = track.stream_id().await;
+            let kind = track.kind().await;
+            state.lock().unwrap().remotes.insert(
+                track_id.clone(),
+                RemoteInfo {
+                    stream_id,
+                    track_id: track_id.clone(),
+                    kind,
+                    track: track.clone(),
+                    packets: Vec::new(),
+                    ended: false,
+                    ssrc: 0,
+                },
+            );
+            while let Some(evt) = track.poll().await {
+                match evt {
+                    TrackRemoteEvent::OnOpen(init) => {
+                        if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
+                            r.ssrc = init.ssrc;
+                        }
+                    }
+                    TrackRemoteEvent::OnRtpPacket(p) => {
+                        let Some((sender, kind, seq)) = parse_payload(&p.payload) else {
+                            continue;
+                        };
+                        let rec = Received {
+                            ssrc: p.header.ssrc,
+                            pt: p.header.payload_type,
+                            sender,
+                            kind,
+                            seq,
+                            payload: p.payload.clone(),
+                            extensions: p
+                                .header
+                                .extensions
+                                .iter()
+                                .map(|e| (e.id, e.payload.clone()))
+                                .collect(),
+                        };
+                        if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
+                            r.packets.push(rec);
+                        }
+                        changed.notify_waiters();
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+            if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
+                r.ended = true;
+            }
+            changed.notify_waiters();
+        });
+    }
+}
+
+fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: mime.to_owned(),
+            clock_rate: clock,
+            channels,
+            sdp_fmtp_line: fmtp.to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+        ..Default::default()
+    }
+}
+
+impl TestPeer {
+    /// A peer publishing one Opus and one VP8 track. Each peer uses its own payload type
+    /// numbers, so forwarding between peers must rewrite them.
+    pub async fn new(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
+        let id = format!("@user{idx}:test|DEV{idx}");
+        let mut media = MediaEngine::default();
+        let opus_pt = 111 - idx;
+        let vp8_pt = 96 + 2 * idx;
+        media
+            .register_codec(
+                codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", opus_pt),
+                RtpCodecKind::Audio,
+            )
+            .unwrap();
+        media
+            .register_codec(codec("video/VP8", 90000, 0, "", vp8_pt), RtpCodecKind::Video)
+            .unwrap();
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability {
+                    uri: AUDIO_LEVEL.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .unwrap();
+        let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+        let registry = with_keyframe_requests(registry);
+        let state = Arc::new(Mutex::new(PeerState::default()));
+        let changed = Arc::new(Notify::new());
+        let handler = Arc::new(PeerHandler {
+            state: state.clone(),
+            changed: changed.clone(),
+            sfu: sfu.clone(),
+            id: id.clone(),
+        });
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media)
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_include_loopback_candidate(true)
+                    .build(),
+            )
+            .with_interceptor_registry(registry)
+            .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
+            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .build()
+            .await
+            .unwrap();
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let mut sends = Vec::new();
+        if publish {
+            for (kind, mime, clock, channels, fmtp, pt, name) in [
+                (
+                    RtpCodecKind::Audio,
+                    "audio/opus",
+                    48000,
+                    2,
+                    "minptime=10;useinbandfec=1",
+                    opus_pt,
+                    "audio",
+                ),
+                (RtpCodecKind::Video, "video/VP8", 90000, 0, "", vp8_pt, "video"),
+            ] {
+                let ssrc = 0x1000_0000 + (idx as u32) * 16 + kind as u32;
+                let stream_id = format!("stream-{idx}");
+                let track_id = format!("{name}-{idx}");
+                let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    stream_id.clone(),
+                    track_id.clone(),
+                    track_id.clone(),
+                    kind,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: codec(mime, clock, channels, fmtp, pt).rtp_codec,
+                        ..Default::default()
+                    }],
+                )));
+                let sender = pc
+                    .add_track(local.clone() as Arc<dyn TrackLocal>)
+                    .await
+                    .unwrap();
+                sends.push(SendTrack {
+                    stream_id,
+                    track_id,
+                    kind,
+                    ssrc,
+                    pt,
+                    local,
+                    sender,
+                });
+            }
+        }
+        let dc = pc.create_data_channel("datachannel", None).await.unwrap();
+        let plis = Arc::new(AtomicUsize::new(0));
+        for s in &sends {
+            let local = s.local.clone();
+            let plis = plis.clone();
+            tokio::spawn(async move {
+                while let Some(TrackLocalEvent::OnRtcpPacket(pkts)) = local.poll().await {
+                    let n = pkts
+                        .iter()
+                        .filter(|p| is_keyframe_request(p.as_ref()))
+                        .count();
+                    plis.fetch_add(n, Ordering::SeqCst);
+                }
+            });
+        }
+        Arc::new(TestPeer {
+            idx,
+            id,
+            pc,
+            sends,
+            dc,
+            state,
+            changed,
+            plis,
+            stop: Arc::new(AtomicBool::new(false)),
+            sent: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// Creates the offer and joins the conference through the SFU.
+    pub async fn join(self: &Arc<Self>, sfu: &Sfu) -> Result<(), sluice::sfu::SfuError> {
+        let offer = self.pc.create_offer(None).await.unwrap();
+        self.pc.set_local_description(offer).await.unwrap();
+        let sdp = self.pc.local_description().await.unwrap().sdp;
+        sfu.join(CONF, &self.id, &sdp).await
+    }
+
+    pub fn connected(&self) -> bool {
+        self.state.lock().unwrap().connected
+    }
+
+    /// Sends `kind`'s stream continuously (audio 50 pps, video 60 pps) until `stop`.
+    pub fn start_sending(self: &Arc<Self>) {
+        for (i, s) in self.sends.iter().enumerate() {
+            let local = s.local.clone();
+            let stop = self.stop.clone();
+            let sent = self.sent.clone();
+            let (ssrc, pt, kind) = (s.ssrc, s.pt, s.kind);
+            let sender = s.sender.clone();
+            let idx = self.idx;
+            tokio::spawn(async move {
+                let ext_id = sender
+                    .get_parameters()
+                    .await
+                    .ok()
+                    .and_then(|p| {
+                        p.rtp_parameters
+                            .header_extensions
+                            .iter()
+                            .find(|e| e.uri == AUDIO_LEVEL)
+                            .map(|e| e.id as u8)
+                    });
+                let (interval, len, kind_byte, clock_step) = match kind {
+                    RtpCodecKind::Audio => (Duration::from_millis(20), 120, 0u8, 960u32),
+                    _ => (Duration::from_millis(16), 1000, 1u8, 1500u32),
+                };
+                let mut tick = tokio::time::interval(interval);
+                let mut seq: u32 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let mut p = rtp::Packet::default();
+                    p.header.version = 2;
+                    p.header.payload_type = pt;
+                    p.header.ssrc = ssrc;
+                    p.header.sequence_number = (seq as u16).wrapping_add(1000 * i as u16);
+                    p.header.timestamp = seq.wrapping_mul(clock_step);
+                    p.header.marker = true;
+                    if kind == RtpCodecKind::Audio
+                        && let Some(id) = ext_id
+                    {
+                        p.header.extension = true;
+                        p.header.extension_profile = 0xBEDE;
+                        p.header.extensions.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::from(vec![0x80 | idx]),
+                        });
+                    }
+                    p.payload = payload(idx, kind_byte, seq, len);
+                    if local.write_rtp(p).await.is_err() {
+                        break;
+                    }
+                    sent.lock().unwrap().insert(kind_byte, seq);
+                    seq += 1;
+                }
+            });
+        }
+    }
+
+    /// Highest sequence sent on the `kind` stream (0 audio, 1 video).
+    pub fn last_sent(&self, kind: u8) -> u32 {
+        self.sent.lock().unwrap().get(&kind).copied().unwrap_or(0)
+    }
+
+    pub fn track_refs(&self) -> Vec<TrackRef> {
+        self.sends
+            .iter()
+            .map(|s| TrackRef {
+                stream_id: s.stream_id.clone(),
+                track_id: s.track_id.clone(),
+            })
+            .collect()
+    }
+
+    /// Waits until `f` holds for the peer state, or panics after `timeout`.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&PeerState) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if f(&self.state.lock().unwrap()) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("peer {}: timed out waiting for {what}", self.id);
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    /// Sends `n` PLIs for the forwarded track `track_id` within about `within`.
+    pub async fn send_plis(&self, track_id: &str, n: usize, within: Duration) {
+        let (track, ssrc) = {
+            let st = self.state.lock().unwrap();
+            let r = st.remotes.get(track_id).expect("remote track");
+            (r.track.clone(), r.ssrc)
+        };
+        let gap = within / n as u32;
+        for _ in 0..n {
+            track
+                .write_rtcp(vec![Box::new(PictureLossIndication {
+                    sender_ssrc: 1,
+                    media_ssrc: ssrc,
+                })])
+                .await
+                .unwrap();
+            tokio::time::sleep(gap).await;
+        }
+    }
+
+    pub async fn close(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.pc.close().await;
+    }
+}
+
+/// Routes SFU events to test peers the way a signaling layer would, and records them.
+pub struct Router {
+    pub peers: Mutex<HashMap<String, Arc<TestPeer>>>,
+    pub log: Mutex<Vec<SfuEvent>>,
+    pub changed: Notify,
+    /// Offers for these participants are held, not answered (glare tests).
+    pub hold_offers: Mutex<Vec<String>>,
+    pub held: Mutex<Vec<(String, String)>>,
+}
+
+impl Router {
+    pub fn start(sfu: &Sfu, mut events: tokio::sync::mpsc::UnboundedReceiver<SfuEvent>) -> Arc<Router> {
+        let router = Arc::new(Router {
+            peers: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            hold_offers: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+        });
+        let r = router.clone();
+        let sfu = sfu.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let peer = r.peers.lock().unwrap().get(&ev.participant).cloned();
+                if let Some(peer) = peer {
+                    r.deliver(&sfu, &peer, &ev).await;
+                }
+                r.log.lock().unwrap().push(ev);
+                r.changed.notify_waiters();
+            }
+        });
+        router
+    }
+
+    pub fn add(&self, peer: &Arc<TestPeer>) {
+        self.peers
+            .lock()
+            .unwrap()
+            .insert(peer.id.clone(), peer.clone());
+    }
+
+    async fn deliver(&self, sfu: &Sfu, peer: &Arc<TestPeer>, ev: &SfuEvent) {
+        match &ev.kind {
+            SfuEventKind::Answer(sdp) => {
+                peer.pc
+                    .set_remote_description(RTCSessionDescription::answer(sdp.clone()).unwrap())
+                    .await
+                    .unwrap();
+                let pending = {
+                    let mut st = peer.state.lock().unwrap();
+                    st.candidates_flow = true;
+                    std::mem::take(&mut st.local_candidates)
+                };
+                for c in pending {
+                    let _ = sfu.add_remote_candidate(CONF, &peer.id, c).await;
+                }
+            }
+            SfuEventKind::Offer(sdp) => {
+                if self.hold_offers.lock().unwrap().contains(&peer.id) {
+                    self.held
+                        .lock()
+                        .unwrap()
+                        .push((peer.id.clone(), sdp.clone()));
+                    return;
+                }
+                answer_offer(sfu, peer, sdp).await;
+            }
+            SfuEventKind::LocalCandidate(Some(c)) => {
+                let _ = peer
+                    .pc
+                    .add_ice_candidate(RTCIceCandidateInit {
+                        candidate: c.candidate.clone(),
+                        sdp_mid: c.sdp_mid.clone(),
+                        sdp_mline_index: c.sdp_mline_index,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits until `f` holds for the event log.
+    pub async fn wait_for(&self, what: &str, timeout: Duration, f: impl Fn(&[SfuEvent]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if f(&self.log.lock().unwrap()) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let log = self.log.lock().unwrap();
+                let kinds: Vec<String> = log
+                    .iter()
+                    .map(|e| format!("{}:{:?}", e.participant, short(&e.kind)))
+                    .collect();
+                panic!("timed out waiting for {what}; events: {kinds:?}");
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    pub fn count(&self, f: impl Fn(&SfuEvent) -> bool) -> usize {
+        self.log.lock().unwrap().iter().filter(|e| f(e)).count()
+    }
+}
+
+fn short(k: &SfuEventKind) -> String {
+    match k {
+        SfuEventKind::Answer(_) => "Answer".into(),
+        SfuEventKind::Offer(_) => "Offer".into(),
+        SfuEventKind::LocalCandidate(_) => "Candidate".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Answers a Sluice offer on the peer and hands the answer back to the SFU.
+pub async fn answer_offer(sfu: &Sfu, peer: &Arc<TestPeer>, sdp: &str) {
+    peer.pc
+        .set_remote_description(RTCSessionDescription::offer(sdp.to_owned()).unwrap())
+        .await
+        .unwrap();
+    let answer = peer.pc.create_answer(None).await.unwrap();
+    peer.pc.set_local_description(answer).await.unwrap();
+    let sdp = peer.pc.local_description().await.unwrap().sdp;
+    sfu.remote_description(
+        CONF,
+        &peer.id,
+        SessionDescription {
+            kind: SdpKind::Answer,
+            sdp,
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Number of tasks alive on the current runtime.
+pub fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
