@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "A selective forwarding unit for Matrix calls")]
+#[command(
+    name = "sluice",
+    version,
+    about = "A selective forwarding unit for Matrix calls"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -69,8 +73,7 @@ async fn serve(cfg: Config) -> ExitCode {
         ports = ?cfg.sfu.port_range(),
         "sluice media core ready (no signaling configured: Matrix signaling is not built yet)"
     );
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install the SIGTERM handler");

@@ -57,11 +57,8 @@ async fn subscribe_all(sfu: &Sfu, subs: &[Arc<TestPeer>], pubs: &[Arc<TestPeer>]
             .flat_map(|p| p.track_refs().into_iter().map(|t| t.track_id))
             .collect();
         s.wait_for("first packets of every subscribed track", LONG, |st| {
-            want.iter().all(|t| {
-                st.remotes
-                    .get(t)
-                    .is_some_and(|r| !r.packets.is_empty())
-            })
+            want.iter()
+                .all(|t| st.remotes.get(t).is_some_and(|r| !r.packets.is_empty()))
         })
         .await;
     }
@@ -176,7 +173,7 @@ async fn three_peers_exchange_audio_and_video_intact_and_in_order() {
                         );
                     }
                 }
-                // Sequence numbers on the leg are contiguous.
+                // The leg's RTP sequence numbers follow the publisher's without gaps.
                 let _ = first;
             }
         }
@@ -186,4 +183,511 @@ async fn three_peers_exchange_audio_and_video_intact_and_in_order() {
     for p in &peers {
         p.close().await;
     }
+}
+
+/// Polls `f` until it holds or `timeout` passes; returns the last value seen.
+async fn settle<T: PartialEq + std::fmt::Debug>(
+    timeout: Duration,
+    want: T,
+    mut f: impl FnMut() -> T,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = f();
+        if v == want || std::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_peer_is_removed_everywhere_and_releases_everything() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let pair = join_peers(&sfu, &router, &[0, 1]).await;
+    subscribe_all(&sfu, &pair, &pair).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_snap = sfu.snapshot();
+    let before_tasks = alive_tasks();
+    assert_eq!(before_snap.participants, 2);
+    assert_eq!(before_snap.subscriptions, 4);
+
+    // A third peer joins, publishes, subscribes and is subscribed to.
+    let third = join_peers(&sfu, &router, &[2]).await;
+    let all: Vec<Arc<TestPeer>> = pair.iter().chain(third.iter()).cloned().collect();
+    subscribe_all(&sfu, &all, &all).await;
+    assert_eq!(sfu.snapshot().subscriptions, 12);
+    let offers_before = router.count(|e| matches!(e.kind, SfuEventKind::Offer(_)));
+
+    // It leaves.
+    let c = &third[0];
+    sfu.leave(CONF, &c.id, HangupReason::UserHangup)
+        .await
+        .unwrap();
+    c.close().await;
+    router
+        .wait_for("Left event", LONG, |log| {
+            log.iter().any(|e| {
+                e.participant == c.id && e.kind == SfuEventKind::Left(HangupReason::UserHangup)
+            })
+        })
+        .await;
+    // Both remaining peers were offered a renegotiation without the departed tracks, and
+    // the departed tracks ended on their side.
+    router
+        .wait_for("renegotiation offers", LONG, |log| {
+            log.iter()
+                .filter(|e| matches!(e.kind, SfuEventKind::Offer(_)))
+                .count()
+                >= offers_before + 2
+        })
+        .await;
+    for p in &pair {
+        p.wait_for("departed tracks ended", LONG, |st| {
+            ["audio-2", "video-2"]
+                .iter()
+                .all(|t| st.remotes.get(*t).is_some_and(|r| r.ended))
+        })
+        .await;
+    }
+    assert_eq!(
+        router.count(|e| e.participant == c.id && matches!(e.kind, SfuEventKind::TrackUnpublished(_))),
+        2
+    );
+    let snap = settle(LONG, before_snap.clone(), || sfu.snapshot()).await;
+    assert_eq!(snap, before_snap);
+    assert!(sfu.participants(CONF).iter().all(|p| *p != c.id));
+    // Every task of the departed participant (and of its closed test peer) is gone. The
+    // remaining peers' renegotiated connections hold what they held before.
+    let tasks = settle(LONG, before_tasks, alive_tasks).await;
+    assert_eq!(
+        tasks, before_tasks,
+        "tasks alive after the third peer left vs before it joined"
+    );
+
+    // Media between the remaining two keeps flowing.
+    let n0 = pair[1].state.lock().unwrap().remotes["video-0"]
+        .packets
+        .len();
+    pair[1]
+        .wait_for("media still flowing", LONG, |st| {
+            st.remotes["video-0"].packets.len() > n0 + 20
+        })
+        .await;
+
+    for p in &pair {
+        sfu.leave(CONF, &p.id, HangupReason::UserHangup)
+            .await
+            .unwrap();
+        p.close().await;
+    }
+    let snap = settle(LONG, SfuSnapshot::default(), || sfu.snapshot()).await;
+    assert_eq!(snap, SfuSnapshot::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_of_plis_reaches_the_publisher_once() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    let (a, b) = (&peers[0], &peers[1]);
+    subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
+    // The subscription asked B for a keyframe at its start.
+    let deadline = std::time::Instant::now() + LONG;
+    while b.plis.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no keyframe request at subscription start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the throttle window of that request pass.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = b.plis.load(std::sync::atomic::Ordering::SeqCst);
+    let suppressed_before = sfu
+        .stats()
+        .keyframe_requests_suppressed
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    a.send_plis("video-1", 20, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let relayed = b.plis.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert_eq!(
+        relayed, 1,
+        "20 PLIs in 100 ms must reach the publisher as one"
+    );
+    let stats = sfu.stats();
+    let suppressed = stats
+        .keyframe_requests_suppressed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - suppressed_before;
+    assert_eq!(suppressed, 19);
+    assert!(
+        stats
+            .keyframe_requests_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 20
+    );
+
+    // After the interval, the next request goes through again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.send_plis("video-1", 1, Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.plis.load(std::sync::atomic::Ordering::SeqCst) - before, 2);
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+fn hand_offer(media: &str) -> String {
+    format!(
+        "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n{media}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_specific_error_and_leaves_no_state() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let empty = SfuSnapshot::default();
+    let tasks_before = alive_tasks();
+
+    let e = sfu.join(CONF, "a", "garbage, not SDP").await.unwrap_err();
+    assert_eq!(e.code(), "bad_sdp", "{e}");
+    assert_eq!(sfu.snapshot(), empty);
+
+    let e = sfu.join(CONF, "a", &hand_offer("")).await.unwrap_err();
+    assert_eq!(e.code(), "no_media", "{e}");
+    assert_eq!(sfu.snapshot(), empty);
+
+    let isac_only = hand_offer(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 103 104\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendrecv\r\n\
+         a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+         a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+         a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:103 ISAC/16000\r\na=rtpmap:104 ISAC/32000\r\n",
+    );
+    let e = sfu.join(CONF, "a", &isac_only).await.unwrap_err();
+    assert_eq!(e.code(), "unsupported_codec", "{e}");
+    assert!(e.to_string().contains("isac"), "{e}");
+    assert_eq!(sfu.snapshot(), empty);
+
+    let e = sfu
+        .add_remote_candidate(
+            CONF,
+            "nobody",
+            sluice::sfu::IceCandidate {
+                candidate: "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host".into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unknown_participant", "{e}");
+    let e = sfu
+        .subscribe(
+            CONF,
+            "nobody",
+            &[TrackRef {
+                stream_id: "s".into(),
+                track_id: "t".into(),
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unknown_participant", "{e}");
+    assert_eq!(sfu.snapshot(), empty);
+
+    // A second join with the same participant id is refused; the first stays intact.
+    let peer = TestPeer::new(&sfu, 0, true).await;
+    router.add(&peer);
+    peer.join(&sfu).await.unwrap();
+    peer.wait_for("connected", LONG, |s| s.connected).await;
+    let twin = TestPeer::new(&sfu, 0, true).await;
+    let e = twin.join(&sfu).await.unwrap_err();
+    assert_eq!(e.code(), "participant_exists", "{e}");
+    twin.close().await;
+    assert_eq!(sfu.snapshot().participants, 1);
+
+    // Subscribing to a track nobody publishes, or to one's own, is refused.
+    peer.start_sending();
+    router
+        .wait_for("published", LONG, |log| {
+            log.iter()
+                .filter(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+                .count()
+                == 2
+        })
+        .await;
+    let e = sfu
+        .subscribe(
+            CONF,
+            &peer.id,
+            &[TrackRef {
+                stream_id: "none".into(),
+                track_id: "none".into(),
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "unknown_track", "{e}");
+    let e = sfu
+        .subscribe(CONF, &peer.id, &peer.track_refs())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "own_track", "{e}");
+    // A malformed candidate for a known participant.
+    let e = sfu
+        .add_remote_candidate(
+            CONF,
+            &peer.id,
+            sluice::sfu::IceCandidate {
+                candidate: "candidate:garbage".into(),
+                sdp_mid: Some("0".into()),
+                sdp_mline_index: Some(0),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "bad_candidate", "{e}");
+    // An answer when no offer is outstanding.
+    let e = sfu
+        .remote_description(
+            CONF,
+            &peer.id,
+            sluice::sfu::SessionDescription {
+                kind: sluice::sfu::SdpKind::Answer,
+                sdp: hand_offer(""),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "invalid_state", "{e}");
+    assert_eq!(sfu.snapshot().subscriptions, 0);
+    assert_eq!(sfu.snapshot().participants, 1);
+
+    sfu.leave(CONF, &peer.id, HangupReason::UserHangup)
+        .await
+        .unwrap();
+    peer.close().await;
+    assert_eq!(settle(LONG, empty.clone(), || sfu.snapshot()).await, empty);
+    // Nothing refused above left a task behind.
+    let tasks = settle(LONG, tasks_before, alive_tasks).await;
+    assert!(
+        tasks <= tasks_before,
+        "tasks alive: {tasks}, at start: {tasks_before}"
+    );
+    // Only the one real participant ever left.
+    assert_eq!(router.count(|e| matches!(e.kind, SfuEventKind::Left(_))), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participant_that_never_connects_is_removed_with_invite_timeout() {
+    let cfg = sluice::config::SfuConfig {
+        ice_connect_timeout_secs: 1,
+        ..test_config()
+    };
+    let (sfu, events) = Sfu::new(cfg);
+    // No router: nobody applies the answer, so ICE never connects.
+    let router = Router::start(&sfu, events);
+    let peer = TestPeer::new(&sfu, 0, true).await;
+    peer.join(&sfu).await.unwrap();
+    assert_eq!(sfu.snapshot().participants, 1);
+    router
+        .wait_for("invite timeout", LONG, |log| {
+            log.iter()
+                .any(|e| e.kind == SfuEventKind::Left(HangupReason::InviteTimeout))
+        })
+        .await;
+    assert_eq!(sfu.snapshot(), SfuSnapshot::default());
+    peer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_offer_during_a_sluice_offer_wins_and_the_change_is_offered_again() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    let (a, b) = (&peers[0], &peers[1]);
+    // Hold Sluice's offers to A so A's own offer collides with one.
+    router.hold_offers.lock().unwrap().push(a.id.clone());
+    sfu.subscribe(CONF, &a.id, &b.track_refs()).await.unwrap();
+    router
+        .wait_for("held offer", LONG, |_| {
+            !router.held.lock().unwrap().is_empty()
+        })
+        .await;
+    // A renegotiates on its own (as when it starts a screenshare): glare.
+    let offer = a.pc.create_offer(None).await.unwrap();
+    a.pc.set_local_description(offer).await.unwrap();
+    let sdp = a.pc.local_description().await.unwrap().sdp;
+    let answers_before =
+        router.count(|e| e.participant == a.id && matches!(e.kind, SfuEventKind::Answer(_)));
+    router.hold_offers.lock().unwrap().clear();
+    sfu.remote_description(
+        CONF,
+        &a.id,
+        sluice::sfu::SessionDescription {
+            kind: sluice::sfu::SdpKind::Offer,
+            sdp,
+        },
+    )
+    .await
+    .expect("client offer wins the glare");
+    // Sluice answered A's offer, then offered its subscription change again; the router
+    // answers that one, and B's media reaches A.
+    router
+        .wait_for("answer to the client offer", LONG, |log| {
+            log.iter()
+                .filter(|e| e.participant == a.id && matches!(e.kind, SfuEventKind::Answer(_)))
+                .count()
+                > answers_before
+        })
+        .await;
+    a.wait_for("B's media after glare", LONG, |st| {
+        ["audio-1", "video-1"]
+            .iter()
+            .all(|t| st.remotes.get(*t).is_some_and(|r| r.packets.len() > 10))
+    })
+    .await;
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_forwarding_and_renegotiates() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    let (a, b) = (&peers[0], &peers[1]);
+    subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
+    assert_eq!(sfu.snapshot().subscriptions, 2);
+    let video = TrackRef {
+        stream_id: b.sends[1].stream_id.clone(),
+        track_id: b.sends[1].track_id.clone(),
+    };
+    sfu.unsubscribe(CONF, &a.id, std::slice::from_ref(&video))
+        .await
+        .unwrap();
+    assert_eq!(sfu.snapshot().subscriptions, 1);
+    a.wait_for("unsubscribed track ended", LONG, |st| {
+        st.remotes["video-1"].ended
+    })
+    .await;
+    let n = a.state.lock().unwrap().remotes["video-1"].packets.len();
+    let audio = a.state.lock().unwrap().remotes["audio-1"].packets.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (video_now, audio_now) = {
+        let st = a.state.lock().unwrap();
+        (
+            st.remotes["video-1"].packets.len(),
+            st.remotes["audio-1"].packets.len(),
+        )
+    };
+    assert_eq!(video_now, n, "video still forwarded");
+    assert!(audio_now > audio, "audio stopped too");
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_stopping_a_track_by_renegotiation_unpublishes_it() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    let (a, b) = (&peers[0], &peers[1]);
+    subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
+    assert_eq!(sfu.snapshot().subscriptions, 2);
+    // B stops its video (as when a camera is turned off) and offers.
+    b.pc.remove_track(&b.sends[1].sender).await.unwrap();
+    let offer = b.pc.create_offer(None).await.unwrap();
+    b.pc.set_local_description(offer).await.unwrap();
+    let sdp = b.pc.local_description().await.unwrap().sdp;
+    sfu.remote_description(
+        CONF,
+        &b.id,
+        sluice::sfu::SessionDescription {
+            kind: sluice::sfu::SdpKind::Offer,
+            sdp,
+        },
+    )
+    .await
+    .unwrap();
+    router
+        .wait_for("video unpublished", LONG, |log| {
+            log.iter().any(|e| {
+                matches!(&e.kind, SfuEventKind::TrackUnpublished(t) if t.track.track_id == "video-1")
+            })
+        })
+        .await;
+    a.wait_for("A's video leg ended", LONG, |st| {
+        st.remotes["video-1"].ended
+    })
+    .await;
+    let snap = sfu.snapshot();
+    assert_eq!((snap.published_tracks, snap.subscriptions), (3, 1));
+    assert!(
+        sfu.published_tracks(CONF)
+            .iter()
+            .all(|t| t.track.track_id != "video-1")
+    );
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_sockets_use_the_configured_port_range() {
+    // A free range: probe for three consecutive free UDP ports.
+    let base = (20_000u16..60_000)
+        .step_by(7)
+        .find(|p| (0..3).all(|i| std::net::UdpSocket::bind(("127.0.0.1", p + i)).is_ok()))
+        .expect("free ports");
+    let cfg = sluice::config::SfuConfig {
+        udp_port_min: base,
+        udp_port_max: base + 1,
+        ..test_config()
+    };
+    let (sfu, events) = Sfu::new(cfg);
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    let ports: Vec<u16> = router
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match &e.kind {
+            SfuEventKind::LocalCandidate(Some(c)) => c
+                .candidate
+                .split_whitespace()
+                .nth(5)
+                .and_then(|p| p.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    assert!(!ports.is_empty());
+    assert!(
+        ports.iter().all(|p| (base..=base + 1).contains(p)),
+        "candidate ports {ports:?} outside {base}..={}",
+        base + 1
+    );
+    // The range is used up: a third participant is refused, and nothing is left of it.
+    let third = TestPeer::new(&sfu, 2, true).await;
+    let e = third.join(&sfu).await.unwrap_err();
+    assert_eq!(e.code(), "webrtc", "{e}");
+    assert!(e.to_string().contains("ports exhausted"), "{e}");
+    assert_eq!(sfu.snapshot().participants, 2);
+    third.close().await;
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
 }

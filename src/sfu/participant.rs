@@ -24,8 +24,8 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
-    SettingEngineBuilder, register_default_interceptors,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 /// Largest data-channel message accepted or sent (protocol.md §8).
@@ -114,11 +114,9 @@ impl PeerConnectionEventHandler for Handler {
         let Some(p) = self.participant() else { return };
         debug!(conference = %p.conference_id, participant = %p.id, %state, "connection state");
         match state {
-            RTCPeerConnectionState::Connected => {
-                if !p.connected.swap(true, Ordering::AcqRel) {
-                    info!(conference = %p.conference_id, participant = %p.id, "connected");
-                    p.emit(SfuEventKind::Connected);
-                }
+            RTCPeerConnectionState::Connected if !p.connected.swap(true, Ordering::AcqRel) => {
+                info!(conference = %p.conference_id, participant = %p.id, "connected");
+                p.emit(SfuEventKind::Connected);
             }
             RTCPeerConnectionState::Failed => {
                 // Never call into the connection from its own event handler: spawn.
@@ -212,10 +210,7 @@ async fn build_pc(
 }
 
 fn same_track(a: &Arc<dyn TrackRemote>, b: &Arc<dyn TrackRemote>) -> bool {
-    std::ptr::eq(
-        Arc::as_ptr(a) as *const (),
-        Arc::as_ptr(b) as *const (),
-    )
+    std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
 }
 
 impl Participant {
@@ -339,7 +334,9 @@ impl Participant {
             return Ok(());
         }
         if c.candidate.len() > 1024 {
-            return Err(SfuError::BadCandidate("candidate longer than 1024 bytes".into()));
+            return Err(SfuError::BadCandidate(
+                "candidate longer than 1024 bytes".into(),
+            ));
         }
         self.pc
             .add_ice_candidate(RTCIceCandidateInit {
@@ -450,11 +447,38 @@ impl Participant {
                     .ok_or_else(|| SfuError::WebRtc("no local description after answer".into()))?
                     .sdp;
                 self.emit(SfuEventKind::Answer(sdp));
+                self.reap_stopped_publications().await;
                 if neg.needs_offer || !neg.unsent.is_empty() {
                     self.renegotiate(&mut neg).await?;
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Unpublishes tracks the client stopped sending in its last offer. webrtc-rs does not
+    /// end a remote track on renegotiation, so this reads the transceivers' directions.
+    async fn reap_stopped_publications(&self) {
+        use rtc::rtp_transceiver::RTCRtpTransceiverDirection as Dir;
+        let published: Vec<Arc<PublishedTrack>> = self.published.lock().unwrap().clone();
+        if published.is_empty() {
+            return;
+        }
+        let mut stopped = Vec::new();
+        for t in self.pc.get_transceivers().await {
+            let Ok(Some(r)) = t.receiver().await else {
+                continue;
+            };
+            let dir = t.current_direction().await.unwrap_or(Dir::Unspecified);
+            if matches!(dir, Dir::Recvonly | Dir::Sendrecv) {
+                continue;
+            }
+            if let Some(p) = published.iter().find(|p| p.is_remote(r.track())) {
+                stopped.push(p.clone());
+            }
+        }
+        for t in stopped {
+            self.unpublish(&t).await;
         }
     }
 
@@ -529,7 +553,13 @@ impl Participant {
 
     /// Ends the subscription to `track` if there is one (its publisher stopped or left).
     async fn drop_leg(&self, track: &TrackRef) {
-        let removed: Vec<Arc<Leg>> = self.legs.lock().unwrap().remove(track).into_iter().collect();
+        let removed: Vec<Arc<Leg>> = self
+            .legs
+            .lock()
+            .unwrap()
+            .remove(track)
+            .into_iter()
+            .collect();
         if let Err(e) = self.drop_legs(removed).await {
             debug!(participant = %self.id, error = %e, "renegotiation after a track ended failed");
         }
@@ -543,8 +573,10 @@ impl Participant {
             leg.stop().await;
         }
         let mut neg = self.neg.lock().await;
-        neg.unsent.retain(|l| !legs.iter().any(|d| Arc::ptr_eq(l, d)));
-        neg.in_flight.retain(|l| !legs.iter().any(|d| Arc::ptr_eq(l, d)));
+        neg.unsent
+            .retain(|l| !legs.iter().any(|d| Arc::ptr_eq(l, d)));
+        neg.in_flight
+            .retain(|l| !legs.iter().any(|d| Arc::ptr_eq(l, d)));
         if self.removed.load(Ordering::Acquire) {
             return Ok(());
         }

@@ -65,10 +65,7 @@ impl LegParams {
                 ext_map[*src_id as usize] = *leg_id as u8;
             }
         }
-        let mid = match (
-            leg_mid,
-            leg_exts.iter().find(|(_, u)| u == MID_EXTENSION),
-        ) {
+        let mid = match (leg_mid, leg_exts.iter().find(|(_, u)| u == MID_EXTENSION)) {
             (Some(mid), Some((id, _))) if (1..=255).contains(id) && !mid.is_empty() => {
                 Some((*id as u8, Bytes::copy_from_slice(mid.as_bytes())))
             }
@@ -255,7 +252,10 @@ mod tests {
         // stripped; the leg's own mid appended.
         assert_eq!(
             ids,
-            vec![(7, Bytes::from_static(b"\x85")), (9, Bytes::from_static(b"4"))]
+            vec![
+                (7, Bytes::from_static(b"\x85")),
+                (9, Bytes::from_static(b"4"))
+            ]
         );
         assert!(pkt.header.extension);
         assert_eq!(pkt.header.extension_profile, PROFILE_ONE_BYTE);

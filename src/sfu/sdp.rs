@@ -50,15 +50,14 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SfuError> {
             continue;
         }
         match kind {
-            "application" => {
+            "application"
                 if media
                     .media_name
                     .protos
                     .iter()
-                    .any(|p| p.eq_ignore_ascii_case("SCTP"))
-                {
-                    summary.data_channel = true;
-                }
+                    .any(|p| p.eq_ignore_ascii_case("SCTP")) =>
+            {
+                summary.data_channel = true;
             }
             "audio" | "video" => {
                 let supported = if kind == "audio" {
@@ -101,9 +100,7 @@ mod tests {
     use super::*;
 
     fn offer(media: &str) -> String {
-        format!(
-            "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n{media}"
-        )
+        format!("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n{media}")
     }
 
     #[test]

@@ -84,6 +84,14 @@ impl PublishedTrack {
         }
     }
 
+    /// Whether `remote` is this track's receiving end.
+    pub(crate) fn is_remote(&self, remote: &Arc<dyn TrackRemote>) -> bool {
+        std::ptr::eq(
+            Arc::as_ptr(&self.remote) as *const (),
+            Arc::as_ptr(remote) as *const (),
+        )
+    }
+
     pub(crate) fn add_layer(&self, layer: Layer) {
         let mut layers = self.layers.lock().unwrap();
         if !layers.iter().any(|l| l.ssrc == layer.ssrc) {
@@ -142,8 +150,7 @@ impl PublishedTrack {
             {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send((now, pkt.clone()))
-            {
+            if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send((now, pkt.clone())) {
                 self.stats.record_drop(DropReason::QueueFull);
             }
         }

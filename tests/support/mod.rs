@@ -89,6 +89,7 @@ pub struct RemoteInfo {
     pub packets: Vec<Received>,
     pub ended: bool,
     pub ssrc: u32,
+    pub task: Option<tokio::task::AbortHandle>,
 }
 
 pub struct SendTrack {
@@ -121,9 +122,12 @@ pub struct TestPeer {
     pub plis: Arc<AtomicUsize>,
     pub stop: Arc<AtomicBool>,
     pub sent: Arc<Mutex<HashMap<u8, u32>>>,
+    /// The peer's own tasks, ended by `close` so task counts only reflect the SFU.
+    pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 struct PeerHandler {
+    tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     state: Arc<Mutex<PeerState>>,
     changed: Arc<Notify>,
     sfu: Sfu,
@@ -171,22 +175,24 @@ impl PeerConnectionEventHandler for PeerHandler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         let state = self.state.clone();
         let changed = self.changed.clone();
-        tokio::spawn(async move {
-            let track_id = track.track_id().await;
-            let stream_id = track.stream_id().await;
-            let kind = track.kind().await;
-            state.lock().unwrap().remotes.insert(
-                track_id.clone(),
-                RemoteInfo {
-                    stream_id,
-                    track_id: track_id.clone(),
-                    kind,
-                    track: track.clone(),
-                    packets: Vec::new(),
-                    ended: false,
-                    ssrc: 0,
-                },
-            );
+        let track_id = track.track_id().await;
+        let stream_id = track.stream_id().await;
+        let kind = track.kind().await;
+        state.lock().unwrap().remotes.insert(
+            track_id.clone(),
+            RemoteInfo {
+                stream_id,
+                track_id: track_id.clone(),
+                kind,
+                track: track.clone(),
+                packets: Vec::new(),
+                ended: false,
+                ssrc: 0,
+                task: None,
+            },
+        );
+        let tid = track_id.clone();
+        let task = tokio::spawn(async move {
             while let Some(evt) = track.poll().await {
                 match evt {
                     TrackRemoteEvent::OnOpen(init) => {
@@ -226,6 +232,10 @@ impl PeerConnectionEventHandler for PeerHandler {
             }
             changed.notify_waiters();
         });
+        if let Some(r) = self.state.lock().unwrap().remotes.get_mut(&tid) {
+            r.task = Some(task.abort_handle());
+        }
+        self.tasks.lock().unwrap().push(task);
     }
 }
 
@@ -239,7 +249,6 @@ fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCod
             rtcp_feedback: vec![],
         },
         payload_type: pt,
-        ..Default::default()
     }
 }
 
@@ -253,12 +262,21 @@ impl TestPeer {
         let vp8_pt = 96 + 2 * idx;
         media
             .register_codec(
-                codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", opus_pt),
+                codec(
+                    "audio/opus",
+                    48000,
+                    2,
+                    "minptime=10;useinbandfec=1",
+                    opus_pt,
+                ),
                 RtpCodecKind::Audio,
             )
             .unwrap();
         media
-            .register_codec(codec("video/VP8", 90000, 0, "", vp8_pt), RtpCodecKind::Video)
+            .register_codec(
+                codec("video/VP8", 90000, 0, "", vp8_pt),
+                RtpCodecKind::Video,
+            )
             .unwrap();
         media
             .register_header_extension(
@@ -273,7 +291,9 @@ impl TestPeer {
         let registry = with_keyframe_requests(registry);
         let state = Arc::new(Mutex::new(PeerState::default()));
         let changed = Arc::new(Notify::new());
+        let tasks = Arc::new(Mutex::new(Vec::new()));
         let handler = Arc::new(PeerHandler {
+            tasks: tasks.clone(),
             state: state.clone(),
             changed: changed.clone(),
             sfu: sfu.clone(),
@@ -306,7 +326,15 @@ impl TestPeer {
                     opus_pt,
                     "audio",
                 ),
-                (RtpCodecKind::Video, "video/VP8", 90000, 0, "", vp8_pt, "video"),
+                (
+                    RtpCodecKind::Video,
+                    "video/VP8",
+                    90000,
+                    0,
+                    "",
+                    vp8_pt,
+                    "video",
+                ),
             ] {
                 let ssrc = 0x1000_0000 + (idx as u32) * 16 + kind as u32;
                 let stream_id = format!("stream-{idx}");
@@ -345,7 +373,7 @@ impl TestPeer {
         for s in &sends {
             let local = s.local.clone();
             let plis = plis.clone();
-            tokio::spawn(async move {
+            tasks.lock().unwrap().push(tokio::spawn(async move {
                 while let Some(TrackLocalEvent::OnRtcpPacket(pkts)) = local.poll().await {
                     let n = pkts
                         .iter()
@@ -353,7 +381,7 @@ impl TestPeer {
                         .count();
                     plis.fetch_add(n, Ordering::SeqCst);
                 }
-            });
+            }));
         }
         Arc::new(TestPeer {
             idx,
@@ -366,6 +394,7 @@ impl TestPeer {
             plis,
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(Mutex::new(HashMap::new())),
+            tasks,
         })
     }
 
@@ -390,18 +419,14 @@ impl TestPeer {
             let (ssrc, pt, kind) = (s.ssrc, s.pt, s.kind);
             let sender = s.sender.clone();
             let idx = self.idx;
-            tokio::spawn(async move {
-                let ext_id = sender
-                    .get_parameters()
-                    .await
-                    .ok()
-                    .and_then(|p| {
-                        p.rtp_parameters
-                            .header_extensions
-                            .iter()
-                            .find(|e| e.uri == AUDIO_LEVEL)
-                            .map(|e| e.id as u8)
-                    });
+            let task = tokio::spawn(async move {
+                let ext_id = sender.get_parameters().await.ok().and_then(|p| {
+                    p.rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .find(|e| e.uri == AUDIO_LEVEL)
+                        .map(|e| e.id as u8)
+                });
                 let (interval, len, kind_byte, clock_step) = match kind {
                     RtpCodecKind::Audio => (Duration::from_millis(20), 120, 0u8, 960u32),
                     _ => (Duration::from_millis(16), 1000, 1u8, 1500u32),
@@ -435,6 +460,7 @@ impl TestPeer {
                     seq += 1;
                 }
             });
+            self.tasks.lock().unwrap().push(task);
         }
     }
 
@@ -491,6 +517,13 @@ impl TestPeer {
 
     pub async fn close(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
         let _ = self.pc.close().await;
     }
 }
@@ -506,7 +539,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn start(sfu: &Sfu, mut events: tokio::sync::mpsc::UnboundedReceiver<SfuEvent>) -> Arc<Router> {
+    pub fn start(
+        sfu: &Sfu,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<SfuEvent>,
+    ) -> Arc<Router> {
         let router = Arc::new(Router {
             peers: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
@@ -621,6 +657,7 @@ pub async fn answer_offer(sfu: &Sfu, peer: &Arc<TestPeer>, sdp: &str) {
     let answer = peer.pc.create_answer(None).await.unwrap();
     peer.pc.set_local_description(answer).await.unwrap();
     let sdp = peer.pc.local_description().await.unwrap().sdp;
+    mark_ended_tracks(peer).await;
     sfu.remote_description(
         CONF,
         &peer.id,
@@ -631,6 +668,29 @@ pub async fn answer_offer(sfu: &Sfu, peer: &Arc<TestPeer>, sdp: &str) {
     )
     .await
     .unwrap();
+}
+
+/// webrtc-rs does not end a remote track when renegotiation stops it (a browser fires
+/// `ended`); the test peer derives it from its transceivers' negotiated direction instead.
+pub async fn mark_ended_tracks(peer: &Arc<TestPeer>) {
+    use rtc::rtp_transceiver::RTCRtpTransceiverDirection as D;
+    for t in peer.pc.get_transceivers().await {
+        let Ok(Some(r)) = t.receiver().await else {
+            continue;
+        };
+        let track_id = r.track().track_id().await;
+        let dir = t.current_direction().await.unwrap_or(D::Unspecified);
+        if !matches!(dir, D::Recvonly | D::Sendrecv)
+            && let Some(rem) = peer.state.lock().unwrap().remotes.get_mut(&track_id)
+        {
+            rem.ended = true;
+            // Its reader would wait forever (see above): end it, it is the client's.
+            if let Some(t) = rem.task.take() {
+                t.abort();
+            }
+        }
+    }
+    peer.changed.notify_waiters();
 }
 
 /// Number of tasks alive on the current runtime.
