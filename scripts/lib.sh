@@ -1,0 +1,28 @@
+# Shared helpers for scripts/. Sourced, not run.
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Makes sure cargo is on PATH (rustup installs it under ~/.cargo/bin).
+need_rust() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo is not installed: install the stable Rust toolchain (https://rustup.rs) and re-run"
+}
+
+# Installs Debian packages when missing (root only); names them when it cannot.
+need_debs() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    die "missing Debian packages: ${missing[*]} (run as root to install them automatically, or: sudo apt-get install ${missing[*]})"
+  fi
+}
