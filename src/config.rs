@@ -15,8 +15,99 @@ use std::time::Duration;
 pub struct Config {
     /// Media (SFU) settings: sockets, timeouts, limits.
     pub sfu: SfuConfig,
+    /// Matrix signaling: the account Sluice runs as. Disabled when `homeserver_url` is empty.
+    pub matrix: MatrixConfig,
     /// Logging settings.
     pub log: LogConfig,
+}
+
+/// A secret string (password, token): never printed by `Debug`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
+    }
+}
+
+/// Matrix signaling settings, section `[matrix]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    /// Base URL of the homeserver, e.g. `https://matrix.example.org`. Empty: no signaling
+    /// (the media core runs alone).
+    pub homeserver_url: String,
+    /// Sluice's Matrix user, e.g. `@sfu:example.org`.
+    pub user_id: String,
+    /// The account's password.
+    pub password: Secret,
+    /// A file holding the password (first line), instead of `password`.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Sluice's device id; keep it stable so the Olm identity in the store stays valid.
+    pub device_id: String,
+    /// Directory of the SQLite state and crypto store. Keep it on a persistent volume:
+    /// without it a restarted instance cannot decrypt Olm signaling.
+    pub store_path: std::path::PathBuf,
+    /// Passphrase encrypting the store (optional).
+    pub store_passphrase: Secret,
+    /// Homeserver names whose users may invite Sluice and call through it. Empty: any.
+    pub allowed_homeservers: Vec<String>,
+    /// Join rooms Sluice is invited to (by an allowed homeserver's user).
+    pub auto_join: bool,
+    /// Seconds between data-channel pings to each client.
+    pub keepalive_interval_secs: u64,
+    /// Seconds without a pong before a client is hung up (`keep_alive_timeout`).
+    pub keepalive_timeout_secs: u64,
+    /// Signaling events per second accepted from one sender (sustained).
+    pub signaling_rate_per_sec: u32,
+    /// Signaling events one sender may send in a burst.
+    pub signaling_burst: u32,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        Self {
+            homeserver_url: String::new(),
+            user_id: String::new(),
+            password: Secret::default(),
+            password_file: None,
+            device_id: "SLUICE".to_owned(),
+            store_path: "data/matrix-store".into(),
+            store_passphrase: Secret::default(),
+            allowed_homeservers: Vec::new(),
+            auto_join: true,
+            keepalive_interval_secs: 10,
+            keepalive_timeout_secs: 30,
+            signaling_rate_per_sec: 20,
+            signaling_burst: 50,
+        }
+    }
+}
+
+impl MatrixConfig {
+    /// Whether signaling is configured.
+    pub fn enabled(&self) -> bool {
+        !self.homeserver_url.trim().is_empty()
+    }
+
+    /// The password, from `password` or `password_file`.
+    pub fn resolve_password(&self) -> Result<Secret, ConfigError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                option: "matrix.password_file",
+                expected: "a readable file holding the password",
+                got: format!("{}: {e}", path.display()),
+            })?;
+            return Ok(Secret(text.lines().next().unwrap_or("").to_owned()));
+        }
+        Ok(self.password.clone())
+    }
 }
 
 /// Media core settings, section `[sfu]`.
@@ -234,6 +325,64 @@ impl Config {
                 got: s.leg_queue_packets.to_string(),
             });
         }
+        let m = &self.matrix;
+        if m.enabled() {
+            let url = m.homeserver_url.trim();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.homeserver_url",
+                    expected: "an http:// or https:// URL",
+                    got: format!("{url:?}"),
+                });
+            }
+            let valid_user = m.user_id.starts_with('@')
+                && m.user_id[1..]
+                    .split_once(':')
+                    .is_some_and(|(l, s)| !l.is_empty() && !s.is_empty());
+            if !valid_user {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.user_id",
+                    expected: "a Matrix user id such as \"@sfu:example.org\"",
+                    got: format!("{:?}", m.user_id),
+                });
+            }
+            if m.password.0.is_empty() && m.password_file.is_none() {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.password",
+                    expected: "the account password (or matrix.password_file)",
+                    got: "nothing".into(),
+                });
+            }
+            if m.device_id.is_empty()
+                || m.device_id.len() > 64
+                || m.device_id.contains(char::is_whitespace)
+            {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.device_id",
+                    expected: "1-64 characters without spaces",
+                    got: format!("{:?}", m.device_id),
+                });
+            }
+            if m.keepalive_interval_secs == 0
+                || m.keepalive_timeout_secs <= m.keepalive_interval_secs
+            {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.keepalive_timeout_secs",
+                    expected: "seconds above matrix.keepalive_interval_secs (which must be at least 1)",
+                    got: format!(
+                        "{} (interval {})",
+                        m.keepalive_timeout_secs, m.keepalive_interval_secs
+                    ),
+                });
+            }
+            if m.signaling_rate_per_sec == 0 || m.signaling_burst == 0 {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.signaling_rate_per_sec",
+                    expected: "a rate and burst of at least 1",
+                    got: format!("{}/{}", m.signaling_rate_per_sec, m.signaling_burst),
+                });
+            }
+        }
         if self.log.level.trim().is_empty()
             || tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
         {
@@ -311,6 +460,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sfu.ice_connect_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn matrix_options_are_checked_when_enabled() {
+        let base = "[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nuser_id = \"@sfu:localhost\"\npassword = \"pw\"\n";
+        assert!(Config::from_toml_str(base).unwrap().matrix.enabled());
+        let e = Config::from_toml_str(&base.replace("http://", "ftp://"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matrix.homeserver_url"), "{e}");
+        let e = Config::from_toml_str(&base.replace("@sfu:localhost", "sfu"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matrix.user_id"), "{e}");
+        let e = Config::from_toml_str(&base.replace("password = \"pw\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("matrix.password"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = Config::from_toml_str(
+            "[matrix]\nhomeserver_url = \"http://h\"\nuser_id = \"@a:b\"\npassword = \"hunter2\"\n",
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<redacted>"));
     }
 
     #[test]

@@ -71,7 +71,7 @@ async fn serve(cfg: Config) -> ExitCode {
     tracing::info!(
         bind = %cfg.sfu.bind_address,
         ports = ?cfg.sfu.port_range(),
-        "sluice media core ready (no signaling configured: Matrix signaling is not built yet)"
+        "sluice media core ready"
     );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -80,17 +80,35 @@ async fn serve(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    loop {
-        tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ev) => tracing::debug!(conference = %ev.conference, participant = %ev.participant, event = ?ev.kind, "sfu event"),
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+    let focus = if cfg.matrix.enabled() {
+        match sluice::matrix::Focus::start(&cfg.matrix, sfu.clone(), events).await {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start Matrix signaling");
+                return ExitCode::FAILURE;
+            }
         }
+    } else {
+        tracing::warn!(
+            "no [matrix] homeserver_url configured: no signaling, the media core runs alone"
+        );
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                tracing::debug!(conference = %ev.conference, participant = %ev.participant, event = ?ev.kind, "sfu event");
+            }
+        });
+        None
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
     }
     tracing::info!("shutting down");
     sfu.shutdown(HangupReason::Draining).await;
+    if let Some(f) = focus {
+        // Give the hangups a moment to go out before the client stops.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        f.stop().await;
+    }
     ExitCode::SUCCESS
 }

@@ -1,3 +1,4 @@
+#![recursion_limit = "256"]
 //! Media core tests with real webrtc-rs peers on loopback (no Matrix, no mocks).
 
 mod support;

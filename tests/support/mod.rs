@@ -124,14 +124,27 @@ pub struct TestPeer {
     pub sent: Arc<Mutex<HashMap<u8, u32>>>,
     /// The peer's own tasks, ended by `close` so task counts only reflect the SFU.
     pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Data-channel events, taken by whoever drives the peer's signaling.
+    pub dc_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<DcEvent>>>,
 }
+
+/// What the test peer's data channel delivered.
+#[derive(Debug, Clone)]
+pub enum DcEvent {
+    /// The channel opened.
+    Open,
+    /// A text message.
+    Text(String),
+}
+
+/// Where a test peer's local ICE candidates go once its answer is applied.
+pub type CandidateSink = Arc<dyn Fn(IceCandidate) + Send + Sync>;
 
 struct PeerHandler {
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     state: Arc<Mutex<PeerState>>,
     changed: Arc<Notify>,
-    sfu: Sfu,
-    id: String,
+    sink: CandidateSink,
 }
 
 #[async_trait::async_trait]
@@ -153,11 +166,7 @@ impl PeerConnectionEventHandler for PeerHandler {
             st.candidates_flow
         };
         if flow {
-            let sfu = self.sfu.clone();
-            let id = self.id.clone();
-            tokio::spawn(async move {
-                let _ = sfu.add_remote_candidate(CONF, &id, c).await;
-            });
+            (self.sink)(c);
         }
     }
 
@@ -257,6 +266,25 @@ impl TestPeer {
     /// numbers, so forwarding between peers must rewrite them.
     pub async fn new(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
+        let sfu = sfu.clone();
+        let pid = id.clone();
+        let sink: CandidateSink = Arc::new(move |c| {
+            let sfu = sfu.clone();
+            let pid = pid.clone();
+            tokio::spawn(async move {
+                let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
+            });
+        });
+        Self::with_sink(id, idx, publish, sink).await
+    }
+
+    /// A peer whose candidates go to `sink` (a signaling layer of the test's choice).
+    pub async fn with_sink(
+        id: String,
+        idx: u8,
+        publish: bool,
+        sink: CandidateSink,
+    ) -> Arc<TestPeer> {
         let mut media = MediaEngine::default();
         let opus_pt = 111 - idx;
         let vp8_pt = 96 + 2 * idx;
@@ -296,8 +324,7 @@ impl TestPeer {
             tasks: tasks.clone(),
             state: state.clone(),
             changed: changed.clone(),
-            sfu: sfu.clone(),
-            id: id.clone(),
+            sink,
         });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
@@ -369,6 +396,25 @@ impl TestPeer {
             }
         }
         let dc = pc.create_data_channel("datachannel", None).await.unwrap();
+        let (dc_tx, dc_rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let dc = dc.clone();
+            tasks.lock().unwrap().push(tokio::spawn(async move {
+                while let Some(evt) = dc.poll().await {
+                    match evt {
+                        webrtc::data_channel::DataChannelEvent::OnOpen => {
+                            let _ = dc_tx.send(DcEvent::Open);
+                        }
+                        webrtc::data_channel::DataChannelEvent::OnMessage(m) => {
+                            let _ = dc_tx
+                                .send(DcEvent::Text(String::from_utf8_lossy(&m.data).into_owned()));
+                        }
+                        webrtc::data_channel::DataChannelEvent::OnClose => break,
+                        _ => {}
+                    }
+                }
+            }));
+        }
         let plis = Arc::new(AtomicUsize::new(0));
         for s in &sends {
             let local = s.local.clone();
@@ -395,6 +441,7 @@ impl TestPeer {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(Mutex::new(HashMap::new())),
             tasks,
+            dc_rx: Mutex::new(Some(dc_rx)),
         })
     }
 
@@ -404,6 +451,13 @@ impl TestPeer {
         self.pc.set_local_description(offer).await.unwrap();
         let sdp = self.pc.local_description().await.unwrap().sdp;
         sfu.join(CONF, &self.id, &sdp).await
+    }
+
+    /// Lets candidates flow to the sink from now on; returns the ones gathered so far.
+    pub fn open_candidates(&self) -> Vec<IceCandidate> {
+        let mut st = self.state.lock().unwrap();
+        st.candidates_flow = true;
+        std::mem::take(&mut st.local_candidates)
     }
 
     pub fn connected(&self) -> bool {
@@ -579,12 +633,7 @@ impl Router {
                     .set_remote_description(RTCSessionDescription::answer(sdp.clone()).unwrap())
                     .await
                     .unwrap();
-                let pending = {
-                    let mut st = peer.state.lock().unwrap();
-                    st.candidates_flow = true;
-                    std::mem::take(&mut st.local_candidates)
-                };
-                for c in pending {
+                for c in peer.open_candidates() {
                     let _ = sfu.add_remote_candidate(CONF, &peer.id, c).await;
                 }
             }
@@ -699,3 +748,4 @@ pub fn alive_tasks() -> usize {
         .metrics()
         .num_alive_tasks()
 }
+pub mod matrix;
