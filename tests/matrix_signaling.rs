@@ -155,3 +155,333 @@ async fn three_participants_call_through_sluice_with_olm_encrypted_signaling() {
         p.close().await;
     }
 }
+
+/// Asserts that Sluice holds nothing for any participant.
+fn assert_nothing_allocated(sluice: &SluiceUnderTest) {
+    assert_eq!(sluice.signaling().session_count(), 0);
+    assert_eq!(sluice.sfu.snapshot(), sluice::sfu::SfuSnapshot::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_invites_get_the_specific_hangup_and_allocate_nothing() {
+    let sluice = SluiceUnderTest::start(|_| {}).await;
+    let owner = Participant::new(0, &sluice, true).await;
+    let no_membership = Participant::new(1, &sluice, true).await;
+    let other_focus = Participant::new(2, &sluice, true).await;
+    let spoofer = Participant::new(3, &sluice, true).await;
+    let outsider = Participant::new(4, &sluice, true).await;
+    let room = call_room(&owner, &[&no_membership, &other_focus, &spoofer], &sluice).await;
+    let room_id = room.room_id().to_owned();
+    *outsider.room_id.lock().unwrap() = Some(room_id.clone());
+
+    // A membership naming another focus instance.
+    let r = room_of(&other_focus, &room_id).await;
+    other_focus
+        .write_membership(
+            &r,
+            json!({"type": "sluice", "user_id": sluice.user_id, "device_id": "ANOTHER"}),
+            3_600_000,
+        )
+        .await;
+    // The spoofer writes a membership for a device it does not own and claims it.
+    let r = room_of(&spoofer, &room_id).await;
+    let content = json!({"application": "m.call", "call_id": "", "scope": "m.room",
+        "device_id": "NOTMINE", "expires": 3_600_000, "created_ts": now_ms(),
+        "foci_preferred": [sluice.transport()]});
+    let raw: matrix_sdk::ruma::serde::Raw<matrix_sdk::ruma::events::AnyStateEventContent> =
+        matrix_sdk::ruma::serde::Raw::new(&content)
+            .unwrap()
+            .cast_unchecked();
+    r.send_state_event_raw(
+        MEMBER_EVENT,
+        &format!("_{}_NOTMINE_m.call", spoofer.user_id),
+        raw,
+    )
+    .await
+    .unwrap();
+
+    // The outsider (not in the room) and the member without a membership, plaintext.
+    for p in [&outsider, &no_membership, &other_focus] {
+        p.invite().await;
+    }
+    // The spoofer signs with its real device but claims NOTMINE, encrypted.
+    spoofer.encrypted.store(true, Ordering::Relaxed);
+    let offer = spoofer.peer.pc.create_offer(None).await.unwrap();
+    spoofer.peer.pc.set_local_description(offer).await.unwrap();
+    let sdp = spoofer.peer.pc.local_description().await.unwrap().sdp;
+    let mut content = spoofer.base_content(json!({"offer": {"type": "offer", "sdp": sdp}}));
+    content["device_id"] = json!("NOTMINE");
+    content["party_id"] = json!("NOTMINE");
+    spoofer.send_to_sfu("m.call.invite", content).await;
+
+    for (p, why) in [
+        (&outsider, "not joined"),
+        (&no_membership, "no valid call membership"),
+        (&other_focus, "focus is not this"),
+        (&spoofer, "Olm sender"),
+    ] {
+        p.wait_for("hangup", LONG, |p| p.hangup_reason().is_some())
+            .await;
+        assert_eq!(p.hangup_reason().as_deref(), Some("sluice.unauthorized"));
+        let h = &p.received("m.call.hangup")[0];
+        assert!(
+            h.content["error"].as_str().unwrap_or("").contains(why),
+            "{}: {}",
+            p.user_id,
+            h.content["error"]
+        );
+        assert!(p.received("m.call.answer").is_empty());
+    }
+    assert_eq!(
+        sluice
+            .signaling()
+            .stats
+            .invites_refused
+            .load(Ordering::Relaxed),
+        4
+    );
+    assert_nothing_allocated(&sluice);
+    for p in [&owner, &no_membership, &other_focus, &spoofer, &outsider] {
+        p.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_cleared_membership_and_expiry_each_end_a_session() {
+    let sluice = SluiceUnderTest::start(|_| {}).await;
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        parts.push(Participant::new(i, &sluice, true).await);
+    }
+    let others: Vec<&Arc<Participant>> = parts.iter().skip(1).collect();
+    let room = call_room(&parts[0], &others, &sluice).await;
+    let room_id = room.room_id().to_owned();
+    let (a, hanger, clearer, expirer) = (&parts[0], &parts[1], &parts[2], &parts[3]);
+    for p in [a, hanger, clearer] {
+        let r = room_of(p, &room_id).await;
+        p.write_membership(&r, sluice.transport(), 3_600_000).await;
+    }
+    // Created almost an hour ago: expires about 12 s from now.
+    let r = room_of(expirer, &room_id).await;
+    let content = json!({"application": "m.call", "call_id": "", "scope": "m.room",
+        "device_id": expirer.device_id, "expires": 3_600_000,
+        "created_ts": now_ms() - 3_600_000 + 12_000,
+        "foci_preferred": [sluice.transport()]});
+    expirer.write_membership_content(&r, content).await;
+    run_call(&parts, false).await;
+    assert_eq!(sluice.signaling().session_count(), 4);
+
+    let streams_of = |p: &Participant| p.peer.sends[0].stream_id.clone();
+    let offers = |p: &Participant| {
+        p.dc_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m["type"] == "m.call.negotiate" && m["content"]["description"]["type"] == "offer"
+            })
+            .count()
+    };
+
+    // 1. m.call.hangup from the client.
+    let before = offers(a);
+    hanger
+        .send_to_sfu(
+            "m.call.hangup",
+            hanger.base_content(json!({"reason": "user_hangup"})),
+        )
+        .await;
+    let gone = streams_of(hanger);
+    a.wait_for("metadata without the hung-up participant", LONG, |a| {
+        a.last_metadata().is_some_and(|m| m.get(&gone).is_none())
+    })
+    .await;
+    a.wait_for("renegotiation after the hangup", LONG, |a| {
+        offers(a) > before
+    })
+    .await;
+    assert!(
+        hanger.hangup_reason().is_none(),
+        "no hangup is echoed to a client that hung up"
+    );
+
+    // 2. Membership cleared to {}.
+    let r = room_of(clearer, &room_id).await;
+    clearer.write_membership_content(&r, json!({})).await;
+    clearer
+        .wait_for(
+            "hangup after membership cleared",
+            Duration::from_secs(5),
+            |p| p.hangup_reason().is_some(),
+        )
+        .await;
+    assert_eq!(clearer.hangup_reason().as_deref(), Some("user_hangup"));
+    let gone = streams_of(clearer);
+    a.wait_for("metadata without the cleared participant", LONG, |a| {
+        a.last_metadata().is_some_and(|m| m.get(&gone).is_none())
+    })
+    .await;
+
+    // 3. Membership expiry.
+    expirer
+        .wait_for("hangup after expiry", LONG, |p| p.hangup_reason().is_some())
+        .await;
+    assert_eq!(expirer.hangup_reason().as_deref(), Some("user_hangup"));
+    assert_eq!(sluice.signaling().session_count(), 1);
+    let snap = sluice.sfu.snapshot();
+    assert_eq!(
+        (snap.participants, snap.published_tracks, snap.subscriptions),
+        (1, 2, 0)
+    );
+    for p in &parts {
+        p.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_stops_answering_pings_is_hung_up() {
+    let sluice = SluiceUnderTest::start(|c| {
+        c.keepalive_interval_secs = 1;
+        c.keepalive_timeout_secs = 3;
+    })
+    .await;
+    let p = Participant::new(0, &sluice, true).await;
+    let room = call_room(&p, &[], &sluice).await;
+    p.write_membership(&room, sluice.transport(), 3_600_000)
+        .await;
+    p.invite().await;
+    p.peer.wait_for("connected", LONG, |s| s.connected).await;
+    p.wait_for("pings", LONG, |p| {
+        p.dc_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "m.call.ping")
+            .count()
+            >= 2
+    })
+    .await;
+    // Still up while it answers.
+    assert!(p.hangup_reason().is_none());
+    p.answer_pings.store(false, Ordering::Relaxed);
+    p.wait_for("keepalive hangup", Duration::from_secs(10), |p| {
+        p.hangup_reason().is_some()
+    })
+    .await;
+    assert_eq!(p.hangup_reason().as_deref(), Some("keep_alive_timeout"));
+    assert_nothing_allocated(&sluice);
+    p.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_sluice_with_the_same_store_still_decrypts_olm_invites() {
+    let mut sluice = SluiceUnderTest::start(|_| {}).await;
+    let first = Participant::new(0, &sluice, true).await;
+    let room = call_room(&first, &[], &sluice).await;
+    let room_id = room.room_id().to_owned();
+    first
+        .write_membership(&room, sluice.transport(), 3_600_000)
+        .await;
+    first.encrypted.store(true, Ordering::Relaxed);
+    first.invite().await;
+    first
+        .wait_for("answer", LONG, |p| !p.received("m.call.answer").is_empty())
+        .await;
+    let client = first.client.clone();
+    first.close().await;
+
+    sluice.restart().await;
+
+    // Same device, same Olm session with Sluice, a new call.
+    let again = Participant::with_client(client, 0, &sluice, true).await;
+    *again.room_id.lock().unwrap() = Some(room_id);
+    again.encrypted.store(true, Ordering::Relaxed);
+    again.invite().await;
+    again
+        .wait_for("answer after restart", LONG, |p| {
+            !p.received("m.call.answer").is_empty()
+        })
+        .await;
+    let answer = &again.received("m.call.answer")[0];
+    assert!(answer.encrypted);
+    again
+        .peer
+        .wait_for("connected", LONG, |s| s.connected)
+        .await;
+    again.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_to_device_messages_are_refused_without_leftovers() {
+    let sluice = SluiceUnderTest::start(|_| {}).await;
+    let p = Participant::new(0, &sluice, true).await;
+    let room = call_room(&p, &[], &sluice).await;
+    p.write_membership(&room, sluice.transport(), 3_600_000)
+        .await;
+    let offer = p.peer.pc.create_offer(None).await.unwrap();
+    p.peer.pc.set_local_description(offer).await.unwrap();
+    let sdp = p.peer.pc.local_description().await.unwrap().sdp;
+    let stats = &sluice.signaling().stats;
+
+    // Unaddressable: no call_id, or one of the wrong type. Counted, nothing sent.
+    let mut c = p.base_content(json!({"offer": {"type": "offer", "sdp": sdp}}));
+    c.as_object_mut().unwrap().remove("call_id");
+    p.send_to_sfu("m.call.invite", c).await;
+    let mut c = p.base_content(json!({"offer": {"type": "offer", "sdp": sdp}}));
+    c["call_id"] = json!(42);
+    p.send_to_sfu("m.call.invite", c).await;
+    // Wrong dest_session_id: silently ignored.
+    let mut c = p.base_content(json!({"offer": {"type": "offer", "sdp": sdp}}));
+    c["dest_session_id"] = json!("not-sluice");
+    p.send_to_sfu("m.call.invite", c).await;
+    let deadline = std::time::Instant::now() + LONG;
+    while stats.bad_requests.load(Ordering::Relaxed) < 2
+        || stats.ignored.load(Ordering::Relaxed) < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "malformed messages not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.received("m.call.hangup").is_empty());
+
+    // Addressable: wrong types, huge SDP, garbage SDP → sluice.bad_request naming the fault.
+    let cases = [
+        (json!({"offer": {"type": "offer", "sdp": 7}}), "offer.sdp"),
+        (
+            json!({"offer": {"type": "offer", "sdp": "x".repeat(33 * 1024)}}),
+            "SDP",
+        ),
+        (
+            json!({"offer": {"type": "offer", "sdp": sdp}, "lifetime": "soon"}),
+            "lifetime",
+        ),
+        (json!({"offer": {"type": "offer", "sdp": "garbage"}}), "SDP"),
+    ];
+    for (i, (extra, field)) in cases.iter().enumerate() {
+        let before = p.received("m.call.hangup").len();
+        p.send_to_sfu("m.call.invite", p.base_content(extra.clone()))
+            .await;
+        p.wait_for("bad_request hangup", LONG, |p| {
+            p.received("m.call.hangup").len() > before
+        })
+        .await;
+        let h = &p.received("m.call.hangup")[before];
+        assert_eq!(h.content["reason"], "sluice.bad_request", "case {i}");
+        assert!(
+            h.content["error"].as_str().unwrap_or("").contains(field),
+            "case {i}: {}",
+            h.content["error"]
+        );
+        assert_nothing_allocated(&sluice);
+    }
+
+    // An unknown version is treated as "1": this well-formed invite is answered.
+    let mut c = p.base_content(json!({"offer": {"type": "offer", "sdp": sdp}}));
+    c["version"] = json!("99");
+    p.send_to_sfu("m.call.invite", c).await;
+    p.wait_for("answer", LONG, |p| !p.received("m.call.answer").is_empty())
+        .await;
+    p.close().await;
+}

@@ -120,10 +120,11 @@ impl Focus {
         }
 
         let sync_up = Arc::new(AtomicBool::new(false));
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(sync_loop(client.clone(), sync_up.clone())));
-        tasks.push(tokio::spawn(signaling.clone().run_sfu_events(events)));
-        tasks.push(tokio::spawn(signaling.clone().watch_memberships()));
+        let tasks = vec![
+            tokio::spawn(sync_loop(client.clone(), sync_up.clone())),
+            tokio::spawn(signaling.clone().run_sfu_events(events)),
+            tokio::spawn(signaling.clone().watch_memberships()),
+        ];
         Ok(Focus {
             client,
             signaling,

@@ -317,7 +317,8 @@ mod tests {
 
     #[test]
     fn malformed_shapes_are_bad_requests_naming_the_field() {
-        let cases: Vec<(fn(&mut Value), &str)> = vec![
+        type Mutation = fn(&mut Value);
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 |c| drop(c.as_object_mut().unwrap().remove("call_id")),
                 "call_id",

@@ -519,6 +519,15 @@ impl Signaling {
         let Some(room) = self.client.get_room(&room_id) else {
             return Err(Refusal::unauthorized("Sluice is not in that room"));
         };
+        let joined = matches!(
+            room.get_member_no_sync(sender).await,
+            Ok(Some(m)) if *m.membership() == MembershipState::Join
+        );
+        if !joined {
+            return Err(Refusal::unauthorized(
+                "the sender is not joined to the room",
+            ));
+        }
         let ms = self.memberships(&room_id).await;
         if !ms.iter().any(|m| {
             m.user_id == sender.as_str()
@@ -528,15 +537,6 @@ impl Signaling {
         }) {
             return Err(Refusal::unauthorized(
                 "no valid call membership for this device and call",
-            ));
-        }
-        let joined = matches!(
-            room.get_member_no_sync(sender).await,
-            Ok(Some(m)) if *m.membership() == MembershipState::Join
-        );
-        if !joined {
-            return Err(Refusal::unauthorized(
-                "the sender is not joined to the room",
             ));
         }
         match membership::active_focus(&ms, &msg.conf_id, now) {
@@ -630,14 +630,16 @@ impl Signaling {
             dest_session_id: msg.sender_session_id.clone(),
         };
         let content = reply.borrow().hangup(r.reason, Some(&r.error));
-        self.send(
-            &job.sender,
-            &msg.device_id,
-            "m.call.hangup",
-            content,
-            encrypted,
-        )
-        .await;
+        // An encrypted refusal goes to the device that really sent the invite, which may
+        // not be the one the content claims.
+        let device = job
+            .encryption
+            .as_ref()
+            .and_then(|e| e.sender_device.as_ref())
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| msg.device_id.clone());
+        self.send(&job.sender, &device, "m.call.hangup", content, encrypted)
+            .await;
         self.stats.hangups_sent.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -201,6 +201,17 @@ impl Participant {
         let name = unique(&format!("user{idx}x"));
         let device_id = format!("DEV{idx}");
         let client = register(&name, "pw", &device_id).await;
+        Self::with_client(client, idx, sluice, publish).await
+    }
+
+    /// A participant on an existing client (a new call from the same device).
+    pub async fn with_client(
+        client: Client,
+        idx: u8,
+        sluice: &SluiceUnderTest,
+        publish: bool,
+    ) -> Arc<Participant> {
+        let device_id = client.device_id().unwrap().to_string();
         let user_id = client.user_id().unwrap().to_owned();
         let (cand_tx, mut cand_rx) = tokio::sync::mpsc::unbounded_channel::<IceCandidate>();
         let sink: CandidateSink = Arc::new(move |c| {
