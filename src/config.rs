@@ -60,6 +60,9 @@ pub struct MatrixConfig {
     pub allowed_homeservers: Vec<String>,
     /// Join rooms Sluice is invited to (by an allowed homeserver's user).
     pub auto_join: bool,
+    /// Leave a room when its last session ends and no valid membership there names this
+    /// instance any more.
+    pub leave_idle_rooms: bool,
     /// Seconds between data-channel pings to each client.
     pub keepalive_interval_secs: u64,
     /// Seconds without a pong before a client is hung up (`keep_alive_timeout`).
@@ -82,6 +85,7 @@ impl Default for MatrixConfig {
             store_passphrase: Secret::default(),
             allowed_homeservers: Vec::new(),
             auto_join: true,
+            leave_idle_rooms: false,
             keepalive_interval_secs: 10,
             keepalive_timeout_secs: 30,
             signaling_rate_per_sec: 20,

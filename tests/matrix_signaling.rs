@@ -485,3 +485,92 @@ async fn malformed_to_device_messages_are_refused_without_leftovers() {
         .await;
     p.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn homeserver_outage_does_not_disturb_media_and_sync_recovers() {
+    let hs = OwnSynapse::start_new();
+    let sluice = SluiceUnderTest::start_on(&hs.url(), |_| {}).await;
+    let a = Participant::new(0, &sluice, true).await;
+    let b = Participant::new(1, &sluice, true).await;
+    let room = call_room(&a, &[&b], &sluice).await;
+    for p in [&a, &b] {
+        let r = room_of(p, &room.room_id().to_owned()).await;
+        p.write_membership(&r, sluice.transport(), 3_600_000).await;
+    }
+    run_call(&[a.clone(), b.clone()], false).await;
+
+    hs.stop();
+    let focus = sluice.focus.as_ref().unwrap();
+    let deadline = std::time::Instant::now() + LONG;
+    while focus.is_synced() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sync never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Media keeps flowing while the homeserver is gone.
+    let count = |p: &Participant, t: &str| p.peer.state.lock().unwrap().remotes[t].packets.len();
+    let before = count(&b, "video-0");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        count(&b, "video-0") > before + 100,
+        "media stalled during the outage"
+    );
+    assert_eq!(sluice.signaling().session_count(), 2);
+
+    hs.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !focus.is_synced() {
+        assert!(std::time::Instant::now() < deadline, "sync did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Signaling works again: a hangup is processed.
+    a.send_to_sfu(
+        "m.call.hangup",
+        a.base_content(json!({"reason": "user_hangup"})),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + LONG;
+    while sluice.signaling().session_count() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hangup after recovery not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_room_is_left_only_when_configured() {
+    for leave in [false, true] {
+        let sluice = SluiceUnderTest::start(|c| c.leave_idle_rooms = leave).await;
+        let p = Participant::new(0, &sluice, true).await;
+        let room = call_room(&p, &[], &sluice).await;
+        p.write_membership(&room, sluice.transport(), 3_600_000)
+            .await;
+        p.invite().await;
+        p.peer.wait_for("connected", LONG, |s| s.connected).await;
+        p.write_membership_content(&room, json!({})).await;
+        p.wait_for("hangup", LONG, |p| p.hangup_reason().is_some())
+            .await;
+        let client = &sluice.focus.as_ref().unwrap().client;
+        let state = || client.get_room(room.room_id()).map(|r| r.state());
+        if leave {
+            let deadline = std::time::Instant::now() + LONG;
+            while state() != Some(matrix_sdk::RoomState::Left) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "Sluice stayed in the idle room"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert_eq!(state(), Some(matrix_sdk::RoomState::Joined));
+        }
+        p.close().await;
+    }
+}

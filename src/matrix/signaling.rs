@@ -888,8 +888,40 @@ impl Signaling {
                     self.stats.hangups_sent.fetch_add(1, Ordering::Relaxed);
                 }
                 info!(participant = %s.participant, reason = reason.as_str(), "session ended");
+                if self.cfg.leave_idle_rooms {
+                    self.leave_if_idle(&s.room_id).await;
+                }
             }
             SfuEventKind::TrackPublished(_) | SfuEventKind::TrackUnpublished(_) => {}
+        }
+    }
+
+    /// Leaves `room_id` when no session is in it and no valid membership names this focus.
+    async fn leave_if_idle(&self, room_id: &RoomId) {
+        let busy = self
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .any(|s| s.room_id == room_id);
+        if busy {
+            return;
+        }
+        let now = now_ms();
+        let wanted = self.memberships(room_id).await.iter().any(|m| {
+            m.is_valid(now)
+                && m.preferred_focus
+                    .as_ref()
+                    .is_some_and(|f| f.is(&self.own_user, &self.own_device))
+        });
+        if wanted {
+            return;
+        }
+        if let Some(room) = self.client.get_room(room_id) {
+            match room.leave().await {
+                Ok(()) => info!(room = %room_id, "left idle room"),
+                Err(e) => warn!(room = %room_id, error = %e, "cannot leave idle room"),
+            }
         }
     }
 

@@ -66,10 +66,10 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-/// Registers a fresh user and returns a logged-in client with its own store.
-pub async fn register(username: &str, password: &str, device: &str) -> Client {
+/// Registers a fresh user on `hs` and returns a logged-in client with its own store.
+pub async fn register(hs: &str, username: &str, password: &str, device: &str) -> Client {
     let client = Client::builder()
-        .homeserver_url(homeserver())
+        .homeserver_url(hs)
         .sqlite_store(temp_dir(username), None)
         .build()
         .await
@@ -95,14 +95,19 @@ pub struct SluiceUnderTest {
 
 impl SluiceUnderTest {
     pub async fn start(tune: impl FnOnce(&mut MatrixConfig)) -> SluiceUnderTest {
+        Self::start_on(&homeserver(), tune).await
+    }
+
+    /// A Sluice on the homeserver at `hs`.
+    pub async fn start_on(hs: &str, tune: impl FnOnce(&mut MatrixConfig)) -> SluiceUnderTest {
         let name = unique("sfu");
         let password = "sfu-password";
         // Register the account; Sluice logs in itself with its own device id.
-        let reg = register(&name, password, "REGDEV").await;
+        let reg = register(hs, &name, password, "REGDEV").await;
         let user_id = reg.user_id().unwrap().to_string();
         drop(reg);
         let mut cfg = MatrixConfig {
-            homeserver_url: homeserver(),
+            homeserver_url: hs.to_owned(),
             user_id: user_id.clone(),
             password: Secret(password.to_owned()),
             device_id: "SLUICETEST".to_owned(),
@@ -200,7 +205,7 @@ impl Participant {
     pub async fn new(idx: u8, sluice: &SluiceUnderTest, publish: bool) -> Arc<Participant> {
         let name = unique(&format!("user{idx}x"));
         let device_id = format!("DEV{idx}");
-        let client = register(&name, "pw", &device_id).await;
+        let client = register(&sluice.cfg.homeserver_url, &name, "pw", &device_id).await;
         Self::with_client(client, idx, sluice, publish).await
     }
 
@@ -623,5 +628,59 @@ pub async fn room_of(p: &Participant, room_id: &OwnedRoomId) -> Room {
             p.user_id
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Synapse of the test's own (for tests that stop and start the homeserver), managed
+/// through scripts/synapse.
+pub struct OwnSynapse {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl OwnSynapse {
+    fn script() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/synapse")
+    }
+
+    pub fn start_new() -> OwnSynapse {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = OwnSynapse {
+            dir: temp_dir("own-synapse"),
+            port,
+        };
+        s.start();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&self) {
+        let st = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(&self.dir)
+            .arg(self.port.to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/synapse start failed");
+    }
+
+    pub fn stop(&self) {
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl Drop for OwnSynapse {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
