@@ -17,8 +17,39 @@ pub struct Config {
     pub sfu: SfuConfig,
     /// Matrix signaling: the account Sluice runs as. Disabled when `homeserver_url` is empty.
     pub matrix: MatrixConfig,
+    /// HTTP endpoints (metrics, health, admin) and operations (drain, idle eviction).
+    pub http: HttpConfig,
     /// Logging settings.
     pub log: LogConfig,
+}
+
+/// HTTP and operations settings, section `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP server (`/metrics`, `/healthz`, `/readyz`, `/admin/…`).
+    pub listen: std::net::SocketAddr,
+    /// Bearer token for `/admin/…`. Empty: every admin call is refused.
+    pub admin_token: Secret,
+    /// Seconds a drain waits for conferences to end before hanging up the rest.
+    pub drain_deadline_secs: u64,
+    /// Seconds a participant may publish and subscribe nothing before it is removed.
+    pub idle_timeout_secs: u64,
+    /// Forwarded packets per second this instance is sized for; with CPU, the basis of
+    /// `sluice_load_ratio`.
+    pub capacity_packets_per_sec: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8090)),
+            admin_token: Secret::default(),
+            drain_deadline_secs: 600,
+            idle_timeout_secs: 300,
+            capacity_packets_per_sec: 200_000,
+        }
+    }
 }
 
 /// A secret string (password, token): never printed by `Debug`.
@@ -327,6 +358,35 @@ impl Config {
                 option: "sfu.leg_queue_packets",
                 expected: "a packet count between 16 and 65536",
                 got: s.leg_queue_packets.to_string(),
+            });
+        }
+        let h = &self.http;
+        if h.drain_deadline_secs == 0 || h.drain_deadline_secs > 86_400 {
+            return Err(ConfigError::Invalid {
+                option: "http.drain_deadline_secs",
+                expected: "seconds between 1 and 86400",
+                got: h.drain_deadline_secs.to_string(),
+            });
+        }
+        if h.idle_timeout_secs < 5 {
+            return Err(ConfigError::Invalid {
+                option: "http.idle_timeout_secs",
+                expected: "seconds, at least 5",
+                got: h.idle_timeout_secs.to_string(),
+            });
+        }
+        if h.capacity_packets_per_sec == 0 {
+            return Err(ConfigError::Invalid {
+                option: "http.capacity_packets_per_sec",
+                expected: "a packet rate of at least 1",
+                got: "0".into(),
+            });
+        }
+        if !h.admin_token.0.is_empty() && h.admin_token.0.len() < 16 {
+            return Err(ConfigError::Invalid {
+                option: "http.admin_token",
+                expected: "a token of at least 16 characters (or empty to disable the admin API)",
+                got: format!("{} characters", h.admin_token.0.len()),
             });
         }
         let m = &self.matrix;

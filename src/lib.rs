@@ -6,6 +6,9 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod http;
 pub mod logging;
 pub mod matrix;
+pub mod metrics;
+pub mod ops;
 pub mod sfu;

@@ -67,12 +67,21 @@ fn main() -> ExitCode {
 }
 
 async fn serve(cfg: Config) -> ExitCode {
+    use std::sync::Arc;
+    use std::time::Duration;
     let (sfu, mut events) = Sfu::new(cfg.sfu.clone());
     tracing::info!(
         bind = %cfg.sfu.bind_address,
         ports = ?cfg.sfu.port_range(),
         "sluice media core ready"
     );
+    let listener = match tokio::net::TcpListener::bind(cfg.http.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %cfg.http.listen, error = %e, "cannot bind http.listen");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -99,15 +108,62 @@ async fn serve(cfg: Config) -> ExitCode {
         });
         None
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
-    tracing::info!("shutting down");
+    let load = sluice::metrics::LoadEstimator::new(sfu.stats(), cfg.http.capacity_packets_per_sec);
+    tokio::spawn(load.clone().run(Duration::from_secs(5)));
+    let metrics = Arc::new(sluice::metrics::Metrics::new(
+        sfu.clone(),
+        focus.as_ref().map(|f| f.metrics_view()),
+        load,
+    ));
+    let ops = sluice::ops::Ops::new(
+        sfu.clone(),
+        Duration::from_secs(cfg.http.drain_deadline_secs),
+    );
+    tokio::spawn(sluice::ops::evict_idle_loop(
+        sfu.clone(),
+        Duration::from_secs(cfg.http.idle_timeout_secs),
+        Duration::from_secs(5),
+    ));
+    let state = sluice::http::AppState {
+        sfu: sfu.clone(),
+        metrics,
+        ops: ops.clone(),
+        sync_up: focus.as_ref().map(|f| f.sync_up.clone()),
+        admin_token: (!cfg.http.admin_token.0.is_empty()).then(|| cfg.http.admin_token.0.clone()),
+        transport: cfg.matrix.enabled().then(|| {
+            serde_json::json!({"type": "sluice", "user_id": cfg.matrix.user_id, "device_id": cfg.matrix.device_id})
+        }),
+    };
+    tracing::info!(listen = %cfg.http.listen, "http server listening");
+    tokio::spawn(async move {
+        if let Err(e) = sluice::http::serve(listener, state).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+
+    // First SIGTERM/SIGINT (or POST /admin/drain): drain. A second signal: hang up now.
+    let outcome = tokio::select! {
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+        o = ops.wait_drained() => Some(o),
+    };
+    let outcome = match outcome {
+        Some(o) => o,
+        None => {
+            ops.start_drain();
+            tracing::info!("signal received: draining (send it again to stop at once)");
+            tokio::select! {
+                o = ops.wait_drained() => o,
+                _ = tokio::signal::ctrl_c() => { tracing::info!("second signal: stopping now"); sluice::ops::DrainOutcome::DeadlineReached }
+                _ = term.recv() => { tracing::info!("second signal: stopping now"); sluice::ops::DrainOutcome::DeadlineReached }
+            }
+        }
+    };
+    tracing::info!(?outcome, "shutting down");
     sfu.shutdown(HangupReason::Draining).await;
     if let Some(f) = focus {
         // Give the hangups a moment to go out before the client stops.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         f.stop().await;
     }
     ExitCode::SUCCESS

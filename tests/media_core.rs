@@ -10,61 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-const LONG: Duration = Duration::from_secs(20);
-
-/// Joins `n` publishing peers and waits until every one is connected and its two tracks
-/// are published.
-async fn join_peers(sfu: &Sfu, router: &Arc<Router>, idxs: &[u8]) -> Vec<Arc<TestPeer>> {
-    let mut peers = Vec::new();
-    for &i in idxs {
-        let p = TestPeer::new(sfu, i, true).await;
-        router.add(&p);
-        p.join(sfu).await.expect("join");
-        p.wait_for("connected", LONG, |s| s.connected).await;
-        p.start_sending();
-        peers.push(p);
-    }
-    for p in &peers {
-        let id = p.id.clone();
-        router
-            .wait_for("tracks published", LONG, |log| {
-                log.iter()
-                    .filter(|e| {
-                        e.participant == id && matches!(e.kind, SfuEventKind::TrackPublished(_))
-                    })
-                    .count()
-                    == 2
-            })
-            .await;
-    }
-    peers
-}
-
-/// Subscribes every peer in `subs` to every track of every peer in `pubs` (other than its
-/// own) and waits until packets of each arrive.
-async fn subscribe_all(sfu: &Sfu, subs: &[Arc<TestPeer>], pubs: &[Arc<TestPeer>]) {
-    for s in subs {
-        let refs: Vec<TrackRef> = pubs
-            .iter()
-            .filter(|p| p.id != s.id)
-            .flat_map(|p| p.track_refs())
-            .collect();
-        sfu.subscribe(CONF, &s.id, &refs).await.expect("subscribe");
-    }
-    for s in subs {
-        let want: Vec<String> = pubs
-            .iter()
-            .filter(|p| p.id != s.id)
-            .flat_map(|p| p.track_refs().into_iter().map(|t| t.track_id))
-            .collect();
-        s.wait_for("first packets of every subscribed track", LONG, |st| {
-            want.iter()
-                .all(|t| st.remotes.get(t).is_some_and(|r| !r.packets.is_empty()))
-        })
-        .await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_exchange_audio_and_video_intact_and_in_order() {
     let (sfu, events) = Sfu::new(test_config());

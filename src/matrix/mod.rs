@@ -48,6 +48,8 @@ pub struct Focus {
     pub signaling: Arc<Signaling>,
     /// True while the last sync succeeded.
     pub sync_up: Arc<AtomicBool>,
+    /// Failed syncs.
+    pub sync_errors: Arc<std::sync::atomic::AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -120,8 +122,13 @@ impl Focus {
         }
 
         let sync_up = Arc::new(AtomicBool::new(false));
+        let sync_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let tasks = vec![
-            tokio::spawn(sync_loop(client.clone(), sync_up.clone())),
+            tokio::spawn(sync_loop(
+                client.clone(),
+                sync_up.clone(),
+                sync_errors.clone(),
+            )),
             tokio::spawn(signaling.clone().run_sfu_events(events)),
             tokio::spawn(signaling.clone().watch_memberships()),
         ];
@@ -129,8 +136,18 @@ impl Focus {
             client,
             signaling,
             sync_up,
+            sync_errors,
             tasks,
         })
+    }
+
+    /// The view the metrics collector reads.
+    pub fn metrics_view(&self) -> crate::metrics::MatrixView {
+        crate::metrics::MatrixView {
+            signaling: self.signaling.clone(),
+            sync_up: self.sync_up.clone(),
+            sync_errors: self.sync_errors.clone(),
+        }
     }
 
     /// Whether the homeserver is reachable (last sync succeeded).
@@ -168,7 +185,7 @@ async fn join_with_retry(room: Room) {
 
 /// Syncs forever. Errors back off (1 s doubling to 30 s) and never stop the loop; media
 /// already flowing is not touched by a homeserver outage.
-async fn sync_loop(client: Client, up: Arc<AtomicBool>) {
+async fn sync_loop(client: Client, up: Arc<AtomicBool>, errors: Arc<std::sync::atomic::AtomicU64>) {
     let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
     let mut delay = Duration::from_secs(1);
     loop {
@@ -181,6 +198,7 @@ async fn sync_loop(client: Client, up: Arc<AtomicBool>) {
                 settings = settings.token(response.next_batch);
             }
             Err(e) => {
+                errors.fetch_add(1, Ordering::Relaxed);
                 if up.swap(false, Ordering::Relaxed) {
                     warn!(error = %e, "matrix sync failed; retrying with backoff");
                 }

@@ -37,9 +37,32 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Event types counted in [`SignalingStats::events`].
+pub const EVENT_TYPES: [&str; 5] = ["invite", "candidates", "select_answer", "hangup", "other"];
+/// Results counted in [`SignalingStats::events`].
+pub const EVENT_RESULTS: [&str; 5] = [
+    "accepted",
+    "refused",
+    "bad_request",
+    "ignored",
+    "rate_limited",
+];
+
+fn type_index(event_type: &str) -> usize {
+    match event_type {
+        "m.call.invite" => 0,
+        "m.call.candidates" => 1,
+        "m.call.select_answer" => 2,
+        "m.call.hangup" | "m.call.reject" => 3,
+        _ => 4,
+    }
+}
+
 /// Counters of the signaling layer.
 #[derive(Debug, Default)]
 pub struct SignalingStats {
+    /// Events by [`EVENT_TYPES`] × [`EVENT_RESULTS`].
+    pub events: [[AtomicU64; 5]; 5],
     /// Invites accepted (answered).
     pub invites_accepted: AtomicU64,
     /// Invites refused with a hangup.
@@ -53,6 +76,18 @@ pub struct SignalingStats {
     /// Hangups sent to clients.
     pub hangups_sent: AtomicU64,
 }
+
+impl SignalingStats {
+    fn record(&self, event_type: &str, result: usize) {
+        self.events[type_index(event_type)][result].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+const ACCEPTED: usize = 0;
+const REFUSED: usize = 1;
+const BAD_REQUEST: usize = 2;
+const IGNORED: usize = 3;
+const RATE_LIMITED: usize = 4;
 
 /// One client device's session with Sluice.
 pub struct Session {
@@ -156,6 +191,7 @@ pub fn refusal_for(e: &SfuError) -> Refusal {
     let reason = match e {
         SfuError::ConferenceFull => "sluice.conference_full",
         SfuError::ServerFull => "sluice.server_full",
+        SfuError::Draining => "sluice.draining",
         SfuError::BadSdp(_) | SfuError::NoMedia | SfuError::UnsupportedCodec(_) => {
             "sluice.bad_request"
         }
@@ -179,8 +215,6 @@ pub struct Signaling {
     workers: Mutex<HashMap<OwnedUserId, mpsc::UnboundedSender<Job>>>,
     buckets: Mutex<HashMap<OwnedUserId, Bucket>>,
     next_session: AtomicU64,
-    /// Set while draining: new conferences are refused.
-    pub draining: AtomicBool,
     /// Counters.
     pub stats: SignalingStats,
 }
@@ -199,7 +233,6 @@ impl Signaling {
             workers: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
-            draining: AtomicBool::new(false),
             stats: SignalingStats::default(),
         })
     }
@@ -276,6 +309,7 @@ impl Signaling {
         };
         if !self.admit(&sender) {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.stats.record(event_type, RATE_LIMITED);
             debug!(%sender, event_type, "signaling rate limit: dropped");
             return;
         }
@@ -324,11 +358,13 @@ impl Signaling {
             Ok(m) => m,
             Err(Rejection::Ignore(why)) => {
                 self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                self.stats.record(&job.event_type, IGNORED);
                 debug!(sender = %job.sender, event_type = %job.event_type, why, "ignored");
                 return;
             }
             Err(Rejection::BadRequest(why)) => {
                 self.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                self.stats.record(&job.event_type, BAD_REQUEST);
                 warn!(sender = %job.sender, event_type = %job.event_type, error = %why, "malformed signaling message");
                 self.reply_bad_request(&job, &why).await;
                 return;
@@ -340,12 +376,15 @@ impl Signaling {
             Body::Candidates(list) => {
                 let Some(s) = self.session_of(&job.sender, &msg.device_id) else {
                     self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record(&job.event_type, IGNORED);
                     return;
                 };
                 if s.call_id != msg.call_id || !self.olm_sender_ok(&job, &msg) {
                     self.stats.ignored.fetch_add(1, Ordering::Relaxed);
+                    self.stats.record(&job.event_type, IGNORED);
                     return;
                 }
+                self.stats.record(&job.event_type, ACCEPTED);
                 s.encrypted.store(encrypted, Ordering::Relaxed);
                 for c in list {
                     if c.candidate.is_empty() {
@@ -362,8 +401,10 @@ impl Signaling {
             }
             Body::SelectAnswer { selected_party_id } => {
                 let Some(s) = self.session_of(&job.sender, &msg.device_id) else {
+                    self.stats.record(&job.event_type, IGNORED);
                     return;
                 };
+                self.stats.record(&job.event_type, ACCEPTED);
                 if s.call_id == msg.call_id && selected_party_id != &self.own_device {
                     info!(participant = %s.participant, "client selected another party; dropping the session");
                     s.client_ended.store(true, Ordering::Relaxed);
@@ -375,9 +416,13 @@ impl Signaling {
             }
             Body::Hangup { reason } => {
                 let Some(s) = self.session_of(&job.sender, &msg.device_id) else {
+                    self.stats.record(&job.event_type, IGNORED);
                     return;
                 };
-                if s.call_id == msg.call_id && self.olm_sender_ok(&job, &msg) {
+                let ok = s.call_id == msg.call_id && self.olm_sender_ok(&job, &msg);
+                self.stats
+                    .record(&job.event_type, if ok { ACCEPTED } else { IGNORED });
+                if ok {
                     info!(participant = %s.participant, reason = reason.as_deref().unwrap_or(""), "client hung up");
                     s.client_ended.store(true, Ordering::Relaxed);
                     let _ = self
@@ -559,13 +604,6 @@ impl Signaling {
             Err(r) => return self.refuse_invite(job, &msg, encrypted, r).await,
         };
         let conference = format!("{}|{}", room_id, msg.conf_id);
-        if self.draining.load(Ordering::Relaxed) && self.sfu.participants(&conference).is_empty() {
-            let r = Refusal {
-                reason: "sluice.draining",
-                error: "this instance is draining".into(),
-            };
-            return self.refuse_invite(job, &msg, encrypted, r).await;
-        }
         // Replace an earlier session of the same device (no ghosts).
         if let Some(old) = self.session_of(&job.sender, &msg.device_id) {
             if old.sender_session_id == msg.sender_session_id && old.call_id == msg.call_id {
@@ -616,11 +654,13 @@ impl Signaling {
                 .await;
         }
         self.stats.invites_accepted.fetch_add(1, Ordering::Relaxed);
+        self.stats.record("m.call.invite", ACCEPTED);
         info!(conference = %conference, participant = %participant, encrypted, "invite accepted");
     }
 
     async fn refuse_invite(&self, job: &Job, msg: &CallMessage, encrypted: bool, r: Refusal) {
         self.stats.invites_refused.fetch_add(1, Ordering::Relaxed);
+        self.stats.record("m.call.invite", REFUSED);
         info!(sender = %job.sender, device = %msg.device_id, reason = r.reason, error = %r.error, "invite refused");
         let reply = ReplyOwned {
             call_id: msg.call_id.clone(),

@@ -31,6 +31,9 @@ impl Conference {
         let conf = match confs.get(conference) {
             Some(c) => c.clone(),
             None => {
+                if inner.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(SfuError::Draining);
+                }
                 if confs.len() >= inner.config.max_conferences {
                     return Err(SfuError::ServerFull);
                 }

@@ -52,6 +52,22 @@ pub enum HangupReason {
 }
 
 impl HangupReason {
+    /// Every reason, in the order of [`Stats::left`].
+    pub const ALL: [HangupReason; stats::HANGUP_REASONS] = [
+        HangupReason::UserHangup,
+        HangupReason::KeepAliveTimeout,
+        HangupReason::IceFailed,
+        HangupReason::InviteTimeout,
+        HangupReason::UnknownError,
+        HangupReason::Draining,
+    ];
+
+    pub(crate) fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+impl HangupReason {
     /// The reason string sent in `m.call.hangup`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -103,6 +119,9 @@ pub enum SfuError {
     /// The instance has reached its conference limit.
     #[error("the server is full")]
     ServerFull,
+    /// The instance is draining: no new conferences.
+    #[error("the server is draining")]
+    Draining,
     /// Too many subscriptions for one participant.
     #[error("too many subscriptions (limit {0})")]
     TooManySubscriptions(usize),
@@ -134,6 +153,7 @@ impl SfuError {
             SfuError::OwnTrack(_) => "own_track",
             SfuError::ConferenceFull => "conference_full",
             SfuError::ServerFull => "server_full",
+            SfuError::Draining => "draining",
             SfuError::TooManySubscriptions(_) => "too_many_subscriptions",
             SfuError::InvalidState(_) => "invalid_state",
             SfuError::BadCandidate(_) => "bad_candidate",
@@ -257,6 +277,39 @@ pub struct SfuSnapshot {
     pub subscriptions: usize,
 }
 
+/// Per-kind counts and conference sizes, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SfuDetail {
+    /// Published tracks by kind (audio, video).
+    pub published: [usize; 2],
+    /// Subscriber legs by kind (audio, video).
+    pub subscribed: [usize; 2],
+    /// Participants per conference.
+    pub conference_sizes: Vec<usize>,
+}
+
+/// A participant as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParticipantInfo {
+    /// Participant id.
+    pub id: ParticipantId,
+    /// Whether ICE/DTLS connected.
+    pub connected: bool,
+    /// Tracks it publishes.
+    pub published: Vec<TrackInfo>,
+    /// Tracks it receives.
+    pub subscriptions: Vec<TrackRef>,
+}
+
+/// A conference as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConferenceInfo {
+    /// Conference id.
+    pub id: ConferenceId,
+    /// Its participants.
+    pub participants: Vec<ParticipantInfo>,
+}
+
 /// Hands out UDP ports from the configured range, round robin; the seam where a
 /// single-port mode will plug in.
 #[derive(Debug)]
@@ -292,6 +345,7 @@ pub(crate) struct Inner {
     pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) ports: PortAllocator,
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -344,6 +398,7 @@ impl Sfu {
                     events: tx,
                     stats: Arc::new(Stats::default()),
                     ports,
+                    draining: std::sync::atomic::AtomicBool::new(false),
                 }),
             },
             rx,
@@ -508,6 +563,97 @@ impl Sfu {
             s.subscriptions += subs;
         }
         s
+    }
+
+    /// Starts or stops draining: while draining, joins that would create a conference are
+    /// refused ([`SfuError::Draining`]); existing conferences keep admitting members.
+    pub fn set_draining(&self, on: bool) {
+        self.inner.draining.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the instance is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether a conference exists.
+    pub fn has_conference(&self, conference: &str) -> bool {
+        self.inner.conference(conference).is_some()
+    }
+
+    fn conference_list(&self) -> Vec<Arc<Conference>> {
+        self.inner
+            .conferences
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Per-kind track counts and conference sizes.
+    pub fn detail(&self) -> SfuDetail {
+        let mut d = SfuDetail::default();
+        for c in self.conference_list() {
+            let parts = c.participants();
+            d.conference_sizes.push(parts.len());
+            for t in c.track_infos() {
+                d.published[t.kind as usize] += 1;
+            }
+            for p in parts {
+                for (k, n) in p.legs_by_kind().iter().enumerate() {
+                    d.subscribed[k] += n;
+                }
+            }
+        }
+        d
+    }
+
+    /// Every conference with its participants and tracks (no secrets), for the admin API.
+    pub fn conferences(&self) -> Vec<ConferenceInfo> {
+        let mut out: Vec<ConferenceInfo> = self
+            .conference_list()
+            .into_iter()
+            .map(|c| {
+                let tracks = c.track_infos();
+                let mut participants: Vec<ParticipantInfo> = c
+                    .participants()
+                    .into_iter()
+                    .map(|p| ParticipantInfo {
+                        id: p.id.clone(),
+                        connected: p.is_connected(),
+                        published: tracks
+                            .iter()
+                            .filter(|t| t.publisher == p.id)
+                            .cloned()
+                            .collect(),
+                        subscriptions: p.subscriptions(),
+                    })
+                    .collect();
+                participants.sort_by(|a, b| a.id.cmp(&b.id));
+                ConferenceInfo {
+                    id: c.id.clone(),
+                    participants,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Removes participants that have published and subscribed nothing for `idle`:
+    /// open-but-idle clients must not hold a conference (or a drain) open.
+    pub async fn evict_idle(&self, idle: std::time::Duration) -> usize {
+        let mut n = 0;
+        for c in self.conference_list() {
+            for p in c.participants() {
+                if p.idle_for().is_some_and(|d| d >= idle) {
+                    p.remove(HangupReason::UserHangup).await;
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// Removes every participant of every conference with `reason`.

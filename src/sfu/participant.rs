@@ -3,7 +3,7 @@
 
 use super::conference::Conference;
 use super::rewrite::MID_EXTENSION;
-use super::rtcp::with_keyframe_requests;
+use super::rtcp::with_keyframe_requests_counted;
 use super::sdp;
 use super::stats::MediaKind;
 use super::track::{Layer, Leg, PublishedTrack};
@@ -73,6 +73,16 @@ pub(crate) struct Participant {
     first_mid: Mutex<Option<String>>,
     connected: AtomicBool,
     removed: AtomicBool,
+    /// Since when the participant publishes and subscribes nothing (None: it does).
+    idle_since: Mutex<Option<Instant>>,
+    /// Join time, for the join-to-first-media histogram.
+    pub(crate) join_clock: Arc<JoinClock>,
+}
+
+/// When a participant joined, and whether its first forwarded packet was timed yet.
+pub(crate) struct JoinClock {
+    pub(crate) at: Instant,
+    pub(crate) done: AtomicBool,
 }
 
 struct Handler {
@@ -119,6 +129,9 @@ impl PeerConnectionEventHandler for Handler {
                 p.emit(SfuEventKind::Connected);
             }
             RTCPeerConnectionState::Failed => {
+                if let Some(inner) = p.inner.upgrade() {
+                    inner.stats.ice_failures.fetch_add(1, Ordering::Relaxed);
+                }
                 // Never call into the connection from its own event handler: spawn.
                 tokio::spawn(async move { p.remove(HangupReason::IceFailed).await });
             }
@@ -177,7 +190,7 @@ async fn build_pc(
             }
         }
         let registry = register_default_interceptors(Default::default(), &mut media)?;
-        let registry = with_keyframe_requests(registry);
+        let registry = with_keyframe_requests_counted(registry, inner.stats.clone());
         let mut settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(cfg.bind_address.is_loopback());
         if !cfg.nat_1to1_ips.is_empty() {
@@ -241,6 +254,11 @@ impl Participant {
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
+            idle_since: Mutex::new(Some(Instant::now())),
+            join_clock: Arc::new(JoinClock {
+                at: Instant::now(),
+                done: AtomicBool::new(false),
+            }),
         });
         let _ = handler.me.set(Arc::downgrade(&p));
 
@@ -327,6 +345,37 @@ impl Participant {
 
     pub(crate) fn leg_count(&self) -> usize {
         self.legs.lock().unwrap().len()
+    }
+
+    pub(crate) fn legs_by_kind(&self) -> [usize; 2] {
+        let mut n = [0; 2];
+        for l in self.legs.lock().unwrap().values() {
+            n[l.source.info.kind as usize] += 1;
+        }
+        n
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<TrackRef> {
+        let mut v: Vec<TrackRef> = self.legs.lock().unwrap().keys().cloned().collect();
+        v.sort_by(|a, b| a.track_id.cmp(&b.track_id));
+        v
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// How long the participant has published and subscribed nothing; None while it does.
+    pub(crate) fn idle_for(&self) -> Option<std::time::Duration> {
+        let busy =
+            !self.legs.lock().unwrap().is_empty() || !self.published.lock().unwrap().is_empty();
+        let mut idle = self.idle_since.lock().unwrap();
+        if busy {
+            *idle = None;
+            return None;
+        }
+        let now = Instant::now();
+        Some(now.saturating_duration_since(*idle.get_or_insert(now)))
     }
 
     pub(crate) async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), SfuError> {
@@ -535,6 +584,7 @@ impl Participant {
                 source,
                 inner.stats.clone(),
                 inner.config.leg_queue_packets,
+                self.join_clock.clone(),
             )
             .await?;
             self.legs.lock().unwrap().insert(key, leg.clone());
@@ -655,6 +705,9 @@ impl Participant {
             return;
         }
         info!(conference = %self.conference_id, participant = %self.id, reason = reason.as_str(), "leaving");
+        if let Some(inner) = self.inner.upgrade() {
+            inner.stats.left[reason.index()].fetch_add(1, Ordering::Relaxed);
+        }
         let conf = self.conference.upgrade();
         if let Some(conf) = &conf {
             conf.remove_participant(&self.id, self);

@@ -9,6 +9,7 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,11 +18,13 @@ use std::time::{Duration, Instant};
 /// Slot of [`KeyframeRequestInterceptor`]: application-side of every built-in interceptor.
 pub const KEYFRAME_REQUEST_SLOT: usize = 14_000;
 
-/// Marks inbound RTCP carrying PLI or FIR for delivery to the application.
+/// Marks inbound RTCP carrying PLI or FIR for delivery to the application, and counts
+/// inbound NACKs when given counters.
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    stats: Option<std::sync::Arc<super::stats::Stats>>,
 }
 
 /// True when the RTCP packet is a keyframe request (PLI or FIR).
@@ -38,10 +41,21 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &msg.message.packet
-            && packets.iter().any(|p| is_keyframe_request(p.as_ref()))
-        {
-            msg.message.add(Attribute::DeliverToApplication);
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if let Some(stats) = &self.stats {
+                let nacks = packets
+                    .iter()
+                    .filter(|p| p.as_any().is::<TransportLayerNack>())
+                    .count();
+                if nacks > 0 {
+                    stats
+                        .nacks_received
+                        .fetch_add(nacks as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
         }
         self.read_queue.push_back(msg);
         Ok(())
@@ -73,6 +87,20 @@ pub fn with_keyframe_requests(registry: Registry) -> Registry {
     registry.with(
         Slot::from(KEYFRAME_REQUEST_SLOT),
         KeyframeRequestInterceptor::default(),
+    )
+}
+
+/// Like [`with_keyframe_requests`], counting inbound NACKs in `stats`.
+pub fn with_keyframe_requests_counted(
+    registry: Registry,
+    stats: std::sync::Arc<super::stats::Stats>,
+) -> Registry {
+    registry.with(
+        Slot::from(KEYFRAME_REQUEST_SLOT),
+        KeyframeRequestInterceptor {
+            stats: Some(stats),
+            ..Default::default()
+        },
     )
 }
 

@@ -45,8 +45,65 @@ impl DropReason {
     pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::WriteFailed];
 }
 
+/// A lock-free histogram with fixed bucket bounds (seconds), cheap enough for the packet
+/// path: one bucket search over a handful of bounds and two relaxed atomic adds.
+#[derive(Debug)]
+pub struct AtomicHistogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_nanos: AtomicU64,
+}
+
+impl AtomicHistogram {
+    /// A histogram with the given upper bounds (ascending); an implicit `+Inf` follows.
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation.
+    #[inline]
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// `(upper bounds, cumulative counts per bound, total count, sum in seconds)`.
+    pub fn snapshot(&self) -> (&'static [f64], Vec<u64>, u64, f64) {
+        let mut cumulative = Vec::with_capacity(self.bounds.len());
+        let mut acc = 0;
+        for c in &self.counts[..self.bounds.len()] {
+            acc += c.load(Ordering::Relaxed);
+            cumulative.push(acc);
+        }
+        let total = acc + self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let sum = self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        (self.bounds, cumulative, total, sum)
+    }
+}
+
+/// Buckets of the forwarding latency histogram (receive to send of one packet).
+pub const FORWARD_LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+/// Buckets of the join duration histogram (join to first forwarded media).
+pub const JOIN_DURATION_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+/// Hangup reasons, for counting; the order of [`super::HangupReason::ALL`].
+pub const HANGUP_REASONS: usize = 6;
+
 /// Counters of one SFU instance.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
     packets_in: [AtomicU64; 2],
     bytes_in: [AtomicU64; 2],
@@ -61,6 +118,37 @@ pub struct Stats {
     pub keyframe_requests_suppressed: AtomicU64,
     /// Data-channel messages refused for size or encoding.
     pub data_channel_messages_refused: AtomicU64,
+    /// NACKs received from subscribers (answered by webrtc's NACK responder).
+    pub nacks_received: AtomicU64,
+    /// Connections that failed (ICE/DTLS) after or during connecting.
+    pub ice_failures: AtomicU64,
+    /// Participants removed, by hangup reason.
+    pub left: [AtomicU64; HANGUP_REASONS],
+    /// Receive-to-send latency of forwarded packets.
+    pub forward_latency: AtomicHistogram,
+    /// From join to the first packet forwarded to the participant.
+    pub join_duration: AtomicHistogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            packets_in: Default::default(),
+            bytes_in: Default::default(),
+            packets_out: Default::default(),
+            bytes_out: Default::default(),
+            dropped: Default::default(),
+            keyframe_requests_received: AtomicU64::new(0),
+            keyframe_requests_sent: AtomicU64::new(0),
+            keyframe_requests_suppressed: AtomicU64::new(0),
+            data_channel_messages_refused: AtomicU64::new(0),
+            nacks_received: AtomicU64::new(0),
+            ice_failures: AtomicU64::new(0),
+            left: Default::default(),
+            forward_latency: AtomicHistogram::new(FORWARD_LATENCY_BUCKETS),
+            join_duration: AtomicHistogram::new(JOIN_DURATION_BUCKETS),
+        }
+    }
 }
 
 impl Stats {
@@ -107,5 +195,25 @@ impl Stats {
     /// Packets dropped for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = AtomicHistogram::new(&[0.001, 0.01]);
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_millis(5));
+        h.observe(Duration::from_secs(1));
+        let (bounds, cum, total, sum) = h.snapshot();
+        assert_eq!(bounds, &[0.001, 0.01]);
+        assert_eq!(cum, vec![1, 3]);
+        assert_eq!(total, 4);
+        assert!((sum - 1.0105).abs() < 1e-9, "{sum}");
     }
 }

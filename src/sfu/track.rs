@@ -212,6 +212,7 @@ impl Leg {
         source: Arc<PublishedTrack>,
         stats: Arc<Stats>,
         queue_len: usize,
+        join_clock: Arc<super::participant::JoinClock>,
     ) -> Result<Arc<Leg>, SfuError> {
         let ssrc = loop {
             let s: u32 = rand::random();
@@ -252,6 +253,7 @@ impl Leg {
             stats.clone(),
             source.info.kind,
             source.codec.clock_rate,
+            join_clock,
         ));
         let rtcp = tokio::spawn(rtcp_loop(
             local,
@@ -360,6 +362,7 @@ async fn write_loop(
     stats: Arc<Stats>,
     kind: MediaKind,
     clock_rate: u32,
+    join_clock: Arc<super::participant::JoinClock>,
 ) {
     let mut rewriter = LegRewriter::new(clock_rate);
     let mut params: Option<Arc<LegParams>> = params_rx.borrow_and_update().clone();
@@ -374,7 +377,15 @@ async fn write_loop(
         rewriter.rewrite(&mut pkt, p, arrival);
         let len = pkt.payload.len();
         match local.write_rtp(pkt).await {
-            Ok(()) => stats.record_out(kind, len),
+            Ok(()) => {
+                stats.record_out(kind, len);
+                stats.forward_latency.observe(arrival.elapsed());
+                if !join_clock.done.load(Ordering::Relaxed)
+                    && !join_clock.done.swap(true, Ordering::Relaxed)
+                {
+                    stats.join_duration.observe(join_clock.at.elapsed());
+                }
+            }
             Err(_) => stats.record_drop(DropReason::WriteFailed),
         }
     }

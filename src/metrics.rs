@@ -1,0 +1,595 @@
+//! The metric set, in one registry owned by the app.
+//!
+//! Counters on the packet path live in the media core as plain atomics
+//! ([`crate::sfu::Stats`]); [`CoreCollector`] turns them, the core's counts and the
+//! signaling counters into Prometheus families at scrape time, so a scrape costs nothing
+//! on the packet path. Label values are bounded sets (kind, direction, reason, …): no room,
+//! user or call ids.
+
+use crate::matrix::signaling::{EVENT_RESULTS, EVENT_TYPES, Signaling};
+use crate::sfu::{DropReason, HangupReason, MediaKind, Sfu, Stats};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the collector reads from the Matrix side.
+#[derive(Clone)]
+pub struct MatrixView {
+    /// Signaling counters and sessions.
+    pub signaling: Arc<Signaling>,
+    /// Whether the last sync succeeded.
+    pub sync_up: Arc<AtomicBool>,
+    /// Failed syncs.
+    pub sync_errors: Arc<AtomicU64>,
+}
+
+/// The instance's own load estimate in 0..1: the larger of the process's CPU use over the
+/// machine's cores and the forwarded packet rate over the configured capacity. Sampled every
+/// few seconds by [`LoadEstimator::run`].
+pub struct LoadEstimator {
+    sfu_stats: Arc<Stats>,
+    capacity_pps: f64,
+    ratio_bits: AtomicU64,
+    cpu_bits: AtomicU64,
+    pps_bits: AtomicU64,
+    last: Mutex<Option<(Instant, f64, u64)>>,
+}
+
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / if ticks > 0.0 { ticks } else { 100.0 })
+}
+
+impl LoadEstimator {
+    /// An estimator over the core's counters and the configured capacity.
+    pub fn new(sfu_stats: Arc<Stats>, capacity_pps: u64) -> Arc<Self> {
+        Arc::new(Self {
+            sfu_stats,
+            capacity_pps: capacity_pps.max(1) as f64,
+            ratio_bits: AtomicU64::new(0f64.to_bits()),
+            cpu_bits: AtomicU64::new(0f64.to_bits()),
+            pps_bits: AtomicU64::new(0f64.to_bits()),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// The current estimate.
+    pub fn ratio(&self) -> f64 {
+        f64::from_bits(self.ratio_bits.load(Ordering::Relaxed))
+    }
+
+    /// Takes one sample (also called by [`LoadEstimator::run`]).
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let cpu = process_cpu_seconds().unwrap_or(0.0);
+        let out = self.sfu_stats.packets_out(MediaKind::Audio)
+            + self.sfu_stats.packets_out(MediaKind::Video);
+        let mut last = self.last.lock().unwrap();
+        if let Some((t, c, p)) = *last {
+            let dt = now.duration_since(t).as_secs_f64();
+            if dt > 0.0 {
+                let cores = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1) as f64;
+                let cpu_ratio = ((cpu - c) / dt / cores).clamp(0.0, 1.0);
+                let pps = out.saturating_sub(p) as f64 / dt;
+                let pps_ratio = (pps / self.capacity_pps).clamp(0.0, 1.0);
+                self.cpu_bits.store(cpu_ratio.to_bits(), Ordering::Relaxed);
+                self.pps_bits.store(pps.to_bits(), Ordering::Relaxed);
+                self.ratio_bits
+                    .store(cpu_ratio.max(pps_ratio).to_bits(), Ordering::Relaxed);
+            }
+        }
+        *last = Some((now, cpu, out));
+    }
+
+    /// Samples every `every` forever.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            self.sample();
+        }
+    }
+}
+
+/// Buckets of `sluice_conference_size`.
+const CONFERENCE_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
+
+struct CoreCollector {
+    sfu: Sfu,
+    matrix: Option<MatrixView>,
+    load: Arc<LoadEstimator>,
+    descs: Vec<Desc>,
+}
+
+/// (name, help, type, label names) of every family the collector exports.
+const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "sluice_conferences",
+        "Live conferences.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_participants",
+        "Participants across all conferences.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_published_tracks",
+        "Tracks being published, by kind.",
+        MetricType::GAUGE,
+        &["kind"],
+    ),
+    (
+        "sluice_subscribed_tracks",
+        "Subscriber legs (forwarded tracks), by kind.",
+        MetricType::GAUGE,
+        &["kind"],
+    ),
+    (
+        "sluice_packets_total",
+        "RTP packets received from publishers (in) and handed to subscriber legs (out).",
+        MetricType::COUNTER,
+        &["direction", "kind"],
+    ),
+    (
+        "sluice_bytes_total",
+        "RTP payload bytes received (in) and forwarded (out).",
+        MetricType::COUNTER,
+        &["direction", "kind"],
+    ),
+    (
+        "sluice_forwarded_packets_dropped_total",
+        "Packets not forwarded to a leg, by reason.",
+        MetricType::COUNTER,
+        &["reason"],
+    ),
+    (
+        "sluice_nack_total",
+        "NACKs received from subscribers (answered by retransmission).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_pli_total",
+        "Keyframe requests received from subscribers (in) and sent to publishers (out).",
+        MetricType::COUNTER,
+        &["direction"],
+    ),
+    (
+        "sluice_keyframe_requests_suppressed_total",
+        "Keyframe requests coalesced by the per-stream throttle.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_hangups_total",
+        "Participants removed, by hangup reason.",
+        MetricType::COUNTER,
+        &["reason"],
+    ),
+    (
+        "sluice_ice_failures_total",
+        "Peer connections that failed.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_data_channel_messages_refused_total",
+        "Data-channel messages refused (binary or over 64 KiB).",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_forward_latency_seconds",
+        "Time from receiving a packet to handing it to a subscriber leg.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_join_duration_seconds",
+        "Time from join (invite) to the first packet forwarded to the participant.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_conference_size",
+        "Participants per live conference.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_draining",
+        "1 while the instance is draining.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_load_ratio",
+        "The instance's load estimate 0..1: max of CPU use and forwarded packet rate over capacity.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_matrix_sync_up",
+        "1 when the last Matrix sync succeeded (absent without Matrix).",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_matrix_sync_errors_total",
+        "Failed Matrix syncs.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_signaling_sessions",
+        "Live signaling sessions.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_signaling_events_total",
+        "To-device signaling events, by type and result.",
+        MetricType::COUNTER,
+        &["type", "result"],
+    ),
+];
+
+fn family(name: &str, help: &str, t: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_owned());
+    f.set_help(help.to_owned());
+    f.set_field_type(t);
+    f.set_metric(metrics);
+    f
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let mut l = proto::LabelPair::default();
+            l.set_name((*k).to_owned());
+            l.set_value((*v).to_owned());
+            l
+        })
+        .collect()
+}
+
+fn gauge(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    m.set_label(labels(pairs));
+    let mut g = proto::Gauge::default();
+    g.set_value(v);
+    m.set_gauge(g);
+    m
+}
+
+fn counter(pairs: &[(&str, &str)], v: u64) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    m.set_label(labels(pairs));
+    let mut c = proto::Counter::default();
+    c.set_value(v as f64);
+    m.set_counter(c);
+    m
+}
+
+fn histogram(bounds: &[f64], cumulative: &[u64], count: u64, sum: f64) -> proto::Metric {
+    let mut h = proto::Histogram::default();
+    h.set_sample_count(count);
+    h.set_sample_sum(sum);
+    h.set_bucket(
+        bounds
+            .iter()
+            .zip(cumulative)
+            .map(|(b, c)| {
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(*b);
+                bucket.set_cumulative_count(*c);
+                bucket
+            })
+            .collect(),
+    );
+    let mut m = proto::Metric::default();
+    m.set_histogram(h);
+    m
+}
+
+const KINDS: [MediaKind; 2] = [MediaKind::Audio, MediaKind::Video];
+
+impl Collector for CoreCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let snap = self.sfu.snapshot();
+        let detail = self.sfu.detail();
+        let st = self.sfu.stats();
+        let mut out: Vec<MetricFamily> = Vec::new();
+        let mut push = |name: &str, metrics: Vec<proto::Metric>| {
+            let (_, help, t, _) = FAMILIES.iter().find(|f| f.0 == name).expect("family");
+            out.push(family(name, help, *t, metrics));
+        };
+        push(
+            "sluice_conferences",
+            vec![gauge(&[], snap.conferences as f64)],
+        );
+        push(
+            "sluice_participants",
+            vec![gauge(&[], snap.participants as f64)],
+        );
+        push(
+            "sluice_published_tracks",
+            KINDS
+                .iter()
+                .map(|k| {
+                    gauge(
+                        &[("kind", k.as_str())],
+                        detail.published[*k as usize] as f64,
+                    )
+                })
+                .collect(),
+        );
+        push(
+            "sluice_subscribed_tracks",
+            KINDS
+                .iter()
+                .map(|k| {
+                    gauge(
+                        &[("kind", k.as_str())],
+                        detail.subscribed[*k as usize] as f64,
+                    )
+                })
+                .collect(),
+        );
+        let mut packets = Vec::new();
+        let mut bytes = Vec::new();
+        for k in KINDS {
+            packets.push(counter(
+                &[("direction", "in"), ("kind", k.as_str())],
+                st.packets_in(k),
+            ));
+            packets.push(counter(
+                &[("direction", "out"), ("kind", k.as_str())],
+                st.packets_out(k),
+            ));
+            bytes.push(counter(
+                &[("direction", "in"), ("kind", k.as_str())],
+                st.bytes_in(k),
+            ));
+            bytes.push(counter(
+                &[("direction", "out"), ("kind", k.as_str())],
+                st.bytes_out(k),
+            ));
+        }
+        push("sluice_packets_total", packets);
+        push("sluice_bytes_total", bytes);
+        push(
+            "sluice_forwarded_packets_dropped_total",
+            DropReason::ALL
+                .iter()
+                .map(|r| counter(&[("reason", r.as_str())], st.dropped(*r)))
+                .collect(),
+        );
+        push(
+            "sluice_nack_total",
+            vec![counter(&[], st.nacks_received.load(Ordering::Relaxed))],
+        );
+        push(
+            "sluice_pli_total",
+            vec![
+                counter(
+                    &[("direction", "in")],
+                    st.keyframe_requests_received.load(Ordering::Relaxed),
+                ),
+                counter(
+                    &[("direction", "out")],
+                    st.keyframe_requests_sent.load(Ordering::Relaxed),
+                ),
+            ],
+        );
+        push(
+            "sluice_keyframe_requests_suppressed_total",
+            vec![counter(
+                &[],
+                st.keyframe_requests_suppressed.load(Ordering::Relaxed),
+            )],
+        );
+        push(
+            "sluice_hangups_total",
+            HangupReason::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    counter(
+                        &[("reason", r.as_str())],
+                        st.left[i].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        );
+        push(
+            "sluice_ice_failures_total",
+            vec![counter(&[], st.ice_failures.load(Ordering::Relaxed))],
+        );
+        push(
+            "sluice_data_channel_messages_refused_total",
+            vec![counter(
+                &[],
+                st.data_channel_messages_refused.load(Ordering::Relaxed),
+            )],
+        );
+        for (name, h) in [
+            ("sluice_forward_latency_seconds", &st.forward_latency),
+            ("sluice_join_duration_seconds", &st.join_duration),
+        ] {
+            let (bounds, cum, count, sum) = h.snapshot();
+            push(name, vec![histogram(bounds, &cum, count, sum)]);
+        }
+        let sizes = &detail.conference_sizes;
+        let cum: Vec<u64> = CONFERENCE_SIZE_BUCKETS
+            .iter()
+            .map(|b| sizes.iter().filter(|s| (**s as f64) <= *b).count() as u64)
+            .collect();
+        push(
+            "sluice_conference_size",
+            vec![histogram(
+                CONFERENCE_SIZE_BUCKETS,
+                &cum,
+                sizes.len() as u64,
+                sizes.iter().sum::<usize>() as f64,
+            )],
+        );
+        push(
+            "sluice_draining",
+            vec![gauge(&[], if self.sfu.is_draining() { 1.0 } else { 0.0 })],
+        );
+        push("sluice_load_ratio", vec![gauge(&[], self.load.ratio())]);
+        if let Some(m) = &self.matrix {
+            push(
+                "sluice_matrix_sync_up",
+                vec![gauge(
+                    &[],
+                    if m.sync_up.load(Ordering::Relaxed) {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                )],
+            );
+            push(
+                "sluice_matrix_sync_errors_total",
+                vec![counter(&[], m.sync_errors.load(Ordering::Relaxed))],
+            );
+            push(
+                "sluice_signaling_sessions",
+                vec![gauge(&[], m.signaling.session_count() as f64)],
+            );
+            let mut events = Vec::new();
+            for (ti, t) in EVENT_TYPES.iter().enumerate() {
+                for (ri, r) in EVENT_RESULTS.iter().enumerate() {
+                    events.push(counter(
+                        &[("type", t), ("result", r)],
+                        m.signaling.stats.events[ti][ri].load(Ordering::Relaxed),
+                    ));
+                }
+            }
+            push("sluice_signaling_events_total", events);
+        }
+        out
+    }
+}
+
+/// The app's metric registry.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers the core collector and the process collector (CPU, memory, fds).
+    pub fn new(sfu: Sfu, matrix: Option<MatrixView>, load: Arc<LoadEstimator>) -> Metrics {
+        let registry = Registry::new();
+        let descs = FAMILIES
+            .iter()
+            .map(|(name, help, _, labels)| {
+                Desc::new(
+                    (*name).to_owned(),
+                    (*help).to_owned(),
+                    labels.iter().map(|l| (*l).to_owned()).collect(),
+                    Default::default(),
+                )
+                .expect("valid metric description")
+            })
+            .collect();
+        registry
+            .register(Box::new(CoreCollector {
+                sfu,
+                matrix,
+                load,
+                descs,
+            }))
+            .expect("core collector registers once");
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(pc));
+        }
+        Metrics { registry }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SfuConfig;
+
+    #[tokio::test]
+    async fn exposition_has_the_core_families_with_bounded_labels() {
+        let (sfu, _rx) = Sfu::new(SfuConfig::default());
+        let load = LoadEstimator::new(sfu.stats(), 1000);
+        sfu.stats().record_in(MediaKind::Video, 1200);
+        sfu.stats()
+            .forward_latency
+            .observe(Duration::from_micros(300));
+        let m = Metrics::new(sfu, None, load);
+        let text = m.render();
+        for name in [
+            "sluice_conferences 0",
+            "sluice_participants 0",
+            "sluice_published_tracks{kind=\"video\"} 0",
+            "sluice_packets_total{direction=\"in\",kind=\"video\"} 1",
+            "sluice_bytes_total{direction=\"in\",kind=\"video\"} 1200",
+            "sluice_forwarded_packets_dropped_total{reason=\"queue_full\"} 0",
+            "sluice_forward_latency_seconds_bucket{le=\"0.0005\"} 1",
+            "sluice_forward_latency_seconds_count 1",
+            "sluice_hangups_total{reason=\"keep_alive_timeout\"} 0",
+            "sluice_draining 0",
+            "sluice_load_ratio 0",
+            "# TYPE sluice_packets_total counter",
+            "# TYPE sluice_join_duration_seconds histogram",
+        ] {
+            assert!(text.contains(name), "missing {name:?} in:\n{text}");
+        }
+        // Without Matrix the Matrix families are absent rather than fake.
+        assert!(!text.contains("sluice_matrix_sync_up"));
+    }
+
+    #[test]
+    fn load_ratio_follows_packet_rate() {
+        let stats = Arc::new(Stats::default());
+        let load = LoadEstimator::new(stats.clone(), 100);
+        load.sample();
+        for _ in 0..1000 {
+            stats.record_out(MediaKind::Audio, 10);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        load.sample();
+        // 1000 packets in ~0.1 s is far above a capacity of 100 pps: saturated.
+        assert_eq!(load.ratio(), 1.0);
+    }
+}
