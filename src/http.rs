@@ -60,9 +60,10 @@ fn token_matches(presented: &str, expected: &str) -> bool {
     diff == 0
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// The refusal for an unauthorized admin call, or `None` when the call may proceed.
+fn deny(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     let Some(expected) = &state.admin_token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "admin_disabled",
             "the admin API is disabled: set http.admin_token",
@@ -74,13 +75,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if presented.is_empty() || !token_matches(presented, expected) {
-        return Err(error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",
         ));
     }
-    Ok(())
+    None
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -123,7 +124,7 @@ async fn well_known(State(s): State<AppState>) -> Response {
 }
 
 async fn list_conferences(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = deny(&s, &headers) {
         return r;
     }
     axum::Json(json!({"conferences": s.sfu.conferences(), "totals": s.sfu.snapshot()}))
@@ -135,7 +136,7 @@ async fn kick(
     headers: HeaderMap,
     Path((conference, participant)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = deny(&s, &headers) {
         return r;
     }
     match s
@@ -160,14 +161,14 @@ fn drain_status(s: &AppState) -> Value {
 }
 
 async fn drain_get(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = deny(&s, &headers) {
         return r;
     }
     axum::Json(drain_status(&s)).into_response()
 }
 
 async fn drain_start(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = deny(&s, &headers) {
         return r;
     }
     let started = s.ops.start_drain();
@@ -177,7 +178,7 @@ async fn drain_start(State(s): State<AppState>, headers: HeaderMap) -> Response 
 }
 
 async fn drain_cancel(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
+    if let Some(r) = deny(&s, &headers) {
         return r;
     }
     if !s.ops.cancel_drain() {
