@@ -249,6 +249,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
 ];
 
+/// Names of every metric family Sluice exports itself (histograms add `_bucket`, `_sum`
+/// and `_count` series).
+pub fn family_names() -> Vec<&'static str> {
+    FAMILIES.iter().map(|f| f.0).collect()
+}
+
 fn family(name: &str, help: &str, t: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name(name.to_owned());
