@@ -212,6 +212,24 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_packet_loss_ratio",
+        "Fraction lost per subscriber leg, one observation per reception report.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_jitter_seconds",
+        "Interarrival jitter per subscriber leg, one observation per reception report.",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_rtt_seconds",
+        "Round-trip time per subscriber leg, from reception reports (LSR/DLSR).",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
         "sluice_draining",
         "1 while the instance is draining.",
         MetricType::GAUGE,
@@ -328,8 +346,13 @@ impl Collector for CoreCollector {
         let st = self.sfu.stats();
         let mut out: Vec<MetricFamily> = Vec::new();
         let mut push = |name: &str, metrics: Vec<proto::Metric>| {
-            let (_, help, t, _) = FAMILIES.iter().find(|f| f.0 == name).expect("family");
-            out.push(family(name, help, *t, metrics));
+            // Every name pushed is in FAMILIES (a unit test renders them all); a scrape
+            // must never panic, so an unknown one is skipped.
+            if let Some((_, help, t, _)) = FAMILIES.iter().find(|f| f.0 == name) {
+                out.push(family(name, help, *t, metrics));
+            } else {
+                debug_assert!(false, "metric family {name} is not declared");
+            }
         };
         push(
             "sluice_conferences",
@@ -443,6 +466,9 @@ impl Collector for CoreCollector {
         for (name, h) in [
             ("sluice_forward_latency_seconds", &st.forward_latency),
             ("sluice_join_duration_seconds", &st.join_duration),
+            ("sluice_packet_loss_ratio", &st.leg_loss),
+            ("sluice_jitter_seconds", &st.leg_jitter),
+            ("sluice_rtt_seconds", &st.leg_rtt),
         ] {
             let (bounds, cum, count, sum) = h.snapshot();
             push(name, vec![histogram(bounds, &cum, count, sum)]);
@@ -578,6 +604,9 @@ mod tests {
             "sluice_load_ratio 0",
             "# TYPE sluice_packets_total counter",
             "# TYPE sluice_join_duration_seconds histogram",
+            "# TYPE sluice_packet_loss_ratio histogram",
+            "# TYPE sluice_jitter_seconds histogram",
+            "# TYPE sluice_rtt_seconds histogram",
         ] {
             assert!(text.contains(name), "missing {name:?} in:\n{text}");
         }

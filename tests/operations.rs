@@ -241,6 +241,34 @@ async fn health_readiness_discovery_and_admin_api() {
     assert_eq!(conf["participants"][0]["connected"], true);
     assert_eq!(list["totals"]["participants"], 2);
 
+    // Per-leg quality from the subscribers' receiver reports (webrtc sends them about
+    // every second; RTT needs a sender report first).
+    let value = |m: &str, name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = Instant::now() + LONG;
+    let m = loop {
+        let m = get("/metrics").await.unwrap().text().await.unwrap();
+        if value(&m, "sluice_packet_loss_ratio_count") >= 4.0
+            && value(&m, "sluice_rtt_seconds_count") >= 4.0
+        {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no receiver reports for the legs:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(value(&m, "sluice_jitter_seconds_count") >= 4.0);
+    // Loopback loses nothing and answers fast.
+    assert_eq!(value(&m, "sluice_packet_loss_ratio_sum"), 0.0);
+    let rtt_mean = value(&m, "sluice_rtt_seconds_sum") / value(&m, "sluice_rtt_seconds_count");
+    assert!(rtt_mean < 0.1, "mean RTT {rtt_mean}");
+
     // Kick one participant; kicking it again is a 404.
     let kick_url = format!(
         "{base}/admin/conferences/{}/participants/{}",

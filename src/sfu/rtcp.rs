@@ -9,6 +9,8 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
@@ -18,13 +20,60 @@ use std::time::{Duration, Instant};
 /// Slot of [`KeyframeRequestInterceptor`]: application-side of every built-in interceptor.
 pub const KEYFRAME_REQUEST_SLOT: usize = 14_000;
 
-/// Marks inbound RTCP carrying PLI or FIR for delivery to the application, and counts
-/// inbound NACKs when given counters.
+/// Marks inbound RTCP carrying PLI or FIR for delivery to the application. When given
+/// counters, it also counts inbound NACKs and records, from every reception report about a
+/// stream this connection sends (a subscriber leg), the leg's fraction lost, jitter and
+/// round-trip time (RFC 3550 §6.4.1, from LSR/DLSR).
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
     stats: Option<std::sync::Arc<super::stats::Stats>>,
+    /// Clock rate of each local (sent) stream, by SSRC.
+    clock_rates: std::collections::HashMap<u32, u32>,
+}
+
+/// The middle 32 bits of the current NTP time (the unit of LSR in reception reports).
+fn ntp_middle_32(now: std::time::SystemTime) -> u32 {
+    let d = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() + 2_208_988_800;
+    let frac = ((d.subsec_nanos() as u64) << 32) / 1_000_000_000;
+    (((secs & 0xFFFF) << 16) | (frac >> 16)) as u32
+}
+
+/// Round-trip time from a reception report's LSR and DLSR at NTP time `now_mid`, when the
+/// report carries them and the result is plausible.
+pub fn rtt_from_report(now_mid: u32, lsr: u32, dlsr: u32) -> Option<f64> {
+    if lsr == 0 {
+        return None;
+    }
+    let rtt = now_mid.wrapping_sub(lsr).wrapping_sub(dlsr);
+    let secs = rtt as f64 / 65_536.0;
+    (secs < 60.0).then_some(secs)
+}
+
+impl KeyframeRequestInterceptor {
+    fn record_reports(
+        &self,
+        stats: &super::stats::Stats,
+        reports: &[rtc::rtcp::reception_report::ReceptionReport],
+    ) {
+        let now_mid = ntp_middle_32(std::time::SystemTime::now());
+        for r in reports {
+            let Some(rate) = self.clock_rates.get(&r.ssrc) else {
+                continue;
+            };
+            stats.leg_loss.observe_value(r.fraction_lost as f64 / 256.0);
+            stats
+                .leg_jitter
+                .observe_value(r.jitter as f64 / (*rate).max(1) as f64);
+            if let Some(rtt) = rtt_from_report(now_mid, r.last_sender_report, r.delay) {
+                stats.leg_rtt.observe_value(rtt);
+            }
+        }
+    }
 }
 
 /// True when the RTCP packet is a keyframe request (PLI or FIR).
@@ -43,10 +92,17 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
         if let Packet::Rtcp(packets) = &msg.message.packet {
             if let Some(stats) = &self.stats {
-                let nacks = packets
-                    .iter()
-                    .filter(|p| p.as_any().is::<TransportLayerNack>())
-                    .count();
+                let mut nacks = 0;
+                for p in packets {
+                    let any = p.as_any();
+                    if any.is::<TransportLayerNack>() {
+                        nacks += 1;
+                    } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                        self.record_reports(stats, &rr.reports);
+                    } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+                        self.record_reports(stats, &sr.reports);
+                    }
+                }
                 if nacks > 0 {
                     stats
                         .nacks_received
@@ -76,8 +132,12 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
 }
 
 impl Interceptor for KeyframeRequestInterceptor {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.clock_rates.insert(info.ssrc, info.clock_rate);
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.clock_rates.remove(&info.ssrc);
+    }
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
@@ -159,6 +219,17 @@ mod tests {
             .count();
         assert_eq!(passed, 0);
         assert!(t.try_acquire(t0 + Duration::from_millis(1001)));
+    }
+
+    #[test]
+    fn rtt_from_lsr_and_dlsr() {
+        // LSR at t, 0.25 s of delay at the receiver, report back at t + 0.3 s: RTT 0.05 s.
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let lsr = ntp_middle_32(t);
+        let now = ntp_middle_32(t + Duration::from_millis(300));
+        let rtt = rtt_from_report(now, lsr, 65_536 / 4).unwrap();
+        assert!((rtt - 0.05).abs() < 0.001, "{rtt}");
+        assert_eq!(rtt_from_report(now, 0, 0), None);
     }
 
     #[test]

@@ -64,18 +64,24 @@ impl AtomicHistogram {
         }
     }
 
-    /// Records one observation.
+    /// Records one duration.
     #[inline]
     pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
+        self.observe_value(d.as_secs_f64());
+    }
+
+    /// Records one value (seconds, or a ratio); negative values count as 0.
+    #[inline]
+    pub fn observe_value(&self, v: f64) {
+        let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
         let i = self
             .bounds
             .iter()
-            .position(|b| secs <= *b)
+            .position(|b| v <= *b)
             .unwrap_or(self.bounds.len());
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos
-            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+            .fetch_add((v * 1e9) as u64, Ordering::Relaxed);
     }
 
     /// `(upper bounds, cumulative counts per bound, total count, sum in seconds)`.
@@ -98,6 +104,13 @@ pub const FORWARD_LATENCY_BUCKETS: &[f64] = &[
 ];
 /// Buckets of the join duration histogram (join to first forwarded media).
 pub const JOIN_DURATION_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+/// Buckets of the per-leg loss histogram (fraction lost from receiver reports).
+pub const LOSS_BUCKETS: &[f64] = &[0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+/// Buckets of the per-leg jitter histogram (seconds).
+pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2];
+/// Buckets of the per-leg round-trip time histogram (seconds).
+pub const RTT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0];
 
 /// Hangup reasons, for counting; the order of [`super::HangupReason::ALL`].
 pub const HANGUP_REASONS: usize = 6;
@@ -128,6 +141,12 @@ pub struct Stats {
     pub forward_latency: AtomicHistogram,
     /// From join to the first packet forwarded to the participant.
     pub join_duration: AtomicHistogram,
+    /// Fraction lost per subscriber leg, from its receiver reports (sampled per poll).
+    pub leg_loss: AtomicHistogram,
+    /// Interarrival jitter per subscriber leg, from its receiver reports.
+    pub leg_jitter: AtomicHistogram,
+    /// Round-trip time per subscriber leg, from its receiver reports.
+    pub leg_rtt: AtomicHistogram,
 }
 
 impl Default for Stats {
@@ -147,6 +166,9 @@ impl Default for Stats {
             left: Default::default(),
             forward_latency: AtomicHistogram::new(FORWARD_LATENCY_BUCKETS),
             join_duration: AtomicHistogram::new(JOIN_DURATION_BUCKETS),
+            leg_loss: AtomicHistogram::new(LOSS_BUCKETS),
+            leg_jitter: AtomicHistogram::new(JITTER_BUCKETS),
+            leg_rtt: AtomicHistogram::new(RTT_BUCKETS),
         }
     }
 }
