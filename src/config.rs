@@ -175,6 +175,12 @@ pub struct SfuConfig {
     /// Packets queued per subscriber leg between the forwarder and the leg's writer; a leg
     /// that falls further behind loses packets (counted as `queue_full`).
     pub leg_queue_packets: usize,
+    /// Audio louder than this (in −dBov, RFC 6464: 0 loudest, 127 silent) counts as speech.
+    pub speaker_threshold_dbov: u8,
+    /// Milliseconds a speaker stays announced after dropping below the threshold.
+    pub speaker_hold_ms: u64,
+    /// Speakers announced at most.
+    pub max_active_speakers: usize,
 }
 
 impl Default for SfuConfig {
@@ -190,6 +196,9 @@ impl Default for SfuConfig {
             max_conferences: 1000,
             max_subscriptions_per_participant: 200,
             leg_queue_packets: 512,
+            speaker_threshold_dbov: 50,
+            speaker_hold_ms: 1000,
+            max_active_speakers: 4,
         }
     }
 }
@@ -352,6 +361,20 @@ impl Config {
                     got: value.to_string(),
                 });
             }
+        }
+        if s.speaker_threshold_dbov > 127 {
+            return Err(ConfigError::Invalid {
+                option: "sfu.speaker_threshold_dbov",
+                expected: "a level 0-127 (-dBov)",
+                got: s.speaker_threshold_dbov.to_string(),
+            });
+        }
+        if s.speaker_hold_ms > 60_000 || s.max_active_speakers == 0 || s.max_active_speakers > 32 {
+            return Err(ConfigError::Invalid {
+                option: "sfu.speaker_hold_ms/sfu.max_active_speakers",
+                expected: "a hold of 0-60000 ms and 1-32 speakers",
+                got: format!("{} ms, {}", s.speaker_hold_ms, s.max_active_speakers),
+            });
         }
         if !(16..=65_536).contains(&s.leg_queue_packets) {
             return Err(ConfigError::Invalid {

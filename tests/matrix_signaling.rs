@@ -145,6 +145,32 @@ async fn three_participants_call_through_sluice_with_olm_encrypted_signaling() {
     let (sluice, parts, _room) = setup(3).await;
     run_call(&parts, true).await;
     assert_eq!(sluice.sfu.snapshot().subscriptions, 12);
+    // Everyone hears the active speakers, loudest first (levels 0, 1, 2 dBov by index).
+    for p in &parts {
+        p.wait_for("active speakers", LONG, |p| {
+            p.dc_log.lock().unwrap().iter().any(|m| {
+                m["type"] == "sluice.active_speakers"
+                    && m["content"]["speakers"]
+                        .as_array()
+                        .is_some_and(|a| a.len() == 3)
+            })
+        })
+        .await;
+        let log = p.dc_log.lock().unwrap();
+        let m = log
+            .iter()
+            .rev()
+            .find(|m| m["type"] == "sluice.active_speakers")
+            .unwrap();
+        let users: Vec<&str> = m["content"]["speakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["user_id"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = parts.iter().map(|q| q.user_id.as_str()).collect();
+        assert_eq!(users, want);
+    }
     // Every candidate message Sluice sent was encrypted too.
     for p in &parts {
         let c = p.received("m.call.candidates");

@@ -28,7 +28,12 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 /// Features announced in `sluice.hello`.
-pub const FEATURES: &[&str] = &["track_subscription", "negotiate", "keepalive"];
+pub const FEATURES: &[&str] = &[
+    "track_subscription",
+    "negotiate",
+    "keepalive",
+    "active_speaker",
+];
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -813,6 +818,37 @@ impl Signaling {
         Value::Object(out)
     }
 
+    /// Sends `sluice.active_speakers` to everyone in the conference with an open channel.
+    async fn announce_speakers(&self, conference: &str, list: &[crate::sfu::Speaker]) {
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.conference == conference)
+            .cloned()
+            .collect();
+        let speakers: Vec<Value> = list
+            .iter()
+            .filter_map(|sp| {
+                let owner = sessions.iter().find(|s| s.participant == sp.participant)?;
+                Some(json!({
+                    "user_id": owner.user_id.as_str(),
+                    "device_id": owner.device_id,
+                    "stream_id": sp.stream_id,
+                    "level": sp.level,
+                }))
+            })
+            .collect();
+        for s in sessions
+            .iter()
+            .filter(|s| s.dc_open.load(Ordering::Relaxed))
+        {
+            self.send_dc(s, "sluice.active_speakers", json!({"speakers": speakers}))
+                .await;
+        }
+    }
+
     async fn broadcast_metadata(&self, conference: &str) {
         let sessions: Vec<Arc<Session>> = self
             .sessions
@@ -844,6 +880,10 @@ impl Signaling {
         match ev.kind {
             SfuEventKind::TrackPublished(_) | SfuEventKind::TrackUnpublished(_) => {
                 self.broadcast_metadata(&ev.conference).await;
+                return;
+            }
+            SfuEventKind::ActiveSpeakers(list) => {
+                self.announce_speakers(&ev.conference, &list).await;
                 return;
             }
             _ => {}
@@ -932,7 +972,9 @@ impl Signaling {
                     self.leave_if_idle(&s.room_id).await;
                 }
             }
-            SfuEventKind::TrackPublished(_) | SfuEventKind::TrackUnpublished(_) => {}
+            SfuEventKind::TrackPublished(_)
+            | SfuEventKind::TrackUnpublished(_)
+            | SfuEventKind::ActiveSpeakers(_) => {}
         }
     }
 

@@ -16,6 +16,7 @@ pub(crate) struct Conference {
     pub(crate) id: ConferenceId,
     slots: Mutex<HashMap<ParticipantId, Slot>>,
     tracks: Mutex<HashMap<TrackRef, Arc<PublishedTrack>>>,
+    pub(crate) speakers: Mutex<super::speakers::SpeakerState>,
 }
 
 impl Conference {
@@ -41,6 +42,7 @@ impl Conference {
                     id: conference.to_owned(),
                     slots: Mutex::new(HashMap::new()),
                     tracks: Mutex::new(HashMap::new()),
+                    speakers: Mutex::new(Default::default()),
                 });
                 confs.insert(conference.to_owned(), c.clone());
                 c
@@ -142,6 +144,10 @@ impl Conference {
             }
             _ => false,
         }
+    }
+
+    pub(crate) fn tracks(&self) -> Vec<Arc<PublishedTrack>> {
+        self.tracks.lock().unwrap().values().cloned().collect()
     }
 
     pub(crate) fn track_infos(&self) -> Vec<TrackInfo> {

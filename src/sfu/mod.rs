@@ -15,6 +15,7 @@ mod participant;
 pub mod rewrite;
 pub mod rtcp;
 pub mod sdp;
+pub mod speakers;
 pub mod stats;
 mod track;
 
@@ -27,6 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+pub use speakers::Speaker;
 pub use stats::{DropReason, MediaKind, Stats};
 
 /// Conference key, chosen by the signaling layer (Matrix: room id + call id).
@@ -251,6 +253,9 @@ pub enum SfuEventKind {
     TrackUnpublished(TrackInfo),
     /// The participant was removed from the conference; every resource it held is released.
     Left(HangupReason),
+    /// The conference's active speakers changed (loudest first; empty: nobody speaks).
+    /// A conference-level event: `participant` is empty.
+    ActiveSpeakers(Vec<Speaker>),
 }
 
 /// An event of the media core.
@@ -346,6 +351,7 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<Stats>,
     pub(crate) ports: PortAllocator,
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    speaker_task: std::sync::OnceLock<()>,
 }
 
 impl Inner {
@@ -399,6 +405,7 @@ impl Sfu {
                     stats: Arc::new(Stats::default()),
                     ports,
                     draining: std::sync::atomic::AtomicBool::new(false),
+                    speaker_task: std::sync::OnceLock::new(),
                 }),
             },
             rx,
@@ -424,6 +431,9 @@ impl Sfu {
         offer_sdp: &str,
     ) -> Result<(), SfuError> {
         sdp::check_offer(offer_sdp)?;
+        self.inner.speaker_task.get_or_init(|| {
+            tokio::spawn(speakers::run(Arc::downgrade(&self.inner)));
+        });
         let conf = Conference::reserve(&self.inner, conference, participant)?;
         match Participant::create(&self.inner, &conf, participant, offer_sdp).await {
             Ok(p) => {

@@ -24,7 +24,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -57,7 +57,17 @@ pub(crate) struct PublishedTrack {
     keyframe_interval: Duration,
     stats: Arc<Stats>,
     closed: AtomicBool,
+    /// Id of the RFC 6464 audio-level extension on the publisher's connection (0: none).
+    audio_level_id: u8,
+    /// Smoothed loudness 0..127 (127 − dBov), as f32 bits; written only by the forwarder.
+    loudness: AtomicU32,
+    /// When the last audio-level value arrived (ms since `epoch`).
+    level_at_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// URI of the RFC 6464 client-to-mixer audio level extension.
+pub const AUDIO_LEVEL_EXTENSION: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 
 impl PublishedTrack {
     pub(crate) fn new(
@@ -69,7 +79,15 @@ impl PublishedTrack {
         keyframe_interval: Duration,
         stats: Arc<Stats>,
     ) -> Self {
+        let audio_level_id = source_exts
+            .iter()
+            .find(|(id, uri)| uri == AUDIO_LEVEL_EXTENSION && (1..=255).contains(id))
+            .map_or(0, |(id, _)| *id as u8);
         Self {
+            audio_level_id,
+            loudness: AtomicU32::new(0f32.to_bits()),
+            level_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             info,
             codec,
             source_exts,
@@ -137,6 +155,9 @@ impl PublishedTrack {
     #[inline]
     pub(crate) fn forward(&self, pkt: rtp::Packet, now: Instant) {
         self.stats.record_in(self.info.kind, pkt.payload.len());
+        if self.audio_level_id != 0 {
+            self.observe_level(&pkt, now);
+        }
         let legs = self.legs.load();
         let ssrc = pkt.header.ssrc;
         for sink in legs.iter() {
@@ -154,6 +175,46 @@ impl PublishedTrack {
                 self.stats.record_drop(DropReason::QueueFull);
             }
         }
+    }
+
+    /// Updates the smoothed loudness from the packet's audio-level extension. Single
+    /// writer (this track's forwarder), so plain load/store suffices.
+    #[inline]
+    fn observe_level(&self, pkt: &rtp::Packet, now: Instant) {
+        let Some(ext) = pkt
+            .header
+            .extensions
+            .iter()
+            .find(|e| e.id == self.audio_level_id)
+        else {
+            return;
+        };
+        let Some(&b) = ext.payload.first() else {
+            return;
+        };
+        let loudness = 127.0 - (b & 0x7F) as f32;
+        let old = f32::from_bits(self.loudness.load(Ordering::Relaxed));
+        // ~50 packets/s: alpha 0.2 settles within about 100 ms.
+        let smoothed = old + 0.2 * (loudness - old);
+        self.loudness.store(smoothed.to_bits(), Ordering::Relaxed);
+        self.level_at_ms.store(
+            now.saturating_duration_since(self.epoch).as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Smoothed loudness 0..127 (127 − dBov) at `now`; 0 when no level arrived for
+    /// 500 ms (silence, DTX, or a muted track) or the track carries no level.
+    pub(crate) fn loudness(&self, now: Instant) -> f32 {
+        let at = self.level_at_ms.load(Ordering::Relaxed);
+        if at == 0 {
+            return 0.0;
+        }
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        if now_ms.saturating_sub(at) > 500 {
+            return 0.0;
+        }
+        f32::from_bits(self.loudness.load(Ordering::Relaxed))
     }
 
     /// Asks the publisher for a keyframe on `ssrc`, at most once per interval per stream.

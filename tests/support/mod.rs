@@ -122,6 +122,8 @@ pub struct TestPeer {
     pub plis: Arc<AtomicUsize>,
     pub stop: Arc<AtomicBool>,
     pub sent: Arc<Mutex<HashMap<u8, u32>>>,
+    /// The RFC 6464 level (−dBov, 0 loudest … 127 silent) the audio stream carries.
+    pub audio_level: Arc<std::sync::atomic::AtomicU8>,
     /// The peer's own tasks, ended by `close` so task counts only reflect the SFU.
     pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Data-channel events, taken by whoever drives the peer's signaling.
@@ -440,6 +442,7 @@ impl TestPeer {
             plis,
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(Mutex::new(HashMap::new())),
+            audio_level: Arc::new(std::sync::atomic::AtomicU8::new(idx)),
             tasks,
             dc_rx: Mutex::new(Some(dc_rx)),
         })
@@ -473,6 +476,7 @@ impl TestPeer {
             let (ssrc, pt, kind) = (s.ssrc, s.pt, s.kind);
             let sender = s.sender.clone();
             let idx = self.idx;
+            let level = self.audio_level.clone();
             let task = tokio::spawn(async move {
                 let ext_id = sender.get_parameters().await.ok().and_then(|p| {
                     p.rtp_parameters
@@ -503,7 +507,7 @@ impl TestPeer {
                         p.header.extension_profile = 0xBEDE;
                         p.header.extensions.push(rtp::header::Extension {
                             id,
-                            payload: Bytes::from(vec![0x80 | idx]),
+                            payload: Bytes::from(vec![0x80 | level.load(Ordering::Relaxed)]),
                         });
                     }
                     p.payload = payload(idx, kind_byte, seq, len);
