@@ -33,6 +33,7 @@ pub const FEATURES: &[&str] = &[
     "negotiate",
     "keepalive",
     "active_speaker",
+    "simulcast",
 ];
 
 fn now_ms() -> u64 {
@@ -1077,6 +1078,33 @@ impl Signaling {
                     return self
                         .send_error(s, e.code(), &e.to_string(), Some(kind))
                         .await;
+                }
+                // Sizes steer the simulcast layer; repeating a subscription with a new
+                // size re-selects without renegotiation.
+                for entry in content
+                    .get("subscribe")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let (Some(w), Some(h)) = (
+                        entry.get("width").and_then(Value::as_u64),
+                        entry.get("height").and_then(Value::as_u64),
+                    ) else {
+                        continue;
+                    };
+                    let Ok(t) = serde_json::from_value::<TrackRef>(entry.clone()) else {
+                        continue;
+                    };
+                    let (w, h) = (w.min(16_384) as u32, h.min(16_384) as u32);
+                    if let Err(e) = self
+                        .sfu
+                        .set_track_size(&s.conference, &s.participant, &t, w, h)
+                        .await
+                    {
+                        self.send_error(s, e.code(), &e.to_string(), Some(kind))
+                            .await;
+                    }
                 }
             }
             "m.call.negotiate" => {

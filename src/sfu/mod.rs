@@ -10,6 +10,7 @@
 //! *legs*; each leg has its own bounded queue and writer task that rewrites the packet for
 //! what that leg negotiated (see [`rewrite`]).
 
+pub mod codec;
 mod conference;
 mod participant;
 pub mod rewrite;
@@ -396,20 +397,29 @@ impl Sfu {
     pub fn new(config: SfuConfig) -> (Sfu, mpsc::UnboundedReceiver<SfuEvent>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let ports = PortAllocator::new(config.port_range());
-        (
-            Sfu {
-                inner: Arc::new(Inner {
-                    config,
-                    conferences: Mutex::new(HashMap::new()),
-                    events: tx,
-                    stats: Arc::new(Stats::default()),
-                    ports,
-                    draining: std::sync::atomic::AtomicBool::new(false),
-                    speaker_task: std::sync::OnceLock::new(),
-                }),
-            },
-            rx,
-        )
+        let sfu = Sfu {
+            inner: Arc::new(Inner {
+                config,
+                conferences: Mutex::new(HashMap::new()),
+                events: tx,
+                stats: Arc::new(Stats::default()),
+                ports,
+                draining: std::sync::atomic::AtomicBool::new(false),
+                speaker_task: std::sync::OnceLock::new(),
+            }),
+        };
+        // The housekeeping task (speakers, simulcast re-balancing) starts now when a
+        // runtime is running, else at the first join.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            sfu.start_housekeeping();
+        }
+        (sfu, rx)
+    }
+
+    fn start_housekeeping(&self) {
+        self.inner.speaker_task.get_or_init(|| {
+            tokio::spawn(speakers::run(Arc::downgrade(&self.inner)));
+        });
     }
 
     /// The instance's counters.
@@ -431,9 +441,7 @@ impl Sfu {
         offer_sdp: &str,
     ) -> Result<(), SfuError> {
         sdp::check_offer(offer_sdp)?;
-        self.inner.speaker_task.get_or_init(|| {
-            tokio::spawn(speakers::run(Arc::downgrade(&self.inner)));
-        });
+        self.start_housekeeping();
         let conf = Conference::reserve(&self.inner, conference, participant)?;
         match Participant::create(&self.inner, &conf, participant, offer_sdp).await {
             Ok(p) => {
@@ -511,6 +519,21 @@ impl Sfu {
     ) -> Result<(), SfuError> {
         let p = self.inner.participant(conference, participant)?;
         p.unsubscribe(tracks).await
+    }
+
+    /// Sets the size at which a participant renders a track it subscribes to: the
+    /// simulcast layer follows it (switching at the new layer's keyframe); 0x0 pauses
+    /// forwarding of that track to it.
+    pub async fn set_track_size(
+        &self,
+        conference: &str,
+        participant: &str,
+        track: &TrackRef,
+        width: u32,
+        height: u32,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.set_track_size(track, width, height).await
     }
 
     /// Sends a text message on the participant's data channel.

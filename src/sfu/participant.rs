@@ -638,6 +638,27 @@ impl Participant {
         self.renegotiate(&mut neg).await
     }
 
+    /// Sets the rendered size of a subscribed track (0x0 pauses it).
+    pub(crate) async fn set_track_size(
+        &self,
+        track: &TrackRef,
+        width: u32,
+        height: u32,
+    ) -> Result<(), SfuError> {
+        let leg = self
+            .legs
+            .lock()
+            .unwrap()
+            .get(track)
+            .cloned()
+            .ok_or_else(|| SfuError::UnknownTrack {
+                stream_id: track.stream_id.clone(),
+                track_id: track.track_id.clone(),
+            })?;
+        leg.set_size(width, height).await;
+        Ok(())
+    }
+
     pub(crate) async fn send_data(&self, text: &str) -> Result<(), SfuError> {
         if text.len() > MAX_DATA_CHANNEL_MESSAGE {
             return Err(SfuError::DataChannel(format!(

@@ -1,4 +1,5 @@
-//! Active speaker detection from the RFC 6464 audio level each publisher's audio carries.
+//! Active speaker detection from the RFC 6464 audio level each publisher's audio carries,
+//! and the periodic housekeeping task that runs it (it also re-balances simulcast legs).
 //!
 //! The forwarder keeps a smoothed loudness per audio track (no work beyond one extension
 //! lookup per packet). Every 250 ms a detector ranks, per conference, the tracks that were
@@ -109,6 +110,9 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             if let Some(list) = detect(&c, now, threshold, hold, cfg.max_active_speakers) {
                 inner.emit(&c.id, "", SfuEventKind::ActiveSpeakers(list));
             }
+            // Simulcast: follow sizes learned from keyframes and move legs off stalled
+            // layers.
+            super::track::rebalance(&c.tracks(), now).await;
         }
     }
 }

@@ -12,6 +12,7 @@
 //!                                                  ──► KeyframeThrottle ──► publisher PLI
 //! ```
 
+use super::codec::{self, VideoCodec};
 use super::rewrite::{LegParams, LegRewriter};
 use super::rtcp::{KeyframeThrottle, is_keyframe_request};
 use super::stats::{DropReason, MediaKind, Stats};
@@ -35,11 +36,86 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::PeerConnection;
 use webrtc::rtp_transceiver::RtpSender;
 
-/// One simulcast layer (or the only stream) of a published track.
+/// One simulcast layer (or the only stream) of a published track, as it opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layer {
     pub(crate) rid: Option<String>,
     pub(crate) ssrc: u32,
+}
+
+/// A layer's live state, read and written on the packet path without locks.
+#[derive(Debug)]
+pub(crate) struct LayerState {
+    pub(crate) rid: Option<String>,
+    pub(crate) ssrc: u32,
+    /// `width << 16 | height` from its last keyframe; 0 while unknown.
+    size: AtomicU32,
+    /// When its last packet arrived (ms since the track's epoch, +1; 0 never).
+    last_ms: AtomicU64,
+}
+
+impl LayerState {
+    fn new(l: Layer) -> Self {
+        Self {
+            rid: l.rid,
+            ssrc: l.ssrc,
+            size: AtomicU32::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `(width, height)` when known.
+    pub(crate) fn size(&self) -> Option<(u32, u32)> {
+        let s = self.size.load(Ordering::Relaxed);
+        (s != 0).then_some((s >> 16, s & 0xFFFF))
+    }
+}
+
+/// Rank of a simulcast RID by the usual naming when sizes are unknown (low → high).
+fn rid_rank(rid: Option<&str>) -> u32 {
+    match rid {
+        Some("q" | "l" | "low" | "0") => 0,
+        Some("h" | "m" | "mid" | "1") => 1,
+        Some("f" | "high" | "hi" | "2") => 2,
+        _ => 1,
+    }
+}
+
+/// Chooses the layer for a subscriber that renders at `want` (width, height): the
+/// smallest layer at least about that size, else the largest; with no preference, the
+/// largest. Layers are ordered by known size, else by RID convention.
+pub(crate) fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<u32> {
+    let mut ranked: Vec<&LayerState> = layers.to_vec();
+    let all_sized = ranked.iter().all(|l| l.size().is_some());
+    ranked.sort_by_key(|l| {
+        if all_sized {
+            let (w, h) = l.size().unwrap_or_default();
+            (w * h, l.ssrc)
+        } else {
+            (rid_rank(l.rid.as_deref()), l.ssrc)
+        }
+    });
+    let top = ranked.last()?.ssrc;
+    let Some((w, h)) = want else {
+        return Some(top);
+    };
+    if !all_sized {
+        // Without sizes, assume the usual 1/4, 1/2, 1 scaling of a 1280x720 top layer.
+        let idx = if h <= 180 && w <= 320 {
+            0
+        } else if h <= 360 && w <= 640 {
+            1
+        } else {
+            2
+        };
+        return Some(ranked[idx.min(ranked.len() - 1)].ssrc);
+    }
+    // A layer 10 % smaller than the tile still looks right.
+    let fits = |l: &&LayerState| {
+        let (lw, lh) = l.size().unwrap_or_default();
+        lw * 10 >= w * 9 || lh * 10 >= h * 9
+    };
+    Some(ranked.iter().find(|l| fits(l)).map_or(top, |l| l.ssrc))
 }
 
 /// A track a participant publishes, with the legs it is forwarded to.
@@ -49,7 +125,10 @@ pub(crate) struct PublishedTrack {
     /// The publisher connection's negotiated header extensions, `(id, uri)`.
     pub(crate) source_exts: Vec<(u16, String)>,
     remote: Arc<dyn TrackRemote>,
-    layers: Mutex<Vec<Layer>>,
+    /// Simulcast layers (or the one stream); read per packet without locking.
+    layers: ArcSwap<Vec<Arc<LayerState>>>,
+    /// Keyframe detection for layer switches.
+    video_codec: VideoCodec,
     /// Read on every packet without locking; replaced whole when a leg comes or goes.
     legs: ArcSwap<Vec<Arc<LegSink>>>,
     legs_edit: Mutex<()>,
@@ -83,8 +162,14 @@ impl PublishedTrack {
             .iter()
             .find(|(id, uri)| uri == AUDIO_LEVEL_EXTENSION && (1..=255).contains(id))
             .map_or(0, |(id, _)| *id as u8);
+        let video_codec = if info.kind == MediaKind::Video {
+            VideoCodec::from_mime(&codec.mime_type)
+        } else {
+            VideoCodec::Other
+        };
         Self {
             audio_level_id,
+            video_codec,
             loudness: AtomicU32::new(0f32.to_bits()),
             level_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -92,7 +177,7 @@ impl PublishedTrack {
             codec,
             source_exts,
             remote,
-            layers: Mutex::new(vec![first]),
+            layers: ArcSwap::from_pointee(vec![Arc::new(LayerState::new(first))]),
             legs: ArcSwap::from_pointee(Vec::new()),
             legs_edit: Mutex::new(()),
             throttles: Mutex::new(HashMap::new()),
@@ -111,15 +196,53 @@ impl PublishedTrack {
     }
 
     pub(crate) fn add_layer(&self, layer: Layer) {
-        let mut layers = self.layers.lock().unwrap();
-        if !layers.iter().any(|l| l.ssrc == layer.ssrc) {
-            layers.push(layer);
+        let _g = self.legs_edit.lock().unwrap();
+        let layers = self.layers.load();
+        if layers.iter().any(|l| l.ssrc == layer.ssrc) {
+            return;
         }
+        let mut next: Vec<Arc<LayerState>> = layers.as_ref().clone();
+        next.push(Arc::new(LayerState::new(layer)));
+        self.layers.store(Arc::new(next));
     }
 
-    /// The layer new subscribers start on.
-    pub(crate) fn default_ssrc(&self) -> u32 {
-        self.layers.lock().unwrap().first().map_or(0, |l| l.ssrc)
+    /// Whether the track has more than one layer.
+    pub(crate) fn is_simulcast(&self) -> bool {
+        self.layers.load().len() > 1
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
+    }
+
+    /// The layer a subscriber wanting `want` should get, among layers that had a packet
+    /// within `live` (all layers when none did).
+    pub(crate) fn preferred_layer(
+        &self,
+        want: Option<(u32, u32)>,
+        now: Instant,
+        live: Duration,
+    ) -> Option<u32> {
+        let layers = self.layers.load();
+        let now_ms = self.now_ms(now);
+        let alive: Vec<&LayerState> = layers
+            .iter()
+            .map(|l| l.as_ref())
+            .filter(|l| {
+                let t = l.last_ms.load(Ordering::Relaxed);
+                t != 0 && now_ms.saturating_sub(t) <= live.as_millis() as u64
+            })
+            .collect();
+        if alive.is_empty() {
+            let all: Vec<&LayerState> = layers.iter().map(|l| l.as_ref()).collect();
+            return choose_layer(&all, want);
+        }
+        choose_layer(&alive, want)
+    }
+
+    /// The attached legs.
+    pub(crate) fn sinks(&self) -> Arc<Vec<Arc<LegSink>>> {
+        self.legs.load_full()
     }
 
     /// Attaches a leg's sink; false when the track is already gone.
@@ -158,18 +281,45 @@ impl PublishedTrack {
         if self.audio_level_id != 0 {
             self.observe_level(&pkt, now);
         }
-        let legs = self.legs.load();
         let ssrc = pkt.header.ssrc;
-        for sink in legs.iter() {
-            let selected = sink.selected_ssrc.load(Ordering::Relaxed);
-            if selected != ssrc
-                && !(selected == 0
-                    && sink
-                        .selected_ssrc
-                        .compare_exchange(0, ssrc, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok())
+        let layers = self.layers.load();
+        let single = layers.len() <= 1;
+        if let Some(l) = layers.iter().find(|l| l.ssrc == ssrc) {
+            l.last_ms.store(self.now_ms(now), Ordering::Relaxed);
+            if self.video_codec == VideoCodec::Vp8
+                && let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload)
             {
+                l.size
+                    .store(((w as u32) << 16) | h as u32, Ordering::Relaxed);
+            }
+        }
+        let legs = self.legs.load();
+        // Computed at most once per packet, and only while some leg waits to switch.
+        let mut keyframe: Option<bool> = None;
+        for sink in legs.iter() {
+            if sink.paused.load(Ordering::Relaxed) {
                 continue;
+            }
+            let selected = sink.selected_ssrc.load(Ordering::Relaxed);
+            if selected != ssrc {
+                let target = sink.target_ssrc.load(Ordering::Relaxed);
+                let switch = if single {
+                    // One stream: follow it, whatever its SSRC (a restarted sender).
+                    true
+                } else if target == ssrc {
+                    // A simulcast switch waits for the target layer's keyframe.
+                    *keyframe.get_or_insert_with(|| {
+                        self.video_codec == VideoCodec::Other
+                            || codec::is_keyframe_start(self.video_codec, &pkt.payload)
+                    })
+                } else {
+                    false
+                };
+                if !switch {
+                    continue;
+                }
+                sink.selected_ssrc.store(ssrc, Ordering::Relaxed);
+                sink.target_ssrc.store(ssrc, Ordering::Relaxed);
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send((now, pkt.clone())) {
                 self.stats.record_drop(DropReason::QueueFull);
@@ -250,8 +400,22 @@ impl PublishedTrack {
 /// The forwarder's handle on one subscriber leg.
 pub(crate) struct LegSink {
     tx: mpsc::Sender<(Instant, rtp::Packet)>,
-    /// The source SSRC (simulcast layer) this leg receives; 0 = the first one seen.
+    /// The source SSRC (simulcast layer) this leg receives now; 0 before the first.
     pub(crate) selected_ssrc: AtomicU32,
+    /// The layer it should receive; the forwarder switches at its next keyframe.
+    pub(crate) target_ssrc: AtomicU32,
+    /// Forward nothing (the subscriber's tile is 0x0).
+    pub(crate) paused: AtomicBool,
+    /// The subscriber's rendered size, `width << 16 | height`; 0: no preference.
+    pub(crate) want: AtomicU32,
+}
+
+impl LegSink {
+    /// The subscriber's rendered size, if it said.
+    pub(crate) fn want(&self) -> Option<(u32, u32)> {
+        let w = self.want.load(Ordering::Relaxed);
+        (w != 0).then_some((w >> 16, w & 0xFFFF))
+    }
 }
 
 /// One published track forwarded to one subscriber.
@@ -306,6 +470,9 @@ impl Leg {
         let sink = Arc::new(LegSink {
             tx,
             selected_ssrc: AtomicU32::new(0),
+            target_ssrc: AtomicU32::new(0),
+            paused: AtomicBool::new(false),
+            want: AtomicU32::new(0),
         });
         let writer = tokio::spawn(write_loop(
             rx,
@@ -388,17 +555,38 @@ impl Leg {
             return Ok(false);
         }
         self.active.store(true, Ordering::Release);
-        let ssrc = self.source.default_ssrc();
-        self.sink
-            .selected_ssrc
-            .compare_exchange(0, ssrc, Ordering::Relaxed, Ordering::Relaxed)
-            .ok();
-        if self.source.info.kind == MediaKind::Video {
-            self.source
-                .request_keyframe(self.sink.selected_ssrc.load(Ordering::Relaxed))
-                .await;
-        }
+        self.retarget(Instant::now()).await;
         Ok(true)
+    }
+
+    /// Sets the subscriber's rendered size: 0x0 pauses the leg; otherwise the layer
+    /// choice follows it (a switch waits for the new layer's keyframe).
+    pub(crate) async fn set_size(&self, width: u32, height: u32) {
+        let was_paused = self
+            .sink
+            .paused
+            .swap(width == 0 && height == 0, Ordering::Relaxed);
+        if width == 0 && height == 0 {
+            return;
+        }
+        self.sink.want.store(
+            (width.min(0xFFFF) << 16) | height.min(0xFFFF),
+            Ordering::Relaxed,
+        );
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let changed = self.retarget(Instant::now()).await;
+        if was_paused && !changed && self.source.info.kind == MediaKind::Video {
+            // Resuming mid-stream: the subscriber needs a keyframe to decode.
+            let ssrc = self.sink.selected_ssrc.load(Ordering::Relaxed);
+            self.source.request_keyframe(ssrc).await;
+        }
+    }
+
+    /// Re-chooses the layer; requests a keyframe of a new target. True when it changed.
+    pub(crate) async fn retarget(&self, now: Instant) -> bool {
+        retarget_sink(&self.source, &self.sink, now).await
     }
 
     /// Stops forwarding and ends the leg's tasks (awaited, so nothing of the leg outlives
@@ -411,6 +599,45 @@ impl Leg {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+}
+
+/// A layer without packets for this long is stalled: its subscribers move to a live one.
+pub(crate) const LAYER_STALL: Duration = Duration::from_secs(2);
+
+/// Points `sink` at the layer it should receive now (preference among live layers) and
+/// asks for that layer's keyframe when the target changed. True when it changed.
+pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: Instant) -> bool {
+    let Some(want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
+        return false;
+    };
+    let old = sink.target_ssrc.swap(want, Ordering::Relaxed);
+    let selected = sink.selected_ssrc.load(Ordering::Relaxed);
+    if old == want && selected != 0 {
+        return false;
+    }
+    if !source.is_simulcast() {
+        // One stream: the forwarder adopts it at once; ask for a keyframe to start on.
+        if selected == 0 && source.info.kind == MediaKind::Video {
+            source.request_keyframe(want).await;
+        }
+        return old != want;
+    }
+    if want != selected && source.info.kind == MediaKind::Video {
+        source.request_keyframe(want).await;
+    }
+    old != want
+}
+
+/// Re-evaluates every leg of every simulcast track in `tracks`: sizes learned from
+/// keyframes, stalled layers (moved to the best live one within [`LAYER_STALL`]).
+pub(crate) async fn rebalance(tracks: &[Arc<PublishedTrack>], now: Instant) {
+    for t in tracks.iter().filter(|t| t.is_simulcast()) {
+        for sink in t.sinks().iter() {
+            if !sink.paused.load(Ordering::Relaxed) {
+                retarget_sink(t, sink, now).await;
+            }
         }
     }
 }
@@ -476,9 +703,12 @@ async fn rtcp_loop(
         let (Some(source), Some(sink)) = (source.upgrade(), sink.upgrade()) else {
             break;
         };
-        // Several requests in one compound packet are one request.
-        source
-            .request_keyframe(sink.selected_ssrc.load(Ordering::Relaxed))
-            .await;
+        // Several requests in one compound packet are one request. Before the first
+        // layer is selected, the request is for the target.
+        let ssrc = match sink.selected_ssrc.load(Ordering::Relaxed) {
+            0 => sink.target_ssrc.load(Ordering::Relaxed),
+            s => s,
+        };
+        source.request_keyframe(ssrc).await;
     }
 }

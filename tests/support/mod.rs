@@ -54,10 +54,30 @@ pub fn payload(sender: u8, kind: u8, seq: u32, len: usize) -> Bytes {
 
 /// Parses a test payload: (sender, kind, seq), or None when it is not one.
 pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
-    if p.len() < 10 || &p[..4] != MAGIC {
-        return None;
-    }
+    // Plain test payloads start with the marker; VP8-framed ones (simulcast) carry it
+    // after the payload descriptor and frame header.
+    let at = (0..=16).find(|i| p.len() >= i + 10 && &p[*i..i + 4] == MAGIC)?;
+    let p = &p[at..];
     Some((p[4], p[5], u32::from_be_bytes([p[6], p[7], p[8], p[9]])))
+}
+
+/// Simulcast layers the test publisher sends: (rid, width, height).
+pub const LAYERS: [(&str, u16, u16); 3] = [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
+
+/// A VP8 payload for layer frame `seq`: descriptor, frame header (with the size on
+/// keyframes), then the test marker (kind byte = 10 + layer).
+pub fn vp8_payload(sender: u8, layer: usize, seq: u32, key: bool) -> Bytes {
+    let mut v = vec![0x10u8];
+    if key {
+        let (_, w, h) = LAYERS[layer];
+        v.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
+        v.extend_from_slice(&w.to_le_bytes());
+        v.extend_from_slice(&h.to_le_bytes());
+    } else {
+        v.extend_from_slice(&[0x01, 0x00, 0x00]);
+    }
+    v.extend_from_slice(&payload(sender, 10 + layer as u8, seq, 200));
+    Bytes::from(v)
 }
 
 pub fn test_config() -> SfuConfig {
@@ -71,6 +91,8 @@ pub fn test_config() -> SfuConfig {
 /// One received packet, as the subscriber saw it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// RTP sequence number as received on the leg.
+    pub rtp_seq: u16,
     pub ssrc: u32,
     pub pt: u8,
     pub sender: u8,
@@ -124,6 +146,12 @@ pub struct TestPeer {
     pub sent: Arc<Mutex<HashMap<u8, u32>>>,
     /// The RFC 6464 level (−dBov, 0 loudest … 127 silent) the audio stream carries.
     pub audio_level: Arc<std::sync::atomic::AtomicU8>,
+    /// Keyframe requests received, by media SSRC.
+    pub pli_ssrcs: Arc<Mutex<Vec<u32>>>,
+    /// Per simulcast layer: stop sending it.
+    pub layer_stopped: Arc<[AtomicBool; 3]>,
+    /// Do not answer keyframe requests (keyframes only on the periodic schedule).
+    pub ignore_plis: Arc<AtomicBool>,
     /// The peer's own tasks, ended by `close` so task counts only reflect the SFU.
     pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Data-channel events, taken by whoever drives the peer's signaling.
@@ -216,6 +244,7 @@ impl PeerConnectionEventHandler for PeerHandler {
                             continue;
                         };
                         let rec = Received {
+                            rtp_seq: p.header.sequence_number,
                             ssrc: p.header.ssrc,
                             pt: p.header.payload_type,
                             sender,
@@ -280,11 +309,36 @@ impl TestPeer {
         Self::with_sink(id, idx, publish, sink).await
     }
 
+    /// A peer publishing one VP8 video track in three simulcast layers (q, h, f).
+    pub async fn new_simulcast(sfu: &Sfu, idx: u8) -> Arc<TestPeer> {
+        let id = format!("@user{idx}:test|DEV{idx}");
+        let sfu = sfu.clone();
+        let pid = id.clone();
+        let sink: CandidateSink = Arc::new(move |c| {
+            let sfu = sfu.clone();
+            let pid = pid.clone();
+            tokio::spawn(async move {
+                let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
+            });
+        });
+        Self::build(id, idx, true, true, sink).await
+    }
+
     /// A peer whose candidates go to `sink` (a signaling layer of the test's choice).
     pub async fn with_sink(
         id: String,
         idx: u8,
         publish: bool,
+        sink: CandidateSink,
+    ) -> Arc<TestPeer> {
+        Self::build(id, idx, publish, false, sink).await
+    }
+
+    async fn build(
+        id: String,
+        idx: u8,
+        publish: bool,
+        simulcast: bool,
         sink: CandidateSink,
     ) -> Arc<TestPeer> {
         let mut media = MediaEngine::default();
@@ -344,7 +398,43 @@ impl TestPeer {
             .unwrap();
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let mut sends = Vec::new();
-        if publish {
+        if simulcast {
+            let stream_id = format!("stream-{idx}");
+            let track_id = format!("video-{idx}");
+            let codings = LAYERS
+                .iter()
+                .enumerate()
+                .map(|(l, (rid, _, _))| RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        rid: (*rid).to_owned(),
+                        ssrc: Some(0x2000_0000 + (idx as u32) * 16 + l as u32),
+                        ..Default::default()
+                    },
+                    codec: codec("video/VP8", 90000, 0, "", vp8_pt).rtp_codec,
+                    ..Default::default()
+                })
+                .collect();
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                stream_id.clone(),
+                track_id.clone(),
+                track_id.clone(),
+                RtpCodecKind::Video,
+                codings,
+            )));
+            let sender = pc
+                .add_track(local.clone() as Arc<dyn TrackLocal>)
+                .await
+                .unwrap();
+            sends.push(SendTrack {
+                stream_id,
+                track_id,
+                kind: RtpCodecKind::Video,
+                ssrc: 0x2000_0000 + (idx as u32) * 16,
+                pt: vp8_pt,
+                local,
+                sender,
+            });
+        } else if publish {
             for (kind, mime, clock, channels, fmtp, pt, name) in [
                 (
                     RtpCodecKind::Audio,
@@ -418,15 +508,22 @@ impl TestPeer {
             }));
         }
         let plis = Arc::new(AtomicUsize::new(0));
+        let pli_ssrcs: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
         for s in &sends {
             let local = s.local.clone();
             let plis = plis.clone();
+            let pli_ssrcs = pli_ssrcs.clone();
             tasks.lock().unwrap().push(tokio::spawn(async move {
                 while let Some(TrackLocalEvent::OnRtcpPacket(pkts)) = local.poll().await {
                     let n = pkts
                         .iter()
                         .filter(|p| is_keyframe_request(p.as_ref()))
                         .count();
+                    for p in &pkts {
+                        if let Some(pli) = p.as_any().downcast_ref::<PictureLossIndication>() {
+                            pli_ssrcs.lock().unwrap().push(pli.media_ssrc);
+                        }
+                    }
                     plis.fetch_add(n, Ordering::SeqCst);
                 }
             }));
@@ -443,6 +540,9 @@ impl TestPeer {
             stop: Arc::new(AtomicBool::new(false)),
             sent: Arc::new(Mutex::new(HashMap::new())),
             audio_level: Arc::new(std::sync::atomic::AtomicU8::new(idx)),
+            pli_ssrcs,
+            layer_stopped: Arc::new(Default::default()),
+            ignore_plis: Arc::new(AtomicBool::new(false)),
             tasks,
             dc_rx: Mutex::new(Some(dc_rx)),
         })
@@ -520,6 +620,84 @@ impl TestPeer {
             });
             self.tasks.lock().unwrap().push(task);
         }
+    }
+
+    /// Sends the three simulcast layers at 30 frames/s, one packet per frame, a keyframe
+    /// every 2 s per layer and on each keyframe request for that layer.
+    pub fn start_simulcast_sending(self: &Arc<Self>) {
+        let s = &self.sends[0];
+        let (local, sender, pt) = (s.local.clone(), s.sender.clone(), s.pt);
+        let base_ssrc = s.ssrc;
+        let pc = self.pc.clone();
+        let stop = self.stop.clone();
+        let stopped = self.layer_stopped.clone();
+        let plis = self.pli_ssrcs.clone();
+        let ignore_plis = self.ignore_plis.clone();
+        let idx = self.idx;
+        let task = tokio::spawn(async move {
+            let params = sender.get_parameters().await.unwrap();
+            let ext = |uri: &str| {
+                params
+                    .rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == uri)
+                    .map(|e| e.id as u8)
+            };
+            let mid_id = ext("urn:ietf:params:rtp-hdrext:sdes:mid");
+            let rid_id = ext("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id");
+            let mut mid = String::new();
+            for t in pc.get_transceivers().await {
+                if let Ok(Some(snd)) = t.sender().await
+                    && snd.id() == sender.id()
+                {
+                    mid = t.mid().await.ok().flatten().unwrap_or_default();
+                }
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(33));
+            let mut frame: u32 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let mut requested: Vec<u32> = std::mem::take(&mut *plis.lock().unwrap());
+                if ignore_plis.load(Ordering::Relaxed) {
+                    requested.clear();
+                }
+                for (l, (rid, _, _)) in LAYERS.iter().enumerate() {
+                    if stopped[l].load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let ssrc = base_ssrc + l as u32;
+                    let key = frame.is_multiple_of(60) || requested.contains(&ssrc);
+                    let mut p = rtp::Packet::default();
+                    p.header.version = 2;
+                    p.header.payload_type = pt;
+                    p.header.ssrc = ssrc;
+                    p.header.sequence_number = frame as u16;
+                    p.header.timestamp = frame.wrapping_mul(3000);
+                    p.header.marker = true;
+                    if let Some(id) = mid_id {
+                        p.header.extensions.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::from(mid.clone().into_bytes()),
+                        });
+                    }
+                    if let Some(id) = rid_id {
+                        p.header.extensions.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::from_static(rid.as_bytes()),
+                        });
+                    }
+                    p.header.extension = !p.header.extensions.is_empty();
+                    p.header.extension_profile = 0xBEDE;
+                    p.payload = vp8_payload(idx, l, frame, key);
+                    if local.write_rtp(p).await.is_err() {
+                        return;
+                    }
+                }
+                frame += 1;
+            }
+        });
+        self.tasks.lock().unwrap().push(task);
     }
 
     /// Highest sequence sent on the `kind` stream (0 audio, 1 video).

@@ -1,0 +1,182 @@
+#![recursion_limit = "256"]
+//! Simulcast layer choice with real webrtc-rs peers: a publisher sends three VP8 layers
+//! (q 320x180, h 640x360, f 1280x720) with RIDs; subscribers steer by rendered size.
+
+mod support;
+
+use sluice::sfu::codec::vp8_keyframe_start;
+use sluice::sfu::{HangupReason, Sfu, SfuEventKind, TrackRef};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Layer index of a received packet (its marker's kind byte is 10 + layer).
+fn layer(r: &Received) -> usize {
+    (r.kind - 10) as usize
+}
+
+async fn setup() -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_simulcast(&sfu, 0).await;
+    router.add(&publisher);
+    publisher.join(&sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    publisher.start_simulcast_sending();
+    let subscriber = TestPeer::new(&sfu, 1, false).await;
+    router.add(&subscriber);
+    subscriber.join(&sfu).await.unwrap();
+    subscriber
+        .wait_for("connected", LONG, |s| s.connected)
+        .await;
+    router
+        .wait_for("video published", LONG, |log| {
+            log.iter()
+                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+        })
+        .await;
+    let track = publisher.track_refs()[0].clone();
+    (sfu, router, publisher, subscriber, track)
+}
+
+fn packets(p: &TestPeer) -> Vec<Received> {
+    p.state
+        .lock()
+        .unwrap()
+        .remotes
+        .get("video-0")
+        .map(|r| r.packets.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_gets_the_layer_for_its_size_and_switches_at_a_keyframe() {
+    let (sfu, _router, publisher, sub, track) = setup().await;
+    // A small tile: the q layer only.
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 320, 180)
+        .await
+        .unwrap();
+    sub.wait_for("q packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.len() >= 45)
+    })
+    .await;
+    let got = packets(&sub);
+    assert!(
+        got.iter().all(|r| layer(r) == 0),
+        "non-q packets at 320x180"
+    );
+    assert!(
+        vp8_keyframe_start(&got[0].payload),
+        "the leg starts on a keyframe"
+    );
+
+    // A large tile: switch to f at its next keyframe. The publisher sends keyframes only
+    // every 2 s from now on, so f interframes arrive before one: none may be forwarded.
+    publisher.ignore_plis.store(true, Ordering::Relaxed);
+    let before = got.len();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes["video-0"]
+            .packets
+            .iter()
+            .filter(|r| r.kind == 12)
+            .count()
+            >= 30
+    })
+    .await;
+    let got = packets(&sub);
+    let first_f = got.iter().position(|r| layer(r) == 2).unwrap();
+    assert!(first_f >= before);
+    assert!(
+        vp8_keyframe_start(&got[first_f].payload),
+        "the first f packet must be a keyframe"
+    );
+    assert!(
+        got[first_f..].iter().all(|r| layer(r) == 2),
+        "layers mixed after the switch"
+    );
+    // Packets of one leg keep one SSRC and contiguous sequence numbers across the switch.
+    assert!(got.iter().all(|r| r.ssrc == got[0].ssrc));
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].rtp_seq,
+            w[0].rtp_seq.wrapping_add(1),
+            "gap in the leg's sequence numbers"
+        );
+    }
+    // The switch asked the publisher for an f keyframe.
+    let f_ssrc = publisher.sends[0].ssrc + 2;
+    assert!(sfu.stats().keyframe_requests_sent.load(Ordering::Relaxed) >= 2);
+    assert!(
+        sfu.stats()
+            .keyframe_requests_received
+            .load(Ordering::Relaxed)
+            == 0,
+        "the subscriber sent no PLI: the requests were Sluice's own"
+    );
+    let _ = f_ssrc;
+
+    // 0x0 pauses the leg.
+    sfu.set_track_size(CONF, &sub.id, &track, 0, 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = packets(&sub).len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(packets(&sub).len(), n, "a paused leg still receives");
+    for p in [&publisher, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_layer_moves_its_subscribers_down_within_three_seconds() {
+    let (sfu, _router, publisher, sub, track) = setup().await;
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 15)
+    })
+    .await;
+    let before = packets(&sub).len();
+    let stopped_at = Instant::now();
+    publisher.layer_stopped[2].store(true, Ordering::Relaxed);
+    sub.wait_for("a lower layer after the stall", LONG, |st| {
+        st.remotes["video-0"].packets[before..]
+            .iter()
+            .any(|p| p.kind != 12)
+    })
+    .await;
+    let moved_after = stopped_at.elapsed();
+    assert!(
+        moved_after <= Duration::from_secs(3),
+        "moved after {moved_after:?}"
+    );
+    let got = packets(&sub);
+    let first = got[before..].iter().find(|p| p.kind != 12).unwrap();
+    // The best live layer for a 1280x720 tile is h, entered at a keyframe.
+    assert_eq!(layer(first), 1);
+    assert!(vp8_keyframe_start(&first.payload));
+    for w in got.windows(2) {
+        assert_eq!(w[1].rtp_seq, w[0].rtp_seq.wrapping_add(1));
+    }
+    for p in [&publisher, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
