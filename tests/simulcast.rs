@@ -111,6 +111,13 @@ async fn subscriber_gets_the_layer_for_its_size_and_switches_at_a_keyframe() {
             w[0].rtp_seq.wrapping_add(1),
             "gap in the leg's sequence numbers"
         );
+        // One frame per packet: the VP8 picture id runs on without a jump, though the
+        // layers' own ids are 10000 apart.
+        assert_eq!(
+            vp8_picture_id(&w[1].payload),
+            (vp8_picture_id(&w[0].payload) + 1) & 0x7FFF,
+            "picture id jumps at the switch"
+        );
     }
     // The switch asked the publisher for an f keyframe.
     let f_ssrc = publisher.sends[0].ssrc + 2;

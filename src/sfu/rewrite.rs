@@ -80,9 +80,114 @@ impl LegParams {
     }
 }
 
+/// Where the VP8 payload descriptor keeps its picture id and TL0PICIDX (RFC 7741 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Vp8Ids {
+    /// Offset of the picture id, and whether it is the 15-bit form.
+    pic: Option<(usize, bool)>,
+    /// Offset of TL0PICIDX.
+    tl0: Option<usize>,
+}
+
+fn vp8_ids(p: &[u8]) -> Vp8Ids {
+    let mut ids = Vp8Ids {
+        pic: None,
+        tl0: None,
+    };
+    let (Some(&b0), Some(&x)) = (p.first(), p.get(1)) else {
+        return ids;
+    };
+    if b0 & 0x80 == 0 {
+        return ids;
+    }
+    let mut i = 2;
+    if x & 0x80 != 0 {
+        let Some(&m) = p.get(i) else { return ids };
+        let long = m & 0x80 != 0;
+        if p.len() < i + if long { 2 } else { 1 } {
+            return ids;
+        }
+        ids.pic = Some((i, long));
+        i += if long { 2 } else { 1 };
+    }
+    if x & 0x40 != 0 && p.len() > i {
+        ids.tl0 = Some(i);
+    }
+    ids
+}
+
+fn read_pic(p: &[u8], (at, long): (usize, bool)) -> u16 {
+    if long {
+        u16::from_be_bytes([p[at] & 0x7F, p[at + 1]])
+    } else {
+        (p[at] & 0x7F) as u16
+    }
+}
+
+/// VP8 picture id / TL0PICIDX continuity across source (simulcast layer) switches, so
+/// the subscriber's decoder sees one stream. Rewrites the payload only after a switch
+/// made the offsets non-zero.
+#[derive(Debug, Default)]
+struct Vp8Continuity {
+    pic_offset: u16,
+    tl0_offset: u8,
+    last_pic: Option<u16>,
+    last_tl0: Option<u8>,
+    switched: bool,
+}
+
+impl Vp8Continuity {
+    /// A new source starts with `p`: continue after the last ids sent.
+    fn on_switch(&mut self, p: &[u8]) {
+        let ids = vp8_ids(p);
+        if let (Some(pic), Some(last)) = (ids.pic, self.last_pic) {
+            self.pic_offset = last.wrapping_add(1).wrapping_sub(read_pic(p, pic));
+        }
+        if let (Some(at), Some(last)) = (ids.tl0, self.last_tl0) {
+            self.tl0_offset = last.wrapping_add(1).wrapping_sub(p[at]);
+        }
+        self.switched = true;
+    }
+
+    fn apply(&mut self, payload: &mut bytes::Bytes) {
+        let ids = vp8_ids(payload);
+        if ids.pic.is_none() && ids.tl0.is_none() {
+            return;
+        }
+        let rewrite = self.switched && (self.pic_offset != 0 || self.tl0_offset != 0);
+        if !rewrite {
+            if let Some(pic) = ids.pic {
+                self.last_pic = Some(read_pic(payload, pic));
+            }
+            if let Some(at) = ids.tl0 {
+                self.last_tl0 = Some(payload[at]);
+            }
+            return;
+        }
+        let mut b = bytes::BytesMut::from(&payload[..]);
+        if let Some((at, long)) = ids.pic {
+            let out = read_pic(&b, (at, long)).wrapping_add(self.pic_offset);
+            if long {
+                let v = (out & 0x7FFF) | 0x8000;
+                b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+                self.last_pic = Some(out & 0x7FFF);
+            } else {
+                b[at] = (out & 0x7F) as u8;
+                self.last_pic = Some(out & 0x7F);
+            }
+        }
+        if let Some(at) = ids.tl0 {
+            b[at] = b[at].wrapping_add(self.tl0_offset);
+            self.last_tl0 = Some(b[at]);
+        }
+        *payload = b.freeze();
+    }
+}
+
 /// Sequence number and timestamp state of one leg.
 #[derive(Debug)]
 pub struct LegRewriter {
+    vp8: Option<Vp8Continuity>,
     clock_rate: u32,
     started: bool,
     source_ssrc: u32,
@@ -97,6 +202,7 @@ impl LegRewriter {
     /// A rewriter for a codec with the given RTP clock rate.
     pub fn new(clock_rate: u32) -> Self {
         Self {
+            vp8: None,
             clock_rate: clock_rate.max(1),
             started: false,
             source_ssrc: 0,
@@ -106,6 +212,12 @@ impl LegRewriter {
             last_out_ts: 0,
             last_out_at: None,
         }
+    }
+
+    /// Also keeps VP8 picture ids and TL0PICIDX continuous across source switches.
+    pub fn with_vp8_continuity(mut self) -> Self {
+        self.vp8 = Some(Vp8Continuity::default());
+        self
     }
 
     /// Rewrites `pkt` in place for the leg described by `params`, received at `now`.
@@ -135,7 +247,14 @@ impl LegRewriter {
             let ticks = ticks.clamp(1, u32::MAX as u64) as u32;
             let next_ts = self.last_out_ts.wrapping_add(ticks);
             self.ts_offset = next_ts.wrapping_sub(h.timestamp);
+            if let Some(v) = &mut self.vp8 {
+                v.on_switch(&pkt.payload);
+            }
         }
+        if let Some(v) = &mut self.vp8 {
+            v.apply(&mut pkt.payload);
+        }
+        let h = &mut pkt.header;
         let out_seq = h.sequence_number.wrapping_add(self.seq_offset);
         let out_ts = h.timestamp.wrapping_add(self.ts_offset);
         // Only a newer packet moves the reference point; a reordered or retransmitted older
@@ -320,6 +439,58 @@ mod tests {
         let mut pkt = packet(0x3333, 1, 1, &[]);
         rw.rewrite(&mut pkt, &p, t);
         assert_eq!(pkt.header.sequence_number, 14);
+    }
+
+    fn vp8(pic: u16, tl0: u8) -> Bytes {
+        // X, S; I and L present; 15-bit picture id; TL0PICIDX; then a frame byte.
+        let v = (pic & 0x7FFF) | 0x8000;
+        let b = v.to_be_bytes();
+        Bytes::from(vec![0x90, 0xC0, b[0], b[1], tl0, 0x01, 0xAA])
+    }
+
+    #[test]
+    fn vp8_picture_ids_continue_across_a_switch() {
+        let p = params();
+        let mut rw = LegRewriter::new(90_000).with_vp8_continuity();
+        let t = Instant::now();
+        let mut out = vec![];
+        for (ssrc, pic, tl0) in [(1, 100, 7), (1, 101, 8), (2, 5000, 200), (2, 5001, 201)] {
+            let mut pkt = packet(ssrc, pic, pic as u32, &[]);
+            pkt.payload = vp8(pic, tl0);
+            rw.rewrite(&mut pkt, &p, t);
+            let ids = vp8_ids(&pkt.payload);
+            out.push((
+                read_pic(&pkt.payload, ids.pic.unwrap()),
+                pkt.payload[ids.tl0.unwrap()],
+            ));
+            assert_eq!(*pkt.payload.last().unwrap(), 0xAA, "frame data untouched");
+        }
+        assert_eq!(out, vec![(100, 7), (101, 8), (102, 9), (103, 10)]);
+    }
+
+    #[test]
+    fn vp8_seven_bit_ids_wrap_within_seven_bits() {
+        let p = params();
+        let mut rw = LegRewriter::new(90_000).with_vp8_continuity();
+        let t = Instant::now();
+        let mut first = packet(1, 1, 1, &[]);
+        first.payload = Bytes::from(vec![0x90, 0x80, 0x7F, 0x01]); // 7-bit id 127
+        rw.rewrite(&mut first, &p, t);
+        let mut next = packet(2, 9, 9, &[]);
+        next.payload = Bytes::from(vec![0x90, 0x80, 0x10, 0x01]); // other source, id 16
+        rw.rewrite(&mut next, &p, t);
+        assert_eq!(next.payload[2], 0x00, "127 + 1 wraps to 0 in 7 bits");
+    }
+
+    #[test]
+    fn no_switch_means_no_payload_copy() {
+        let p = params();
+        let mut rw = LegRewriter::new(90_000).with_vp8_continuity();
+        let mut pkt = packet(1, 1, 1, &[]);
+        pkt.payload = vp8(10, 1);
+        let before = pkt.payload.as_ptr();
+        rw.rewrite(&mut pkt, &p, Instant::now());
+        assert_eq!(pkt.payload.as_ptr(), before);
     }
 
     #[test]

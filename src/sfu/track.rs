@@ -480,7 +480,14 @@ impl Leg {
             local.clone(),
             stats.clone(),
             source.info.kind,
-            source.codec.clock_rate,
+            {
+                let rw = LegRewriter::new(source.codec.clock_rate);
+                if source.video_codec == VideoCodec::Vp8 {
+                    rw.with_vp8_continuity()
+                } else {
+                    rw
+                }
+            },
             join_clock,
         ));
         let rtcp = tokio::spawn(rtcp_loop(
@@ -649,10 +656,9 @@ async fn write_loop(
     local: Arc<TrackLocalStaticRTP>,
     stats: Arc<Stats>,
     kind: MediaKind,
-    clock_rate: u32,
+    mut rewriter: LegRewriter,
     join_clock: Arc<super::participant::JoinClock>,
 ) {
-    let mut rewriter = LegRewriter::new(clock_rate);
     let mut params: Option<Arc<LegParams>> = params_rx.borrow_and_update().clone();
     while let Some((arrival, mut pkt)) = rx.recv().await {
         if params_rx.has_changed().unwrap_or(false) {

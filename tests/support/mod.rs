@@ -61,13 +61,21 @@ pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
     Some((p[4], p[5], u32::from_be_bytes([p[6], p[7], p[8], p[9]])))
 }
 
+/// The 15-bit VP8 picture id of a payload made by [`vp8_payload`].
+pub fn vp8_picture_id(p: &[u8]) -> u16 {
+    u16::from_be_bytes([p[2] & 0x7F, p[3]])
+}
+
 /// Simulcast layers the test publisher sends: (rid, width, height).
 pub const LAYERS: [(&str, u16, u16); 3] = [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
 
-/// A VP8 payload for layer frame `seq`: descriptor, frame header (with the size on
-/// keyframes), then the test marker (kind byte = 10 + layer).
+/// A VP8 payload for layer frame `seq`: descriptor (with a per-layer picture id), frame
+/// header (with the size on keyframes), then the test marker (kind byte = 10 + layer).
 pub fn vp8_payload(sender: u8, layer: usize, seq: u32, key: bool) -> Bytes {
-    let mut v = vec![0x10u8];
+    // X and S set, a 15-bit picture id that differs per layer (as browsers' do).
+    let pic = ((layer as u32 * 10_000 + seq) & 0x7FFF) as u16 | 0x8000;
+    let mut v = vec![0x90u8, 0x80];
+    v.extend_from_slice(&pic.to_be_bytes());
     if key {
         let (_, w, h) = LAYERS[layer];
         v.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
