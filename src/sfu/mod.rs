@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 
 pub use speakers::Speaker;
 pub use stats::{DropReason, MediaKind, Stats};
+pub use track::{Layer, LayerState, choose_layer};
 
 /// Conference key, chosen by the signaling layer (Matrix: room id + call id).
 pub type ConferenceId = String;

@@ -38,16 +38,20 @@ use webrtc::rtp_transceiver::RtpSender;
 
 /// One simulcast layer (or the only stream) of a published track, as it opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Layer {
-    pub(crate) rid: Option<String>,
-    pub(crate) ssrc: u32,
+pub struct Layer {
+    /// Its RTP stream id (RID), when simulcast.
+    pub rid: Option<String>,
+    /// Its SSRC.
+    pub ssrc: u32,
 }
 
 /// A layer's live state, read and written on the packet path without locks.
 #[derive(Debug)]
-pub(crate) struct LayerState {
-    pub(crate) rid: Option<String>,
-    pub(crate) ssrc: u32,
+pub struct LayerState {
+    /// Its RTP stream id (RID), when simulcast.
+    pub rid: Option<String>,
+    /// Its SSRC.
+    pub ssrc: u32,
     /// `width << 16 | height` from its last keyframe; 0 while unknown.
     size: AtomicU32,
     /// When its last packet arrived (ms since the track's epoch, +1; 0 never).
@@ -55,7 +59,8 @@ pub(crate) struct LayerState {
 }
 
 impl LayerState {
-    fn new(l: Layer) -> Self {
+    /// A layer as it opens (size unknown, no packet yet).
+    pub fn new(l: Layer) -> Self {
         Self {
             rid: l.rid,
             ssrc: l.ssrc,
@@ -64,8 +69,14 @@ impl LayerState {
         }
     }
 
+    /// Records the size a keyframe announced.
+    pub fn set_size(&self, width: u16, height: u16) {
+        self.size
+            .store(((width as u32) << 16) | height as u32, Ordering::Relaxed);
+    }
+
     /// `(width, height)` when known.
-    pub(crate) fn size(&self) -> Option<(u32, u32)> {
+    pub fn size(&self) -> Option<(u32, u32)> {
         let s = self.size.load(Ordering::Relaxed);
         (s != 0).then_some((s >> 16, s & 0xFFFF))
     }
@@ -84,7 +95,7 @@ fn rid_rank(rid: Option<&str>) -> u32 {
 /// Chooses the layer for a subscriber that renders at `want` (width, height): the
 /// smallest layer at least about that size, else the largest; with no preference, the
 /// largest. Layers are ordered by known size, else by RID convention.
-pub(crate) fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<u32> {
+pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<u32> {
     let mut ranked: Vec<&LayerState> = layers.to_vec();
     let all_sized = ranked.iter().all(|l| l.size().is_some());
     ranked.sort_by_key(|l| {
@@ -289,8 +300,7 @@ impl PublishedTrack {
             if self.video_codec == VideoCodec::Vp8
                 && let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload)
             {
-                l.size
-                    .store(((w as u32) << 16) | h as u32, Ordering::Relaxed);
+                l.set_size(w, h);
             }
         }
         let legs = self.legs.load();
@@ -716,5 +726,49 @@ async fn rtcp_loop(
             s => s,
         };
         source.request_keyframe(ssrc).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(rid: &str, ssrc: u32, size: Option<(u16, u16)>) -> LayerState {
+        let l = LayerState::new(Layer {
+            rid: Some(rid.to_owned()),
+            ssrc,
+        });
+        if let Some((w, h)) = size {
+            l.set_size(w, h);
+        }
+        l
+    }
+
+    #[test]
+    fn smallest_layer_covering_the_tile_wins() {
+        let q = layer("q", 1, Some((320, 180)));
+        let h = layer("h", 2, Some((640, 360)));
+        let f = layer("f", 3, Some((1280, 720)));
+        let all = [&f, &q, &h];
+        assert_eq!(choose_layer(&all, Some((320, 180))), Some(1));
+        assert_eq!(choose_layer(&all, Some((300, 160))), Some(1));
+        assert_eq!(choose_layer(&all, Some((600, 340))), Some(2));
+        assert_eq!(choose_layer(&all, Some((1280, 720))), Some(3));
+        assert_eq!(choose_layer(&all, Some((1920, 1080))), Some(3));
+        assert_eq!(choose_layer(&all, None), Some(3));
+        assert_eq!(choose_layer(&[], None), None);
+    }
+
+    #[test]
+    fn rid_convention_orders_layers_of_unknown_size() {
+        let q = layer("q", 30, None);
+        let h = layer("h", 20, None);
+        let f = layer("f", 10, None);
+        let all = [&f, &h, &q];
+        assert_eq!(choose_layer(&all, Some((320, 180))), Some(30));
+        assert_eq!(choose_layer(&all, Some((640, 360))), Some(20));
+        assert_eq!(choose_layer(&all, None), Some(10));
+        // Two layers live: a large tile gets the top one.
+        assert_eq!(choose_layer(&[&q, &h], Some((1280, 720))), Some(20));
     }
 }
