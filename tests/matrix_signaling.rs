@@ -389,6 +389,39 @@ async fn client_that_stops_answering_pings_is_hung_up() {
     .await;
     // Still up while it answers.
     assert!(p.hangup_reason().is_none());
+    // Bad data-channel messages get sluice.error and do not end the session.
+    p.peer
+        .dc
+        .send(bytes::BytesMut::from(&b"\x00\x01binary"[..]))
+        .await
+        .unwrap();
+    p.peer.dc.send_text("{not json").await.unwrap();
+    p.peer.dc.send_text(r#"{"content": {}}"#).await.unwrap();
+    p.wait_for("three sluice.error replies", LONG, |p| {
+        p.dc_log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m["type"] == "sluice.error")
+            .count()
+            >= 3
+    })
+    .await;
+    {
+        let log = p.dc_log.lock().unwrap();
+        let codes: Vec<&str> = log
+            .iter()
+            .filter(|m| m["type"] == "sluice.error")
+            .map(|m| m["content"]["code"].as_str().unwrap())
+            .collect();
+        assert!(codes.contains(&"message_refused"), "{codes:?}");
+        assert_eq!(
+            codes.iter().filter(|c| **c == "malformed").count(),
+            2,
+            "{codes:?}"
+        );
+    }
+    assert!(p.hangup_reason().is_none());
     p.answer_pings.store(false, Ordering::Relaxed);
     p.wait_for("keepalive hangup", Duration::from_secs(10), |p| {
         p.hangup_reason().is_some()

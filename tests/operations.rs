@@ -493,3 +493,71 @@ async fn sluice_binary_serves_http_and_exits_on_sigterm() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_config_exits_2_naming_the_option() {
+    let dir = std::env::temp_dir().join(format!("sluice-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[sfu]\nice_connect_timeout_secs = 0\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sfu.ice_connect_timeout_secs"), "{err}");
+    assert!(err.contains("between 1 and 600"), "{err}");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn secrets_never_reach_the_logs() {
+    // A homeserver that is not there: login fails, with every log line at debug level.
+    let dead = free_port();
+    let http = free_port();
+    let dir = std::env::temp_dir().join(format!("sluice-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("sluice.toml");
+    let password = "pw-MUST-NOT-APPEAR-7d1e";
+    let token = "admin-token-MUST-NOT-APPEAR-99";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\nadmin_token = \"{token}\"\n\
+             [matrix]\nhomeserver_url = \"http://127.0.0.1:{dead}\"\nuser_id = \"@sfu:localhost\"\n\
+             password = \"{password}\"\nstore_path = \"{}\"\n\
+             [log]\nlevel = \"trace\"\n",
+            dir.join("store").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "serve must fail without a homeserver"
+    );
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("cannot"), "no error explained: {all}");
+    assert!(!all.contains(password), "the password was logged");
+    assert!(!all.contains(token), "the admin token was logged");
+    let _ = std::fs::remove_dir_all(&dir);
+}

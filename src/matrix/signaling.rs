@@ -958,6 +958,9 @@ impl Signaling {
                 }
             }
             SfuEventKind::DataChannelMessage(text) => self.on_dc_message(&s, &text).await,
+            SfuEventKind::DataChannelRefused(reason) => {
+                self.send_error(&s, "message_refused", &reason, None).await;
+            }
             SfuEventKind::Left(reason) => {
                 self.forget(&s);
                 if let Some(k) = s.keepalive.lock().unwrap().take() {

@@ -249,6 +249,9 @@ pub enum SfuEventKind {
     DataChannelOpen,
     /// A text message on the participant's data channel.
     DataChannelMessage(String),
+    /// A data-channel message was refused (binary, not UTF-8, or above 64 KiB); the
+    /// reason is for the client (`sluice.error`).
+    DataChannelRefused(String),
     /// The participant started publishing a track (its first packet arrived).
     TrackPublished(TrackInfo),
     /// The participant stopped publishing a track, or left.

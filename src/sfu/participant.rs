@@ -865,23 +865,32 @@ async fn data_channel_loop(p: Weak<Participant>, dc: Arc<dyn DataChannel>) {
         match evt {
             DataChannelEvent::OnOpen => part.emit(SfuEventKind::DataChannelOpen),
             DataChannelEvent::OnMessage(msg) => {
-                if !msg.is_string || msg.data.len() > MAX_DATA_CHANNEL_MESSAGE {
-                    warn!(
-                        participant = %part.id, bytes = msg.data.len(), text = msg.is_string,
-                        "refusing a data-channel message (binary or above 64 KiB)"
-                    );
-                    if let Some(inner) = part.inner.upgrade() {
-                        inner
-                            .stats
-                            .data_channel_messages_refused
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                    continue;
-                }
-                match String::from_utf8(msg.data.to_vec()) {
+                let refusal = if !msg.is_string {
+                    Some("binary data-channel messages are not accepted".to_owned())
+                } else if msg.data.len() > MAX_DATA_CHANNEL_MESSAGE {
+                    Some(format!(
+                        "message of {} bytes is above the {MAX_DATA_CHANNEL_MESSAGE}-byte limit",
+                        msg.data.len()
+                    ))
+                } else {
+                    None
+                };
+                let text = match refusal {
+                    Some(r) => Err(r),
+                    None => String::from_utf8(msg.data.to_vec())
+                        .map_err(|_| "data-channel text is not UTF-8".to_owned()),
+                };
+                match text {
                     Ok(text) => part.emit(SfuEventKind::DataChannelMessage(text)),
-                    Err(_) => {
-                        warn!(participant = %part.id, "data-channel text is not UTF-8");
+                    Err(reason) => {
+                        warn!(participant = %part.id, bytes = msg.data.len(), %reason, "refusing a data-channel message");
+                        if let Some(inner) = part.inner.upgrade() {
+                            inner
+                                .stats
+                                .data_channel_messages_refused
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        part.emit(SfuEventKind::DataChannelRefused(reason));
                     }
                 }
             }
