@@ -187,3 +187,92 @@ async fn stalled_layer_moves_its_subscribers_down_within_three_seconds() {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+/// Arrival index and time of the first packet of `layer` at or after index `from`.
+fn first_of(p: &TestPeer, layer_idx: usize, from: usize) -> Option<usize> {
+    packets(p)[from..]
+        .iter()
+        .position(|r| layer(r) == layer_idx)
+        .map(|i| i + from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_estimate_steps_the_layer_down_and_back_up_without_flapping() {
+    let (sfu, _router, publisher, sub, track) = setup().await;
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
+    })
+    .await;
+    // Let the layer rates settle (about 50 / 150 / 270 kbit/s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // The subscriber's estimate drops to 100 kbit/s: only q fits.
+    let before = packets(&sub).len();
+    sub.send_remb("video-0", 100_000.0).await;
+    sub.wait_for("q after the estimate dropped", LONG, |st| {
+        st.remotes["video-0"].packets[before..]
+            .iter()
+            .any(|p| p.kind == 10)
+    })
+    .await;
+    let got = packets(&sub);
+    let q_at = first_of(&sub, 0, before).unwrap();
+    assert!(
+        got[before..q_at].iter().all(|r| layer(r) == 2),
+        "stepped through h on the way down"
+    );
+    let list = sfu.conferences();
+    let me = list[0]
+        .participants
+        .iter()
+        .find(|p| p.id == sub.id)
+        .unwrap();
+    assert_eq!(me.estimate_bps, 100_000);
+
+    // The estimate recovers: one step up now, the next one no sooner than the hold.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let from = packets(&sub).len();
+    let t0 = Instant::now();
+    sub.send_remb("video-0", 10_000_000.0).await;
+    sub.wait_for("h after the estimate recovered", LONG, |st| {
+        st.remotes["video-0"].packets[from..]
+            .iter()
+            .any(|p| p.kind == 11)
+    })
+    .await;
+    let t_h = t0.elapsed();
+    sub.wait_for("f again", LONG, |st| {
+        st.remotes["video-0"].packets[from..]
+            .iter()
+            .any(|p| p.kind == 12)
+    })
+    .await;
+    let t_f = t0.elapsed();
+    assert!(t_h < Duration::from_secs(2), "first step up took {t_h:?}");
+    assert!(
+        t_f >= t_h + Duration::from_millis(4500),
+        "second step up after {t_f:?}, first at {t_h:?}: faster than the hold"
+    );
+    let h_at = first_of(&sub, 1, from).unwrap();
+    let f_at = first_of(&sub, 2, from).unwrap();
+    assert!(h_at < f_at);
+    let got = packets(&sub);
+    assert!(got[from..h_at].iter().all(|r| layer(r) == 0));
+    assert!(
+        got[h_at..f_at].iter().all(|r| layer(r) == 1),
+        "flapped between layers"
+    );
+    let _ = publisher;
+    for p in [&publisher, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

@@ -305,6 +305,8 @@ pub struct ParticipantInfo {
     pub id: ParticipantId,
     /// Whether ICE/DTLS connected.
     pub connected: bool,
+    /// Its latest bandwidth estimate (REMB) in bits/s; 0 while unknown.
+    pub estimate_bps: u64,
     /// Tracks it publishes.
     pub published: Vec<TrackInfo>,
     /// Tracks it receives.
@@ -659,6 +661,7 @@ impl Sfu {
                     .map(|p| ParticipantInfo {
                         id: p.id.clone(),
                         connected: p.is_connected(),
+                        estimate_bps: p.estimate(),
                         published: tracks
                             .iter()
                             .filter(|t| t.publisher == p.id)

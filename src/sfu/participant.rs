@@ -77,6 +77,8 @@ pub(crate) struct Participant {
     idle_since: Mutex<Option<Instant>>,
     /// Join time, for the join-to-first-media histogram.
     pub(crate) join_clock: Arc<JoinClock>,
+    /// The subscriber's latest bandwidth estimate (REMB), bits/s; 0 unknown.
+    pub(crate) estimate_bps: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// When a participant joined, and whether its first forwarded packet was timed yet.
@@ -169,6 +171,7 @@ fn first_mid(sdp: &str) -> Option<String> {
 async fn build_pc(
     inner: &Inner,
     handler: Arc<Handler>,
+    estimate: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Arc<dyn PeerConnection>, SfuError> {
     let cfg = &inner.config;
     let mut last_err = None;
@@ -190,7 +193,8 @@ async fn build_pc(
             }
         }
         let registry = register_default_interceptors(Default::default(), &mut media)?;
-        let registry = with_keyframe_requests_counted(registry, inner.stats.clone());
+        let registry =
+            with_keyframe_requests_counted(registry, inner.stats.clone(), estimate.clone());
         let mut settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(cfg.bind_address.is_loopback());
         if !cfg.nat_1to1_ips.is_empty() {
@@ -238,7 +242,8 @@ impl Participant {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
         });
-        let pc = build_pc(inner, handler.clone()).await?;
+        let estimate = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let pc = build_pc(inner, handler.clone(), estimate.clone()).await?;
         let p = Arc::new(Participant {
             id: id.to_owned(),
             conference: Arc::downgrade(conf),
@@ -255,6 +260,7 @@ impl Participant {
             connected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             idle_since: Mutex::new(Some(Instant::now())),
+            estimate_bps: estimate,
             join_clock: Arc::new(JoinClock {
                 at: Instant::now(),
                 done: AtomicBool::new(false),
@@ -359,6 +365,30 @@ impl Participant {
         let mut v: Vec<TrackRef> = self.legs.lock().unwrap().keys().cloned().collect();
         v.sort_by(|a, b| a.track_id.cmp(&b.track_id));
         v
+    }
+
+    /// Fits this subscriber's legs into its bandwidth estimate (see `track::allocate`).
+    pub(crate) async fn allocate(&self, now: Instant) {
+        let legs: Vec<Arc<Leg>> = self.legs.lock().unwrap().values().cloned().collect();
+        if legs.is_empty() {
+            return;
+        }
+        let clock_ms = now
+            .saturating_duration_since(self.join_clock.at)
+            .as_millis() as u64
+            + 1;
+        super::track::allocate(
+            &legs,
+            self.estimate_bps.load(Ordering::Relaxed),
+            now,
+            clock_ms,
+        )
+        .await;
+    }
+
+    /// The subscriber's bandwidth estimate (bits/s), 0 while unknown.
+    pub(crate) fn estimate(&self) -> u64 {
+        self.estimate_bps.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_connected(&self) -> bool {

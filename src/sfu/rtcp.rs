@@ -9,6 +9,7 @@
 use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
@@ -31,6 +32,8 @@ pub struct KeyframeRequestInterceptor {
     stats: Option<std::sync::Arc<super::stats::Stats>>,
     /// Clock rate of each local (sent) stream, by SSRC.
     clock_rates: std::collections::HashMap<u32, u32>,
+    /// Where the subscriber's latest REMB estimate (bits/s) goes.
+    estimate: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The middle 32 bits of the current NTP time (the unit of LSR in reception reports).
@@ -101,6 +104,14 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
                         self.record_reports(stats, &rr.reports);
                     } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
                         self.record_reports(stats, &sr.reports);
+                    } else if let (Some(remb), Some(est)) = (
+                        any.downcast_ref::<ReceiverEstimatedMaximumBitrate>(),
+                        &self.estimate,
+                    ) {
+                        est.store(
+                            remb.bitrate.max(0.0) as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     }
                 }
                 if nacks > 0 {
@@ -150,15 +161,18 @@ pub fn with_keyframe_requests(registry: Registry) -> Registry {
     )
 }
 
-/// Like [`with_keyframe_requests`], counting inbound NACKs in `stats`.
+/// Like [`with_keyframe_requests`], counting inbound NACKs and reception reports in
+/// `stats`, and storing the subscriber's REMB estimate in `estimate`.
 pub fn with_keyframe_requests_counted(
     registry: Registry,
     stats: std::sync::Arc<super::stats::Stats>,
+    estimate: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Registry {
     registry.with(
         Slot::from(KEYFRAME_REQUEST_SLOT),
         KeyframeRequestInterceptor {
             stats: Some(stats),
+            estimate: Some(estimate),
             ..Default::default()
         },
     )

@@ -110,9 +110,14 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             if let Some(list) = detect(&c, now, threshold, hold, cfg.max_active_speakers) {
                 inner.emit(&c.id, "", SfuEventKind::ActiveSpeakers(list));
             }
-            // Simulcast: follow sizes learned from keyframes and move legs off stalled
-            // layers.
-            super::track::rebalance(&c.tracks(), now).await;
+            // Simulcast: layer rates, then each subscriber's allocation (sizes learned
+            // from keyframes, stalled layers, bandwidth estimates).
+            for t in c.tracks() {
+                t.update_rates(PERIOD);
+            }
+            for p in c.participants() {
+                p.allocate(now).await;
+            }
         }
     }
 }

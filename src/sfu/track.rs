@@ -56,6 +56,11 @@ pub struct LayerState {
     size: AtomicU32,
     /// When its last packet arrived (ms since the track's epoch, +1; 0 never).
     last_ms: AtomicU64,
+    /// Payload bytes received, for the rate estimate.
+    bytes: AtomicU64,
+    bytes_seen: AtomicU64,
+    /// Smoothed bitrate (bits/s), updated by the housekeeping task.
+    rate_bps: AtomicU64,
 }
 
 impl LayerState {
@@ -66,7 +71,33 @@ impl LayerState {
             ssrc: l.ssrc,
             size: AtomicU32::new(0),
             last_ms: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bytes_seen: AtomicU64::new(0),
+            rate_bps: AtomicU64::new(0),
         }
+    }
+
+    /// The layer's smoothed bitrate in bits/s (0 while unknown).
+    pub fn rate_bps(&self) -> u64 {
+        self.rate_bps.load(Ordering::Relaxed)
+    }
+
+    /// Folds the bytes received over `elapsed` into the smoothed rate.
+    fn update_rate(&self, elapsed: Duration) {
+        let total = self.bytes.load(Ordering::Relaxed);
+        let delta = total.saturating_sub(self.bytes_seen.swap(total, Ordering::Relaxed));
+        let secs = elapsed.as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        let now = delta as f64 * 8.0 / secs;
+        let old = self.rate_bps.load(Ordering::Relaxed) as f64;
+        let rate = if old == 0.0 {
+            now
+        } else {
+            0.7 * old + 0.3 * now
+        };
+        self.rate_bps.store(rate as u64, Ordering::Relaxed);
     }
 
     /// Records the size a keyframe announced.
@@ -92,13 +123,10 @@ fn rid_rank(rid: Option<&str>) -> u32 {
     }
 }
 
-/// Chooses the layer for a subscriber that renders at `want` (width, height): the
-/// smallest layer at least about that size, else the largest; with no preference, the
-/// largest. Layers are ordered by known size, else by RID convention.
-pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<u32> {
-    let mut ranked: Vec<&LayerState> = layers.to_vec();
-    let all_sized = ranked.iter().all(|l| l.size().is_some());
-    ranked.sort_by_key(|l| {
+/// Orders layers low to high: by known size, else by RID convention.
+fn rank_layers<T: std::ops::Deref<Target = LayerState>>(layers: &mut [T]) {
+    let all_sized = layers.iter().all(|l| l.size().is_some());
+    layers.sort_by_key(|l| {
         if all_sized {
             let (w, h) = l.size().unwrap_or_default();
             (w * h, l.ssrc)
@@ -106,6 +134,15 @@ pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<
             (rid_rank(l.rid.as_deref()), l.ssrc)
         }
     });
+}
+
+/// Chooses the layer for a subscriber that renders at `want` (width, height): the
+/// smallest layer at least about that size, else the largest; with no preference, the
+/// largest. Layers are ordered by known size, else by RID convention.
+pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<u32> {
+    let mut ranked: Vec<&LayerState> = layers.to_vec();
+    rank_layers(&mut ranked);
+    let all_sized = ranked.iter().all(|l| l.size().is_some());
     let top = ranked.last()?.ssrc;
     let Some((w, h)) = want else {
         return Some(top);
@@ -251,9 +288,40 @@ impl PublishedTrack {
         choose_layer(&alive, want)
     }
 
-    /// The attached legs.
-    pub(crate) fn sinks(&self) -> Arc<Vec<Arc<LegSink>>> {
-        self.legs.load_full()
+    /// Layers that had a packet within [`LAYER_STALL`] (all when none did), low to high.
+    pub(crate) fn live_ranked(&self, now: Instant) -> Vec<Arc<LayerState>> {
+        let layers = self.layers.load();
+        let now_ms = self.now_ms(now);
+        let mut alive: Vec<Arc<LayerState>> = layers
+            .iter()
+            .filter(|l| {
+                let t = l.last_ms.load(Ordering::Relaxed);
+                t != 0 && now_ms.saturating_sub(t) <= LAYER_STALL.as_millis() as u64
+            })
+            .cloned()
+            .collect();
+        if alive.is_empty() {
+            alive = layers.as_ref().clone();
+        }
+        rank_layers(&mut alive);
+        alive
+    }
+
+    /// Updates every layer's smoothed bitrate from the bytes of the last `elapsed`.
+    pub(crate) fn update_rates(&self, elapsed: Duration) {
+        for l in self.layers.load().iter() {
+            l.update_rate(elapsed);
+        }
+    }
+
+    /// The bitrate of the layer a leg receives (or its first layer), bits/s.
+    pub(crate) fn rate_of(&self, ssrc: u32) -> u64 {
+        let layers = self.layers.load();
+        layers
+            .iter()
+            .find(|l| l.ssrc == ssrc)
+            .or(layers.first())
+            .map_or(0, |l| l.rate_bps())
     }
 
     /// Attaches a leg's sink; false when the track is already gone.
@@ -297,6 +365,8 @@ impl PublishedTrack {
         let single = layers.len() <= 1;
         if let Some(l) = layers.iter().find(|l| l.ssrc == ssrc) {
             l.last_ms.store(self.now_ms(now), Ordering::Relaxed);
+            l.bytes
+                .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
             if self.video_codec == VideoCodec::Vp8
                 && let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload)
             {
@@ -418,6 +488,10 @@ pub(crate) struct LegSink {
     pub(crate) paused: AtomicBool,
     /// The subscriber's rendered size, `width << 16 | height`; 0: no preference.
     pub(crate) want: AtomicU32,
+    /// Highest layer rank (0 = lowest) the bandwidth allocator allows; `u32::MAX`: no cap.
+    pub(crate) cap_rank: AtomicU32,
+    /// When the allocator last stepped this leg up (ms since the SFU's clock origin).
+    pub(crate) last_up_ms: AtomicU64,
 }
 
 impl LegSink {
@@ -483,6 +557,8 @@ impl Leg {
             target_ssrc: AtomicU32::new(0),
             paused: AtomicBool::new(false),
             want: AtomicU32::new(0),
+            cap_rank: AtomicU32::new(u32::MAX),
+            last_up_ms: AtomicU64::new(0),
         });
         let writer = tokio::spawn(write_loop(
             rx,
@@ -626,9 +702,18 @@ pub(crate) const LAYER_STALL: Duration = Duration::from_secs(2);
 /// Points `sink` at the layer it should receive now (preference among live layers) and
 /// asks for that layer's keyframe when the target changed. True when it changed.
 pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: Instant) -> bool {
-    let Some(want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
+    let Some(mut want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
         return false;
     };
+    let cap = sink.cap_rank.load(Ordering::Relaxed);
+    if cap != u32::MAX && source.is_simulcast() {
+        let ranked = source.live_ranked(now);
+        if let Some(pos) = ranked.iter().position(|l| l.ssrc == want)
+            && pos > cap as usize
+        {
+            want = ranked[(cap as usize).min(ranked.len() - 1)].ssrc;
+        }
+    }
     let old = sink.target_ssrc.swap(want, Ordering::Relaxed);
     let selected = sink.selected_ssrc.load(Ordering::Relaxed);
     if old == want && selected != 0 {
@@ -647,15 +732,61 @@ pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: 
     old != want
 }
 
-/// Re-evaluates every leg of every simulcast track in `tracks`: sizes learned from
-/// keyframes, stalled layers (moved to the best live one within [`LAYER_STALL`]).
-pub(crate) async fn rebalance(tracks: &[Arc<PublishedTrack>], now: Instant) {
-    for t in tracks.iter().filter(|t| t.is_simulcast()) {
-        for sink in t.sinks().iter() {
-            if !sink.paused.load(Ordering::Relaxed) {
-                retarget_sink(t, sink, now).await;
-            }
+/// Upward layer steps of one leg are at least this far apart (no flapping).
+pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
+
+/// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
+/// no cap): audio first, then video by rendered size (largest tiles first), each simulcast
+/// leg at the highest layer up to its size preference that fits what is left, stepping
+/// down before anything else; upward steps one layer at a time, at most one per
+/// [`UPGRADE_HOLD`]. Then re-targets every leg (sizes, stalls, caps).
+pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, clock_ms: u64) {
+    let mut remaining = budget_bps as i64;
+    let mut video: Vec<&Arc<Leg>> = Vec::new();
+    for leg in legs {
+        if leg.source.info.kind == MediaKind::Audio {
+            remaining -= leg.source.rate_of(0) as i64;
+        } else if !leg.sink.paused.load(Ordering::Relaxed) {
+            video.push(leg);
         }
+    }
+    video.sort_by_key(|l| {
+        std::cmp::Reverse(l.sink.want().map_or(u64::MAX, |(w, h)| w as u64 * h as u64))
+    });
+    for leg in video {
+        let (source, sink) = (&leg.source, &leg.sink);
+        if !source.is_simulcast() {
+            remaining -= source.rate_of(0) as i64;
+        } else if budget_bps == 0 {
+            sink.cap_rank.store(u32::MAX, Ordering::Relaxed);
+        } else {
+            let ranked = source.live_ranked(now);
+            let pref = source
+                .preferred_layer(sink.want(), now, LAYER_STALL)
+                .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
+                .unwrap_or(ranked.len().saturating_sub(1));
+            let mut fit = (0..=pref)
+                .rev()
+                .find(|i| ranked[*i].rate_bps() as i64 <= remaining)
+                .unwrap_or(0);
+            let target = sink.target_ssrc.load(Ordering::Relaxed);
+            if let Some(cur) = ranked.iter().position(|l| l.ssrc == target)
+                && fit > cur
+            {
+                let last_up = sink.last_up_ms.load(Ordering::Relaxed);
+                if last_up != 0
+                    && clock_ms.saturating_sub(last_up) < UPGRADE_HOLD.as_millis() as u64
+                {
+                    fit = cur;
+                } else {
+                    fit = cur + 1;
+                    sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                }
+            }
+            sink.cap_rank.store(fit as u32, Ordering::Relaxed);
+            remaining -= ranked[fit].rate_bps() as i64;
+        }
+        retarget_sink(source, sink, now).await;
     }
 }
 

@@ -84,7 +84,13 @@ pub fn vp8_payload(sender: u8, layer: usize, seq: u32, key: bool) -> Bytes {
     } else {
         v.extend_from_slice(&[0x01, 0x00, 0x00]);
     }
-    v.extend_from_slice(&payload(sender, 10 + layer as u8, seq, 200));
+    // Layer sizes give distinct rates at 30 frames/s: about 50, 150 and 270 kbit/s.
+    v.extend_from_slice(&payload(
+        sender,
+        10 + layer as u8,
+        seq,
+        [200, 600, 1100][layer],
+    ));
     Bytes::from(v)
 }
 
@@ -737,6 +743,25 @@ impl TestPeer {
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
         }
+    }
+
+    /// Sends a REMB (receiver estimated maximum bitrate) for the forwarded `track_id`.
+    pub async fn send_remb(&self, track_id: &str, bitrate: f32) {
+        let (track, ssrc) = {
+            let st = self.state.lock().unwrap();
+            let r = st.remotes.get(track_id).expect("remote track");
+            (r.track.clone(), r.ssrc)
+        };
+        track
+            .write_rtcp(vec![Box::new(
+                rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate {
+                    sender_ssrc: 1,
+                    bitrate,
+                    ssrcs: vec![ssrc],
+                },
+            )])
+            .await
+            .unwrap();
     }
 
     /// Sends `n` PLIs for the forwarded track `track_id` within about `within`.
