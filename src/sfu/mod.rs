@@ -370,6 +370,11 @@ impl Inner {
         });
     }
 
+    /// Every live conference (a snapshot of the registry).
+    pub(crate) fn all_conferences(&self) -> Vec<Arc<Conference>> {
+        self.conferences.lock().unwrap().values().cloned().collect()
+    }
+
     fn conference(&self, id: &str) -> Option<Arc<Conference>> {
         self.conferences.lock().unwrap().get(id).cloned()
     }
@@ -583,14 +588,7 @@ impl Sfu {
 
     /// Counts of what the instance holds.
     pub fn snapshot(&self) -> SfuSnapshot {
-        let confs: Vec<Arc<Conference>> = self
-            .inner
-            .conferences
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
+        let confs: Vec<Arc<Conference>> = self.inner.all_conferences();
         let mut s = SfuSnapshot {
             conferences: confs.len(),
             ..Default::default()
@@ -621,13 +619,7 @@ impl Sfu {
     }
 
     fn conference_list(&self) -> Vec<Arc<Conference>> {
-        self.inner
-            .conferences
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect()
+        self.inner.all_conferences()
     }
 
     /// Per-kind track counts and conference sizes.
@@ -698,14 +690,7 @@ impl Sfu {
 
     /// Removes every participant of every conference with `reason`.
     pub async fn shutdown(&self, reason: HangupReason) {
-        let confs: Vec<Arc<Conference>> = self
-            .inner
-            .conferences
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
+        let confs: Vec<Arc<Conference>> = self.inner.all_conferences();
         for c in confs {
             for p in c.participants() {
                 p.remove(reason).await;

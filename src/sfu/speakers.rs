@@ -98,13 +98,7 @@ pub(crate) async fn run(inner: Weak<Inner>) {
         let cfg = &inner.config;
         let threshold = 127.0 - cfg.speaker_threshold_dbov as f32;
         let hold = Duration::from_millis(cfg.speaker_hold_ms);
-        let confs: Vec<_> = inner
-            .conferences
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
+        let confs = inner.all_conferences();
         let now = Instant::now();
         for c in confs {
             if let Some(list) = detect(&c, now, threshold, hold, cfg.max_active_speakers) {

@@ -306,35 +306,32 @@ fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCod
     }
 }
 
+/// A sink handing candidates straight to the SFU, as the in-process signaling does.
+fn sfu_sink(sfu: &Sfu, id: &str) -> CandidateSink {
+    let sfu = sfu.clone();
+    let pid = id.to_owned();
+    Arc::new(move |c| {
+        let sfu = sfu.clone();
+        let pid = pid.clone();
+        tokio::spawn(async move {
+            let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
+        });
+    })
+}
+
 impl TestPeer {
     /// A peer publishing one Opus and one VP8 track. Each peer uses its own payload type
     /// numbers, so forwarding between peers must rewrite them.
     pub async fn new(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
-        let sfu = sfu.clone();
-        let pid = id.clone();
-        let sink: CandidateSink = Arc::new(move |c| {
-            let sfu = sfu.clone();
-            let pid = pid.clone();
-            tokio::spawn(async move {
-                let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
-            });
-        });
+        let sink = sfu_sink(sfu, &id);
         Self::with_sink(id, idx, publish, sink).await
     }
 
     /// A peer publishing one VP8 video track in three simulcast layers (q, h, f).
     pub async fn new_simulcast(sfu: &Sfu, idx: u8) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
-        let sfu = sfu.clone();
-        let pid = id.clone();
-        let sink: CandidateSink = Arc::new(move |c| {
-            let sfu = sfu.clone();
-            let pid = pid.clone();
-            tokio::spawn(async move {
-                let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
-            });
-        });
+        let sink = sfu_sink(sfu, &id);
         Self::build(id, idx, true, true, sink).await
     }
 
