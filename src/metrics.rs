@@ -103,6 +103,9 @@ impl LoadEstimator {
     }
 }
 
+/// Buckets of `sluice_bandwidth_estimate_bits`.
+const ESTIMATE_BUCKETS: &[f64] = &[100e3, 250e3, 500e3, 1e6, 2e6, 5e6, 10e6, 20e6, 50e6];
+
 /// Buckets of `sluice_conference_size`.
 const CONFERENCE_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0];
 
@@ -226,6 +229,18 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     (
         "sluice_rtt_seconds",
         "Round-trip time per subscriber leg, from reception reports (LSR/DLSR).",
+        MetricType::HISTOGRAM,
+        &[],
+    ),
+    (
+        "sluice_leg_layers",
+        "Subscriber legs by the simulcast layer they receive (RID class q, h, f, other).",
+        MetricType::GAUGE,
+        &["layer"],
+    ),
+    (
+        "sluice_bandwidth_estimate_bits",
+        "Subscribers' bandwidth estimates (REMB), bits/s, observed at scrape time.",
         MetricType::HISTOGRAM,
         &[],
     ),
@@ -485,6 +500,28 @@ impl Collector for CoreCollector {
                 &cum,
                 sizes.len() as u64,
                 sizes.iter().sum::<usize>() as f64,
+            )],
+        );
+        let (estimates, layer_counts) = self.sfu.allocation_detail();
+        push(
+            "sluice_leg_layers",
+            ["q", "h", "f", "other"]
+                .iter()
+                .zip(layer_counts)
+                .map(|(l, n)| gauge(&[("layer", l)], n as f64))
+                .collect(),
+        );
+        let est_cum: Vec<u64> = ESTIMATE_BUCKETS
+            .iter()
+            .map(|b| estimates.iter().filter(|e| (**e as f64) <= *b).count() as u64)
+            .collect();
+        push(
+            "sluice_bandwidth_estimate_bits",
+            vec![histogram(
+                ESTIMATE_BUCKETS,
+                &est_cum,
+                estimates.len() as u64,
+                estimates.iter().sum::<u64>() as f64,
             )],
         );
         push(

@@ -236,6 +236,11 @@ async fn bandwidth_estimate_steps_the_layer_down_and_back_up_without_flapping() 
         .find(|p| p.id == sub.id)
         .unwrap();
     assert_eq!(me.estimate_bps, 100_000);
+    // The admin view and the metrics show the layer the leg now receives.
+    assert_eq!(me.subscriptions[0].layer.as_deref(), Some("q"));
+    let (estimates, layers) = sfu.allocation_detail();
+    assert_eq!(estimates, vec![100_000]);
+    assert_eq!(layers, [1, 0, 0, 0]);
 
     // The estimate recovers: one step up now, the next one no sooner than the hold.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -310,7 +310,19 @@ pub struct ParticipantInfo {
     /// Tracks it publishes.
     pub published: Vec<TrackInfo>,
     /// Tracks it receives.
-    pub subscriptions: Vec<TrackRef>,
+    pub subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// One subscription as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionInfo {
+    /// The forwarded track.
+    pub track: TrackRef,
+    /// The RID of the simulcast layer the subscriber receives now (None: the only stream,
+    /// or nothing received yet).
+    pub layer: Option<String>,
+    /// Paused because the subscriber's tile is 0x0.
+    pub paused: bool,
 }
 
 /// A conference as the admin API shows it.
@@ -620,6 +632,32 @@ impl Sfu {
 
     fn conference_list(&self) -> Vec<Arc<Conference>> {
         self.inner.all_conferences()
+    }
+
+    /// Subscriber bandwidth estimates (bits/s, REMB) of connected participants that sent
+    /// one, and how many legs receive each simulcast layer, by RID class (q/h/f/other).
+    pub fn allocation_detail(&self) -> (Vec<u64>, [usize; 4]) {
+        let mut estimates = Vec::new();
+        let mut layers = [0usize; 4];
+        for c in self.conference_list() {
+            for p in c.participants() {
+                let e = p.estimate();
+                if e > 0 {
+                    estimates.push(e);
+                }
+                for s in p.subscriptions() {
+                    let i = match s.layer.as_deref() {
+                        Some("q" | "l" | "low" | "0") => 0,
+                        Some("h" | "m" | "mid" | "1") => 1,
+                        Some("f" | "high" | "hi" | "2") => 2,
+                        Some(_) => 3,
+                        None => continue,
+                    };
+                    layers[i] += 1;
+                }
+            }
+        }
+        (estimates, layers)
     }
 
     /// Per-kind track counts and conference sizes.

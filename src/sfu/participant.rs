@@ -361,9 +361,19 @@ impl Participant {
         n
     }
 
-    pub(crate) fn subscriptions(&self) -> Vec<TrackRef> {
-        let mut v: Vec<TrackRef> = self.legs.lock().unwrap().keys().cloned().collect();
-        v.sort_by(|a, b| a.track_id.cmp(&b.track_id));
+    pub(crate) fn subscriptions(&self) -> Vec<super::SubscriptionInfo> {
+        let mut v: Vec<super::SubscriptionInfo> = self
+            .legs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, leg)| super::SubscriptionInfo {
+                track: t.clone(),
+                layer: leg.layer_rid(),
+                paused: leg.sink.paused.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| a.track.track_id.cmp(&b.track.track_id));
         v
     }
 

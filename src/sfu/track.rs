@@ -677,6 +677,17 @@ impl Leg {
         }
     }
 
+    /// The RID of the layer the leg receives now, when the track is simulcast.
+    pub(crate) fn layer_rid(&self) -> Option<String> {
+        let ssrc = self.sink.selected_ssrc.load(Ordering::Relaxed);
+        self.source
+            .layers
+            .load()
+            .iter()
+            .find(|l| l.ssrc == ssrc)
+            .and_then(|l| l.rid.clone())
+    }
+
     /// Re-chooses the layer; requests a keyframe of a new target. True when it changed.
     pub(crate) async fn retarget(&self, now: Instant) -> bool {
         retarget_sink(&self.source, &self.sink, now).await
