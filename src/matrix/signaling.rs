@@ -125,6 +125,11 @@ pub struct Session {
     candidates: Mutex<Vec<Option<IceCandidate>>>,
     flush_scheduled: AtomicBool,
     keepalive: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Ordered to-device sends of this session, drained by its own task so a slow
+    /// homeserver round trip never holds up other sessions' events.
+    outbox: Mutex<Option<mpsc::UnboundedSender<(&'static str, Value)>>>,
+    /// The session ended: nothing more is queued after its hangup.
+    closed: AtomicBool,
 }
 
 impl Session {
@@ -644,6 +649,8 @@ impl Signaling {
             candidates: Mutex::new(Vec::new()),
             flush_scheduled: AtomicBool::new(false),
             keepalive: Mutex::new(None),
+            outbox: Mutex::new(None),
+            closed: AtomicBool::new(false),
         });
         self.sessions
             .lock()
@@ -739,15 +746,31 @@ impl Signaling {
         }
     }
 
-    async fn send_to_session(&self, s: &Session, event_type: &str, content: Value) {
-        self.send(
-            &s.user_id,
-            &s.device_id,
-            event_type,
-            content,
-            s.encrypted.load(Ordering::Relaxed),
-        )
-        .await;
+    /// Queues a to-device event for the session; sent in order by the session's task,
+    /// encrypted when the client's last message was.
+    fn send_to_session(
+        self: &Arc<Self>,
+        s: &Arc<Session>,
+        event_type: &'static str,
+        content: Value,
+    ) {
+        if s.closed.load(Ordering::Acquire) && event_type != "m.call.hangup" {
+            return;
+        }
+        let mut outbox = s.outbox.lock().unwrap();
+        let tx = outbox.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(&'static str, Value)>();
+            let this = self.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                while let Some((t, c)) = rx.recv().await {
+                    let enc = s.encrypted.load(Ordering::Relaxed);
+                    this.send(&s.user_id, &s.device_id, t, c, enc).await;
+                }
+            });
+            tx
+        });
+        let _ = tx.send((event_type, content));
     }
 
     async fn send_dc(&self, s: &Session, kind: &str, content: Value) {
@@ -897,7 +920,7 @@ impl Signaling {
             SfuEventKind::Answer(sdp) => {
                 if !s.answered.swap(true, Ordering::AcqRel) {
                     let content = s.reply(&own).borrow().answer(&sdp, self.metadata_for(&s));
-                    self.send_to_session(&s, "m.call.answer", content).await;
+                    self.send_to_session(&s, "m.call.answer", content);
                 } else {
                     self.send_dc(
                         &s,
@@ -931,7 +954,7 @@ impl Signaling {
                             return;
                         }
                         let content = s.reply(&this.own_device).borrow().candidates(&batch);
-                        this.send_to_session(&s, "m.call.candidates", content).await;
+                        this.send_to_session(&s, "m.call.candidates", content);
                     });
                 }
             }
@@ -966,11 +989,14 @@ impl Signaling {
                 if let Some(k) = s.keepalive.lock().unwrap().take() {
                     k.abort();
                 }
+                s.closed.store(true, Ordering::Release);
                 if !s.client_ended.load(Ordering::Relaxed) {
                     let content = s.reply(&own).borrow().hangup(reason.as_str(), None);
-                    self.send_to_session(&s, "m.call.hangup", content).await;
+                    self.send_to_session(&s, "m.call.hangup", content);
                     self.stats.hangups_sent.fetch_add(1, Ordering::Relaxed);
                 }
+                // Its send task ends once the queue (hangup included) is drained.
+                s.outbox.lock().unwrap().take();
                 info!(participant = %s.participant, reason = reason.as_str(), "session ended");
                 if self.cfg.leave_idle_rooms {
                     self.leave_if_idle(&s.room_id).await;
