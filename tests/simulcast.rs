@@ -242,6 +242,36 @@ async fn bandwidth_estimate_steps_the_layer_down_and_back_up_without_flapping() 
     assert_eq!(estimates, vec![100_000]);
     assert_eq!(layers, [1, 0, 0, 0]);
 
+    // Below even the lowest layer: the track is dropped, then resumes on a keyframe.
+    sub.send_remb("video-0", 20_000.0).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let n = packets(&sub).len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        packets(&sub).len(),
+        n,
+        "still forwarded below the lowest layer's rate"
+    );
+    let paused = sfu.conferences()[0]
+        .participants
+        .iter()
+        .find(|p| p.id == sub.id)
+        .unwrap()
+        .subscriptions[0]
+        .paused;
+    assert!(paused);
+    sub.send_remb("video-0", 100_000.0).await;
+    sub.wait_for("q resumes", LONG, |st| {
+        st.remotes["video-0"].packets.len() > n
+    })
+    .await;
+    let resumed = &packets(&sub)[n];
+    assert_eq!(layer(resumed), 0);
+    assert!(
+        vp8_keyframe_start(&resumed.payload),
+        "resumed without a keyframe"
+    );
+
     // The estimate recovers: one step up now, the next one no sooner than the hold.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let from = packets(&sub).len();

@@ -321,7 +321,8 @@ pub struct SubscriptionInfo {
     /// The RID of the simulcast layer the subscriber receives now (None: the only stream,
     /// or nothing received yet).
     pub layer: Option<String>,
-    /// Paused because the subscriber's tile is 0x0.
+    /// Paused: the subscriber's tile is 0x0, or not even the lowest layer fits its
+    /// bandwidth estimate.
     pub paused: bool,
 }
 

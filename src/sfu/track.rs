@@ -377,7 +377,7 @@ impl PublishedTrack {
         // Computed at most once per packet, and only while some leg waits to switch.
         let mut keyframe: Option<bool> = None;
         for sink in legs.iter() {
-            if sink.paused.load(Ordering::Relaxed) {
+            if sink.paused.load(Ordering::Relaxed) || sink.bw_paused.load(Ordering::Relaxed) {
                 continue;
             }
             let selected = sink.selected_ssrc.load(Ordering::Relaxed);
@@ -486,6 +486,8 @@ pub(crate) struct LegSink {
     pub(crate) target_ssrc: AtomicU32,
     /// Forward nothing (the subscriber's tile is 0x0).
     pub(crate) paused: AtomicBool,
+    /// Forward nothing: not even the lowest layer fits the subscriber's bandwidth.
+    pub(crate) bw_paused: AtomicBool,
     /// The subscriber's rendered size, `width << 16 | height`; 0: no preference.
     pub(crate) want: AtomicU32,
     /// Highest layer rank (0 = lowest) the bandwidth allocator allows; `u32::MAX`: no cap.
@@ -556,6 +558,7 @@ impl Leg {
             selected_ssrc: AtomicU32::new(0),
             target_ssrc: AtomicU32::new(0),
             paused: AtomicBool::new(false),
+            bw_paused: AtomicBool::new(false),
             want: AtomicU32::new(0),
             cap_rank: AtomicU32::new(u32::MAX),
             last_up_ms: AtomicU64::new(0),
@@ -669,12 +672,10 @@ impl Leg {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
-        let changed = self.retarget(Instant::now()).await;
-        if was_paused && !changed && self.source.info.kind == MediaKind::Video {
-            // Resuming mid-stream: the subscriber needs a keyframe to decode.
-            let ssrc = self.sink.selected_ssrc.load(Ordering::Relaxed);
-            self.source.request_keyframe(ssrc).await;
+        if was_paused {
+            resume(&self.source, &self.sink).await;
         }
+        self.retarget(Instant::now()).await;
     }
 
     /// The RID of the layer the leg receives now, when the track is simulcast.
@@ -743,14 +744,31 @@ pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: 
     old != want
 }
 
+/// Restarts a paused leg at the next keyframe of its target layer (a simulcast leg
+/// forwards nothing until then), and asks the publisher for one.
+async fn resume(source: &PublishedTrack, sink: &LegSink) {
+    if source.info.kind != MediaKind::Video {
+        return;
+    }
+    if source.is_simulcast() {
+        sink.selected_ssrc.store(0, Ordering::Relaxed);
+    }
+    let target = match sink.target_ssrc.load(Ordering::Relaxed) {
+        0 => sink.selected_ssrc.load(Ordering::Relaxed),
+        t => t,
+    };
+    source.request_keyframe(target).await;
+}
+
 /// Upward layer steps of one leg are at least this far apart (no flapping).
 pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
 
 /// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
 /// no cap): audio first, then video by rendered size (largest tiles first), each simulcast
 /// leg at the highest layer up to its size preference that fits what is left, stepping
-/// down before anything else; upward steps one layer at a time, at most one per
-/// [`UPGRADE_HOLD`]. Then re-targets every leg (sizes, stalls, caps).
+/// down first and dropping the track (until it fits again) only when even its lowest
+/// layer does not; upward steps one layer at a time, at most one per [`UPGRADE_HOLD`].
+/// Then re-targets every leg (sizes, stalls, caps).
 pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, clock_ms: u64) {
     let mut remaining = budget_bps as i64;
     let mut video: Vec<&Arc<Leg>> = Vec::new();
@@ -770,16 +788,25 @@ pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, c
             remaining -= source.rate_of(0) as i64;
         } else if budget_bps == 0 {
             sink.cap_rank.store(u32::MAX, Ordering::Relaxed);
+            sink.bw_paused.store(false, Ordering::Relaxed);
         } else {
             let ranked = source.live_ranked(now);
             let pref = source
                 .preferred_layer(sink.want(), now, LAYER_STALL)
                 .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
                 .unwrap_or(ranked.len().saturating_sub(1));
-            let mut fit = (0..=pref)
+            let fits = (0..=pref)
                 .rev()
-                .find(|i| ranked[*i].rate_bps() as i64 <= remaining)
-                .unwrap_or(0);
+                .find(|i| ranked[*i].rate_bps() as i64 <= remaining);
+            // Step down first; drop the track only when even its lowest layer does not fit.
+            let dropped = fits.is_none();
+            if sink.bw_paused.swap(dropped, Ordering::Relaxed) && !dropped {
+                resume(source, sink).await;
+            }
+            if dropped {
+                continue;
+            }
+            let mut fit = fits.unwrap_or(0);
             let target = sink.target_ssrc.load(Ordering::Relaxed);
             if let Some(cur) = ranked.iter().position(|l| l.ssrc == target)
                 && fit > cur
