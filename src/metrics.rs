@@ -348,6 +348,20 @@ fn histogram(bounds: &[f64], cumulative: &[u64], count: u64, sum: f64) -> proto:
     m
 }
 
+/// A histogram of values observed now (a snapshot, not accumulated over time).
+fn snapshot_histogram(bounds: &[f64], values: &[f64]) -> proto::Metric {
+    let cumulative: Vec<u64> = bounds
+        .iter()
+        .map(|b| values.iter().filter(|v| **v <= *b).count() as u64)
+        .collect();
+    histogram(
+        bounds,
+        &cumulative,
+        values.len() as u64,
+        values.iter().sum(),
+    )
+}
+
 const KINDS: [MediaKind; 2] = [MediaKind::Audio, MediaKind::Video];
 
 impl Collector for CoreCollector {
@@ -488,19 +502,10 @@ impl Collector for CoreCollector {
             let (bounds, cum, count, sum) = h.snapshot();
             push(name, vec![histogram(bounds, &cum, count, sum)]);
         }
-        let sizes = &detail.conference_sizes;
-        let cum: Vec<u64> = CONFERENCE_SIZE_BUCKETS
-            .iter()
-            .map(|b| sizes.iter().filter(|s| (**s as f64) <= *b).count() as u64)
-            .collect();
+        let sizes: Vec<f64> = detail.conference_sizes.iter().map(|n| *n as f64).collect();
         push(
             "sluice_conference_size",
-            vec![histogram(
-                CONFERENCE_SIZE_BUCKETS,
-                &cum,
-                sizes.len() as u64,
-                sizes.iter().sum::<usize>() as f64,
-            )],
+            vec![snapshot_histogram(CONFERENCE_SIZE_BUCKETS, &sizes)],
         );
         let (estimates, layer_counts) = self.sfu.allocation_detail();
         push(
@@ -511,18 +516,10 @@ impl Collector for CoreCollector {
                 .map(|(l, n)| gauge(&[("layer", l)], n as f64))
                 .collect(),
         );
-        let est_cum: Vec<u64> = ESTIMATE_BUCKETS
-            .iter()
-            .map(|b| estimates.iter().filter(|e| (**e as f64) <= *b).count() as u64)
-            .collect();
+        let estimates: Vec<f64> = estimates.iter().map(|e| *e as f64).collect();
         push(
             "sluice_bandwidth_estimate_bits",
-            vec![histogram(
-                ESTIMATE_BUCKETS,
-                &est_cum,
-                estimates.len() as u64,
-                estimates.iter().sum::<u64>() as f64,
-            )],
+            vec![snapshot_histogram(ESTIMATE_BUCKETS, &estimates)],
         );
         push(
             "sluice_draining",

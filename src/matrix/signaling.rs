@@ -784,6 +784,13 @@ impl Signaling {
         }
     }
 
+    /// `m.call.negotiate` on the data channel, with the metadata the client should see.
+    async fn send_negotiate(&self, s: &Session, kind: &str, sdp: &str) {
+        let content = json!({"description": {"type": kind, "sdp": sdp},
+                             "sdp_stream_metadata": self.metadata_for(s)});
+        self.send_dc(s, "m.call.negotiate", content).await;
+    }
+
     async fn send_error(&self, s: &Session, code: &str, message: &str, request_type: Option<&str>) {
         let mut c = json!({"code": code, "message": message});
         if let Some(t) = request_type {
@@ -922,24 +929,10 @@ impl Signaling {
                     let content = s.reply(&own).borrow().answer(&sdp, self.metadata_for(&s));
                     self.send_to_session(&s, "m.call.answer", content);
                 } else {
-                    self.send_dc(
-                        &s,
-                        "m.call.negotiate",
-                        json!({"description": {"type": "answer", "sdp": sdp},
-                               "sdp_stream_metadata": self.metadata_for(&s)}),
-                    )
-                    .await;
+                    self.send_negotiate(&s, "answer", &sdp).await;
                 }
             }
-            SfuEventKind::Offer(sdp) => {
-                self.send_dc(
-                    &s,
-                    "m.call.negotiate",
-                    json!({"description": {"type": "offer", "sdp": sdp},
-                           "sdp_stream_metadata": self.metadata_for(&s)}),
-                )
-                .await;
-            }
+            SfuEventKind::Offer(sdp) => self.send_negotiate(&s, "offer", &sdp).await,
             SfuEventKind::LocalCandidate(c) => {
                 s.candidates.lock().unwrap().push(c);
                 if !s.flush_scheduled.swap(true, Ordering::AcqRel) {
