@@ -6,11 +6,12 @@ use super::rewrite::MID_EXTENSION;
 use super::rtcp::with_keyframe_requests_counted;
 use super::sdp;
 use super::stats::MediaKind;
-use super::track::{Layer, Leg, PublishedTrack};
+use super::track::{Layer, Leg, PublishedTrack, SourceNegotiation};
 use super::{
     HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription, SfuError,
     SfuEventKind, TrackInfo, TrackRef,
 };
+use rtc::interceptor::{SenderReportBuilder, Slot};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
-    register_default_interceptors,
+    configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 
 /// Largest data-channel message accepted or sent (protocol.md §8).
@@ -192,7 +193,18 @@ async fn build_pc(
                 )?;
             }
         }
-        let registry = register_default_interceptors(Default::default(), &mut media)?;
+        // webrtc's default set (NACK both ways, simulcast header extensions, TWCC
+        // feedback to publishers, sender reports) without receiver reports. A browser stops
+        // putting mid/rid on a simulcast stream's packets once a receiver report acknowledges
+        // its SSRC, and webrtc 0.21 forgets the rid→SSRC mapping it learned at every
+        // renegotiation (`start_rtp` rebuilds rid codings with no SSRC): with reports, a
+        // publisher's layers become unroutable after its first renegotiation. Publishers
+        // still get TWCC feedback (bandwidth, loss) and NACKs; Sluice's loss/jitter/RTT
+        // figures come from the subscribers' reports, which are unaffected.
+        let registry = configure_nack(Default::default(), &mut media);
+        configure_simulcast_extension_headers(&mut media)?;
+        let registry = configure_twcc_receiver_only(registry, &mut media)?
+            .with(Slot::SenderReport, SenderReportBuilder::new().build());
         let registry =
             with_keyframe_requests_counted(registry, inner.stats.clone(), estimate.clone());
         let mut settings = SettingEngineBuilder::new()
@@ -849,6 +861,7 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                     continue;
                 };
                 let mut exts = Vec::new();
+                let mut media_pts = Vec::new();
                 for r in part.pc.get_receivers().await {
                     if same_track(r.track(), &remote) {
                         if let Ok(params) = r.get_parameters().await {
@@ -857,6 +870,15 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                                 .header_extensions
                                 .iter()
                                 .map(|e| (e.id, e.uri.clone()))
+                                .collect();
+                            media_pts = params
+                                .rtp_parameters
+                                .codecs
+                                .iter()
+                                .filter(|c| {
+                                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+                                })
+                                .map(|c| c.payload_type)
                                 .collect();
                         }
                         break;
@@ -874,7 +896,7 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                 let track = Arc::new(PublishedTrack::new(
                     info,
                     codec,
-                    exts,
+                    SourceNegotiation { exts, media_pts },
                     remote.clone(),
                     layer,
                     inner.config.keyframe_request_min_interval(),

@@ -281,6 +281,10 @@ impl LegRewriter {
             });
         }
         h.extension = !h.extensions.is_empty();
+        // The publisher's extension-block padding describes its own layout; carried over
+        // onto the leg's different set, the packet's size no longer matches what is written
+        // and the write fails.
+        h.extensions_padding = 0;
         if h.extension {
             let two_byte = h
                 .extensions
@@ -379,6 +383,30 @@ mod tests {
         assert!(pkt.header.extension);
         assert_eq!(pkt.header.extension_profile, PROFILE_ONE_BYTE);
         assert_eq!(pkt.payload, Bytes::from_static(b"payload"));
+    }
+
+    #[test]
+    fn rewritten_packet_marshals_to_its_announced_size() {
+        use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
+        use rtp::packet::Packet;
+        // A browser's packet whose extension block ends in padding (parsed into
+        // `extensions_padding`): after rewriting, the size announced and the bytes written
+        // must agree, or the SRTP writer refuses the packet.
+        let mut wire: Vec<u8> = vec![0x90, 96, 0, 10, 0, 0, 0x03, 0xe8, 0, 0, 0x11, 0x11];
+        // One-byte extensions mid "0", audio level, transport-cc; 3 words, 5 bytes padding.
+        wire.extend([
+            0xBE, 0xDE, 0, 3, 0x10, b'0', 0x30, 0x85, 0x41, 0, 1, 0, 0, 0, 0, 0,
+        ]);
+        wire.extend(b"payload");
+        let mut parsed = Packet::unmarshal(&mut Bytes::from(wire)).unwrap();
+        assert!(parsed.header.extensions_padding > 0);
+        let mut rw = LegRewriter::new(48_000);
+        rw.rewrite(&mut parsed, &params(), Instant::now());
+        let out = parsed.marshal().unwrap();
+        assert_eq!(out.len(), parsed.marshal_size());
+        let back = Packet::unmarshal(&mut out.clone()).unwrap();
+        assert_eq!(back.header.extensions.len(), 2);
+        assert_eq!(back.payload, Bytes::from_static(b"payload"));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum DropReason {
     QueueFull = 0,
     /// webrtc refused the write (track unbound, connection closing).
     WriteFailed = 1,
+    /// Not the track's media: RTX, padding or FEC on the publisher's hop (never forwarded).
+    NotMedia = 2,
 }
 
 impl DropReason {
@@ -38,11 +40,16 @@ impl DropReason {
         match self {
             DropReason::QueueFull => "queue_full",
             DropReason::WriteFailed => "write_failed",
+            DropReason::NotMedia => "not_media",
         }
     }
 
     /// Every reason, for exporting.
-    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::WriteFailed];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::QueueFull,
+        DropReason::WriteFailed,
+        DropReason::NotMedia,
+    ];
 }
 
 /// A lock-free histogram with fixed bucket bounds (seconds), cheap enough for the packet
@@ -122,7 +129,7 @@ pub struct Stats {
     bytes_in: [AtomicU64; 2],
     packets_out: [AtomicU64; 2],
     bytes_out: [AtomicU64; 2],
-    dropped: [AtomicU64; 2],
+    dropped: [AtomicU64; 3],
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers.

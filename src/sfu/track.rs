@@ -24,6 +24,7 @@ use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -166,12 +167,24 @@ pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<
     Some(ranked.iter().find(|l| fits(l)).map_or(top, |l| l.ssrc))
 }
 
+/// What the publisher's connection negotiated for a track's media section.
+pub(crate) struct SourceNegotiation {
+    /// Header extensions, `(id, uri)`.
+    pub(crate) exts: Vec<(u16, String)>,
+    /// Payload types of the track's codec (empty: unknown).
+    pub(crate) media_pts: Vec<u8>,
+}
+
 /// A track a participant publishes, with the legs it is forwarded to.
 pub(crate) struct PublishedTrack {
     pub(crate) info: TrackInfo,
     pub(crate) codec: RTCRtpCodec,
     /// The publisher connection's negotiated header extensions, `(id, uri)`.
     pub(crate) source_exts: Vec<(u16, String)>,
+    /// Payload types that carry this track's codec. Anything else on its SSRCs (RTX
+    /// retransmissions and padding, FEC) serves the publisher's own hop and is not
+    /// forwarded: legs retransmit from their own buffers. Empty: not known, forward all.
+    media_pts: Vec<u8>,
     remote: Arc<dyn TrackRemote>,
     /// Simulcast layers (or the one stream); read per packet without locking.
     layers: ArcSwap<Vec<Arc<LayerState>>>,
@@ -200,12 +213,16 @@ impl PublishedTrack {
     pub(crate) fn new(
         info: TrackInfo,
         codec: RTCRtpCodec,
-        source_exts: Vec<(u16, String)>,
+        negotiated: SourceNegotiation,
         remote: Arc<dyn TrackRemote>,
         first: Layer,
         keyframe_interval: Duration,
         stats: Arc<Stats>,
     ) -> Self {
+        let SourceNegotiation {
+            exts: source_exts,
+            media_pts,
+        } = negotiated;
         let audio_level_id = source_exts
             .iter()
             .find(|(id, uri)| uri == AUDIO_LEVEL_EXTENSION && (1..=255).contains(id))
@@ -224,6 +241,7 @@ impl PublishedTrack {
             info,
             codec,
             source_exts,
+            media_pts,
             remote,
             layers: ArcSwap::from_pointee(vec![Arc::new(LayerState::new(first))]),
             legs: ArcSwap::from_pointee(Vec::new()),
@@ -357,6 +375,10 @@ impl PublishedTrack {
     #[inline]
     pub(crate) fn forward(&self, pkt: rtp::Packet, now: Instant) {
         self.stats.record_in(self.info.kind, pkt.payload.len());
+        if !self.media_pts.is_empty() && !self.media_pts.contains(&pkt.header.payload_type) {
+            self.stats.record_drop(DropReason::NotMedia);
+            return;
+        }
         if self.audio_level_id != 0 {
             self.observe_level(&pkt, now);
         }
@@ -550,7 +572,23 @@ impl Leg {
             }],
         );
         let local = Arc::new(TrackLocalStaticRTP::new(track));
-        let sender = pc.add_track(local.clone() as Arc<dyn TrackLocal>).await?;
+        // A transceiver of its own, send-only: `add_track` would reuse one of the
+        // subscriber's publishing transceivers, which a browser that offered it `sendonly`
+        // can never receive on.
+        let transceiver = pc
+            .add_transceiver_from_track(
+                local.clone() as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![source.info.track.stream_id.clone()],
+                    send_encodings: vec![],
+                }),
+            )
+            .await?;
+        let sender = transceiver
+            .sender()
+            .await?
+            .ok_or_else(|| SfuError::WebRtc("new transceiver without a sender".into()))?;
         let (tx, rx) = mpsc::channel(queue_len);
         let (params_tx, params_rx) = watch::channel(None);
         let sink = Arc::new(LegSink {
