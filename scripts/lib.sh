@@ -26,3 +26,22 @@ need_debs() {
     die "missing Debian packages: ${missing[*]} (run as root to install them automatically, or: sudo apt-get install ${missing[*]})"
   fi
 }
+
+# Makes sure Node.js and npm are there (Debian's packages when root).
+need_node() {
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 && return 0
+  need_debs nodejs npm
+}
+
+# Builds the reference web client into web/dist (npm ci from the lockfile when it changed).
+build_web() {
+  need_node
+  step "building the web client (web/dist)"
+  (
+    cd web
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      npm ci --no-audit --no-fund --loglevel=error
+    fi
+    npm run --silent build -- --logLevel warn
+  ) || die "building the web client failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
+}

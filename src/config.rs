@@ -21,6 +21,42 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// The reference web client, served on the HTTP port.
+    pub web: WebConfig,
+}
+
+/// The reference web client, section `[web]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Directory of the built client (`web/dist` after `npm run build` in `web/`). Empty:
+    /// the client is not served.
+    pub dir: String,
+    /// Homeserver URL the page offers for login, as a browser reaches it. Empty: the
+    /// `matrix.homeserver_url`.
+    pub homeserver_url: String,
+    /// Room alias or id the page offers to join (e.g. `#demo:localhost`). Empty: none.
+    pub default_room: String,
+    /// Accounts offered as one-click logins (local demo stacks only: the passwords are
+    /// served to anyone who can load the page).
+    pub demo_users: Vec<DemoUser>,
+}
+
+/// A one-click login offered by the web client.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoUser {
+    /// User name (localpart) or full user id.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl WebConfig {
+    /// Whether the web client is served.
+    pub fn enabled(&self) -> bool {
+        !self.dir.trim().is_empty()
+    }
 }
 
 /// HTTP and operations settings, section `[http]`.
@@ -412,6 +448,31 @@ impl Config {
                 got: format!("{} characters", h.admin_token.0.len()),
             });
         }
+        let w = &self.web;
+        if w.enabled() {
+            if !Path::new(w.dir.trim()).join("index.html").is_file() {
+                return Err(ConfigError::Invalid {
+                    option: "web.dir",
+                    expected: "a directory with the built web client's index.html (run `npm ci && npm run build` in web/), or empty",
+                    got: format!("{:?}", w.dir),
+                });
+            }
+            if !self.matrix.enabled() {
+                return Err(ConfigError::Invalid {
+                    option: "web.dir",
+                    expected: "empty unless [matrix] is configured (the web client calls through Matrix)",
+                    got: format!("{:?}", w.dir),
+                });
+            }
+        }
+        let hs = w.homeserver_url.trim();
+        if !(hs.is_empty() || hs.starts_with("http://") || hs.starts_with("https://")) {
+            return Err(ConfigError::Invalid {
+                option: "web.homeserver_url",
+                expected: "an http:// or https:// URL, or empty for matrix.homeserver_url",
+                got: format!("{hs:?}"),
+            });
+        }
         let m = &self.matrix;
         if m.enabled() {
             let url = m.homeserver_url.trim();
@@ -523,6 +584,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`sfu.udp_port_min`"), "{e}");
+    }
+
+    #[test]
+    fn web_client_options_are_checked() {
+        let matrix = "[matrix]\nhomeserver_url = \"http://127.0.0.1:8008\"\nuser_id = \"@sfu:localhost\"\npassword = \"pw\"\n";
+        let dir = std::env::temp_dir().join(format!("sluice-web-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let web = format!("[web]\ndir = {:?}\n", dir.display().to_string());
+        // No index.html there yet.
+        let e = Config::from_toml_str(&format!("{matrix}{web}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`web.dir`") && e.contains("index.html"), "{e}");
+        std::fs::write(dir.join("index.html"), "<!doctype html>").unwrap();
+        let c = Config::from_toml_str(&format!("{matrix}{web}")).unwrap();
+        assert!(c.web.enabled());
+        // The client calls through Matrix: without [matrix] it is refused.
+        let e = Config::from_toml_str(&web).unwrap_err().to_string();
+        assert!(e.contains("`web.dir`") && e.contains("[matrix]"), "{e}");
+        let e = Config::from_toml_str(&format!("{matrix}{web}homeserver_url = \"matrix.org\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`web.homeserver_url`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

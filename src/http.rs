@@ -9,6 +9,8 @@
 //! | `GET /admin/conferences` | conferences, participants, tracks |
 //! | `DELETE /admin/conferences/{conference}/participants/{participant}` | kick |
 //! | `GET/POST/DELETE /admin/drain` | drain status / start / cancel |
+//! | `GET /web-client.json` | the web client's settings: homeserver, transport, demo users (`[web]` on) |
+//! | `GET /…` | the built web client's files (`[web] dir`) |
 //!
 //! Admin calls need `Authorization: Bearer <http.admin_token>`; with no token configured
 //! every admin call is refused (403).
@@ -40,6 +42,40 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// This instance's transport object (protocol.md §1), when Matrix is configured.
     pub transport: Option<Value>,
+    /// The reference web client, when served.
+    pub web: Option<WebClient>,
+}
+
+/// The reference web client: where its built files are and what the page is told.
+#[derive(Clone, Debug)]
+pub struct WebClient {
+    /// Directory of the built client (contains `index.html`).
+    pub dir: std::path::PathBuf,
+    /// The body of `GET /web-client.json`.
+    pub settings: Value,
+}
+
+impl WebClient {
+    /// The web client described by `[web]`, or `None` when it is off.
+    pub fn from_config(cfg: &crate::config::Config) -> Option<WebClient> {
+        if !cfg.web.enabled() {
+            return None;
+        }
+        let homeserver = if cfg.web.homeserver_url.trim().is_empty() {
+            cfg.matrix.homeserver_url.trim()
+        } else {
+            cfg.web.homeserver_url.trim()
+        };
+        Some(WebClient {
+            dir: cfg.web.dir.trim().into(),
+            settings: json!({
+                "homeserver": homeserver,
+                "transport": {"type": "sluice", "user_id": cfg.matrix.user_id, "device_id": cfg.matrix.device_id},
+                "room": cfg.web.default_room,
+                "demo_users": cfg.web.demo_users,
+            }),
+        })
+    }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -187,9 +223,25 @@ async fn drain_cancel(State(s): State<AppState>, headers: HeaderMap) -> Response
     axum::Json(drain_status(&s)).into_response()
 }
 
+async fn web_settings(State(s): State<AppState>) -> Response {
+    match &s.web {
+        Some(w) => (
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(w.settings.clone()),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "web_client_disabled",
+            "the web client is not served: set [web] dir",
+        ),
+    }
+}
+
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let web_dir = state.web.as_ref().map(|w| w.dir.clone());
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -203,7 +255,12 @@ pub fn router(state: AppState) -> Router {
             "/admin/drain",
             get(drain_get).post(drain_start).delete(drain_cancel),
         )
-        .with_state(state)
+        .route("/web-client.json", get(web_settings))
+        .with_state(state);
+    match web_dir {
+        Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
+        None => router,
+    }
 }
 
 /// Serves the router on `listener` until the task is dropped.

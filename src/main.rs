@@ -133,6 +133,7 @@ async fn serve(cfg: Config) -> ExitCode {
         transport: cfg.matrix.enabled().then(|| {
             serde_json::json!({"type": "sluice", "user_id": cfg.matrix.user_id, "device_id": cfg.matrix.device_id})
         }),
+        web: sluice::http::WebClient::from_config(&cfg),
     };
     tracing::info!(listen = %cfg.http.listen, "http server listening");
     tokio::spawn(async move {
