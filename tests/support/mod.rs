@@ -123,6 +123,8 @@ pub struct RemoteInfo {
     pub kind: RtpCodecKind,
     pub track: Arc<dyn TrackRemote>,
     pub packets: Vec<Received>,
+    /// Packets without the test marker (real media from a browser).
+    pub other_packets: usize,
     pub ended: bool,
     pub ssrc: u32,
     pub task: Option<tokio::task::AbortHandle>,
@@ -239,6 +241,7 @@ impl PeerConnectionEventHandler for PeerHandler {
                 kind,
                 track: track.clone(),
                 packets: Vec::new(),
+                other_packets: 0,
                 ended: false,
                 ssrc: 0,
                 task: None,
@@ -255,6 +258,10 @@ impl PeerConnectionEventHandler for PeerHandler {
                     }
                     TrackRemoteEvent::OnRtpPacket(p) => {
                         let Some((sender, kind, seq)) = parse_payload(&p.payload) else {
+                            // Real media (from a browser): counted, not recorded.
+                            if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
+                                r.other_packets += 1;
+                            }
                             continue;
                         };
                         let rec = Received {
@@ -1017,4 +1024,5 @@ pub fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
+pub mod browser;
 pub mod matrix;
