@@ -1,6 +1,17 @@
 //! `sluice-loadtest`: Sluice's load-test tool.
 //!
-//! Today it has one mode, `micro`: benchmarks of the per-packet decisions of the forwarding
+//! `call`: simulated participants join calls through Sluice's real signaling on a local
+//! homeserver, publish synthetic audio or simulcast video and subscribe to everyone; the
+//! report has loss, reordering, end-to-end latency, join times and Sluice's CPU and RSS per
+//! forwarded packet (table, and JSON with `--json`). Loopback targets only.
+//!
+//! ```text
+//! sluice-loadtest call --homeserver http://127.0.0.1:8008 --sluice-user @sfu:localhost \
+//!     --sluice-device SLUICE --sluice-pid PID --rooms 2 --participants 5 --publishers 5 \
+//!     --profile video --duration 30 [--warmup 5] [--ramp 5] [--json FILE]
+//! ```
+//!
+//! `micro`: benchmarks of the per-packet decisions of the forwarding
 //! path (header rewriting, VP8 continuity after a simulcast switch, keyframe detection,
 //! layer choice, keyframe throttling), each over a fixed number of iterations, reported as
 //! nanoseconds per operation (table and JSON). Run it on a release build:
@@ -9,8 +20,7 @@
 //! cargo run --release -p sluice-loadtest -- micro [--iterations N] [--json FILE]
 //! ```
 //!
-//! The call-level load test (simulated participants through the real signaling path, SFU
-//! CPU per forwarded packet, the floor and Janus baselines) is not built yet.
+//! Not built yet: the floor forwarder and Janus baselines, the PNG plot, `scripts/bench`.
 
 use bytes::Bytes;
 use rtc::rtp;
@@ -156,13 +166,105 @@ fn micro(iterations: u64) -> Vec<Result> {
     out
 }
 
+const USAGE: &str = "usage: sluice-loadtest micro [--iterations N] [--json FILE]\n\
+       sluice-loadtest call --homeserver URL --sluice-user USER --sluice-device DEVICE\n\
+           [--sluice-pid PID] [--rooms N] [--participants M] [--publishers K]\n\
+           [--profile audio|video] [--duration SECS] [--warmup SECS] [--ramp PER_SEC] [--json FILE]";
+
+fn call_main(args: &[String]) -> ExitCode {
+    use sluice_loadtest::call::{CallOptions, Profile, run, table};
+    let mut o = CallOptions {
+        homeserver: String::new(),
+        sluice_user: String::new(),
+        sluice_device: "SLUICE".into(),
+        rooms: 1,
+        participants: 3,
+        publishers: 3,
+        profile: Profile::Video,
+        ramp_per_sec: 5.0,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(3),
+        sluice_pid: None,
+        progress: true,
+    };
+    let mut json_path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(v) = it.next() else {
+            eprintln!("error: {a} expects a value\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        let num = |what: &str| -> std::result::Result<f64, String> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| *x >= 0.0)
+                .ok_or(format!("{what} expects a non-negative number, got {v:?}"))
+        };
+        let r: std::result::Result<(), String> = (|| {
+            match a.as_str() {
+                "--homeserver" => o.homeserver = v.clone(),
+                "--sluice-user" => o.sluice_user = v.clone(),
+                "--sluice-device" => o.sluice_device = v.clone(),
+                "--sluice-pid" => o.sluice_pid = Some(num("--sluice-pid")? as u32),
+                "--rooms" => o.rooms = num("--rooms")? as usize,
+                "--participants" => o.participants = num("--participants")? as usize,
+                "--publishers" => o.publishers = num("--publishers")? as usize,
+                "--duration" => o.duration = Duration::from_secs_f64(num("--duration")?),
+                "--warmup" => o.warmup = Duration::from_secs_f64(num("--warmup")?),
+                "--ramp" => o.ramp_per_sec = num("--ramp")?,
+                "--profile" => {
+                    o.profile = Profile::parse(v)
+                        .ok_or(format!("--profile expects audio or video, got {v:?}"))?
+                }
+                "--json" => json_path = Some(v.clone()),
+                other => return Err(format!("unknown option {other}")),
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    if o.homeserver.is_empty() || o.sluice_user.is_empty() {
+        eprintln!("error: --homeserver and --sluice-user are required\n{USAGE}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(o)) {
+        Ok(report) => {
+            print!("{}", table(&report));
+            if let Some(p) = json_path
+                && let Err(e) = std::fs::write(
+                    &p,
+                    serde_json::to_string_pretty(&report).unwrap_or_default(),
+                )
+            {
+                eprintln!("error: cannot write {p}: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("call") {
+        return call_main(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("micro") {
-        eprintln!(
-            "usage: sluice-loadtest micro [--iterations N] [--json FILE]\n\
-             (the call-level load test is not built yet)"
-        );
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     }
     let mut iterations = 1_000_000u64;

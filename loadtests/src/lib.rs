@@ -1,0 +1,5 @@
+//! Sluice's load-test tool as a library: the call-level load test (`call`) and the Matrix
+//! client it signals with (`matrix`). The binary adds the micro-benchmarks.
+
+pub mod call;
+pub mod matrix;
