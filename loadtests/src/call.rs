@@ -119,6 +119,8 @@ struct StreamRx {
     /// Received inside the window / highest seq at window start and end.
     in_window: u64,
     seq_at_start: Option<u32>,
+    /// Highest sequence number received inside the window.
+    max_in_window: Option<u32>,
 }
 
 struct Shared {
@@ -216,6 +218,7 @@ impl PeerConnectionEventHandler for Handler {
                 }
                 if open {
                     s.seq_at_start.get_or_insert(seq);
+                    s.max_in_window = Some(s.max_in_window.map_or(seq, |m| m.max(seq)));
                     s.in_window += 1;
                     s.latencies_us
                         .push(now.saturating_sub(sent_us).min(u32::MAX as u64) as u32);
@@ -973,7 +976,7 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
     let received: u64 = streams.values().map(|s| s.in_window).sum();
     let expected: u64 = streams
         .values()
-        .map(|s| match (s.seq_at_start, s.max_seq) {
+        .map(|s| match (s.seq_at_start, s.max_in_window) {
             (Some(a), Some(b)) if b >= a => (b - a + 1) as u64,
             _ => s.in_window,
         })
