@@ -2,4 +2,5 @@
 //! client it signals with (`matrix`). The binary adds the micro-benchmarks.
 
 pub mod call;
+pub mod floor;
 pub mod matrix;

@@ -20,7 +20,11 @@
 //! cargo run --release -p sluice-loadtest -- micro [--iterations N] [--json FILE]
 //! ```
 //!
-//! Not built yet: the floor forwarder and Janus baselines, the PNG plot, `scripts/bench`.
+//! `floor`: the same layout through a minimal forwarder (recvmmsg → SRTP unprotect →
+//! SRTP protect per subscriber → sendmmsg, webrtc-rs's SRTP) in this process: its CPU per
+//! forwarded packet is the floor Sluice's is divided by.
+//!
+//! Not built yet: the Janus baseline and the PNG plot.
 
 use bytes::Bytes;
 use rtc::rtp;
@@ -167,6 +171,8 @@ fn micro(iterations: u64) -> Vec<Result> {
 }
 
 const USAGE: &str = "usage: sluice-loadtest micro [--iterations N] [--json FILE]\n\
+       sluice-loadtest floor [--rooms N] [--participants M] [--publishers K]\n\
+           [--profile audio|video] [--duration SECS] [--json FILE]\n\
        sluice-loadtest call --homeserver URL --sluice-user USER --sluice-device DEVICE\n\
            [--sluice-pid PID] [--rooms N] [--participants M] [--publishers K]\n\
            [--profile audio|video] [--duration SECS] [--warmup SECS] [--ramp PER_SEC] [--json FILE]";
@@ -258,10 +264,90 @@ fn call_main(args: &[String]) -> ExitCode {
     }
 }
 
+fn floor_main(args: &[String]) -> ExitCode {
+    use sluice_loadtest::call::Profile;
+    use sluice_loadtest::floor::{FloorOptions, run_floor};
+    let mut o = FloorOptions {
+        rooms: 1,
+        participants: 3,
+        publishers: 3,
+        profile: Profile::Video,
+        duration: Duration::from_secs(10),
+    };
+    let mut json_path = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let Some(v) = it.next() else {
+            eprintln!("error: {a} expects a value\n{USAGE}");
+            return ExitCode::from(2);
+        };
+        let n = v.parse::<f64>().ok().filter(|x| *x >= 0.0);
+        let ok = match (a.as_str(), n) {
+            ("--rooms", Some(x)) => {
+                o.rooms = x as usize;
+                true
+            }
+            ("--participants", Some(x)) => {
+                o.participants = x as usize;
+                true
+            }
+            ("--publishers", Some(x)) => {
+                o.publishers = x as usize;
+                true
+            }
+            ("--duration", Some(x)) => {
+                o.duration = Duration::from_secs_f64(x);
+                true
+            }
+            ("--profile", _) => match Profile::parse(v) {
+                Some(p) => {
+                    o.profile = p;
+                    true
+                }
+                None => false,
+            },
+            ("--json", _) => {
+                json_path = Some(v.clone());
+                true
+            }
+            _ => false,
+        };
+        if !ok {
+            eprintln!("error: bad option {a} {v:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    match run_floor(&o) {
+        Ok(r) => {
+            println!(
+                "floor: {:.0} forwarded packets/s, {:.3} CPU s per million packets, {:.0} packets/s per core",
+                r["forwarded_packets_per_sec"].as_f64().unwrap_or(0.0),
+                r["cpu_seconds_per_million_packets"].as_f64().unwrap_or(0.0),
+                r["packets_per_sec_per_core"].as_f64().unwrap_or(0.0)
+            );
+            if let Some(p) = json_path
+                && let Err(e) =
+                    std::fs::write(&p, serde_json::to_string_pretty(&r).unwrap_or_default())
+            {
+                eprintln!("error: cannot write {p}: {e}");
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("call") {
         return call_main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("floor") {
+        return floor_main(&args[1..]);
     }
     if args.first().map(String::as_str) != Some("micro") {
         eprintln!("{USAGE}");
