@@ -132,6 +132,8 @@ struct Shared {
     invite_to_answer_ms: Mutex<Vec<f64>>,
     invite_to_media_ms: Mutex<Vec<f64>>,
     joined: AtomicU64,
+    /// Latency samples (µs) since the last timeline tick.
+    recent: Mutex<Vec<u32>>,
     failed: Mutex<Vec<String>>,
     sent: AtomicU64,
 }
@@ -217,11 +219,13 @@ impl PeerConnectionEventHandler for Handler {
                     _ => s.max_seq = Some(seq),
                 }
                 if open {
+                    let us = now.saturating_sub(sent_us).min(u32::MAX as u64) as u32;
                     s.seq_at_start.get_or_insert(seq);
                     s.max_in_window = Some(s.max_in_window.map_or(seq, |m| m.max(seq)));
                     s.in_window += 1;
-                    s.latencies_us
-                        .push(now.saturating_sub(sent_us).min(u32::MAX as u64) as u32);
+                    s.latencies_us.push(us);
+                    drop(streams);
+                    shared.recent.lock().unwrap().push(us);
                 }
             }
         }));
@@ -861,6 +865,7 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
         invite_to_answer_ms: Mutex::new(vec![]),
         invite_to_media_ms: Mutex::new(vec![]),
         joined: AtomicU64::new(0),
+        recent: Mutex::new(vec![]),
         failed: Mutex::new(vec![]),
         sent: AtomicU64::new(0),
     });
@@ -949,7 +954,13 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
             .sum();
         let dt = last_t.elapsed().as_secs_f64().max(1e-6);
         let pps = (rx - last_rx) as f64 / dt;
-        timeline.push(json!({"t": t0.elapsed().as_secs_f64(), "received_pps": pps}));
+        let mut recent: Vec<f64> = std::mem::take(&mut *shared.recent.lock().unwrap())
+            .into_iter()
+            .map(|u| u as f64 / 1000.0)
+            .collect();
+        recent.sort_by(|a, b| a.total_cmp(b));
+        timeline.push(json!({"t": t0.elapsed().as_secs_f64(), "received_pps": pps,
+            "latency_p50_ms": percentile(&recent, 0.5), "latency_p99_ms": percentile(&recent, 0.99)}));
         if opts.progress {
             eprintln!(
                 "t={:>5.1}s  received {:>9.0} packets/s",

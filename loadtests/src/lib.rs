@@ -4,3 +4,4 @@
 pub mod call;
 pub mod floor;
 pub mod matrix;
+pub mod plot;

@@ -92,7 +92,15 @@ async fn a_short_video_call_load_run_reports_every_figure() {
     assert!(s["cpu_seconds"].as_f64().unwrap() > 0.0, "{report:#}");
     assert!(s["packets_per_sec_per_core"].as_f64().unwrap() > 0.0);
     assert!(s["rss_bytes"].as_u64().unwrap() > 0);
-    assert!(!report["timeline"].as_array().unwrap().is_empty());
+    let timeline = report["timeline"].as_array().unwrap();
+    assert!(!timeline.is_empty());
+    assert!(
+        timeline
+            .iter()
+            .all(|p| p["received_pps"].as_f64().unwrap() > 0.0
+                && p["latency_p99_ms"].as_f64().unwrap() > 0.0),
+        "every second of the timeline has traffic and latency: {timeline:?}"
+    );
     // Everyone hung up: Sluice holds nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     while sfu.snapshot().participants != 0 {
