@@ -95,9 +95,8 @@ struct JoinOptions<'a> {
     plain_signaling: bool,
 }
 
-/// Opens the web client, logs in as a fresh user and joins the call in `room`.
-async fn join(stack: &Stack, name: &str, room: &str, opts: JoinOptions<'_>) -> (Browser, String) {
-    let (user, password) = account(name).await;
+/// Opens the web client in a new browser and logs in as `user`.
+async fn login(stack: &Stack, name: &str, user: &str, password: &str) -> Browser {
     let b = stack.driver.browser(name).await;
     b.goto(&stack.web).await;
     b.wait_until(
@@ -106,8 +105,8 @@ async fn join(stack: &Stack, name: &str, room: &str, opts: JoinOptions<'_>) -> (
         "return document.getElementById('homeserver').value !== '';",
     )
     .await;
-    b.fill("#user", &user).await;
-    b.fill("#password", &password).await;
+    b.fill("#user", user).await;
+    b.fill("#password", password).await;
     b.click("#login-button").await;
     b.wait_until(
         "login",
@@ -115,6 +114,11 @@ async fn join(stack: &Stack, name: &str, room: &str, opts: JoinOptions<'_>) -> (
         "return !document.getElementById('lobby').hidden;",
     )
     .await;
+    b
+}
+
+/// Joins the call in `room` from the lobby and waits for the connection.
+async fn join_call(b: &Browser, room: &str, opts: JoinOptions<'_>) {
     b.fill("#room", room).await;
     if let Some(k) = opts.e2ee_key {
         b.fill("#e2ee-key", k).await;
@@ -129,6 +133,13 @@ async fn join(stack: &Stack, name: &str, room: &str, opts: JoinOptions<'_>) -> (
         "return window.sluice.call?.pc?.connectionState === 'connected';",
     )
     .await;
+}
+
+/// Opens the web client, logs in as a fresh user and joins the call in `room`.
+async fn join(stack: &Stack, name: &str, room: &str, opts: JoinOptions<'_>) -> (Browser, String) {
+    let (user, password) = account(name).await;
+    let b = login(stack, name, &user, &password).await;
+    join_call(&b, room, opts).await;
     (b, format!("@{user}:{}", stack.server_name))
 }
 
@@ -455,31 +466,8 @@ async fn a_browser_and_a_webrtc_rs_participant_exchange_media() {
     rs.peer.wait_for("connected", LONG, |s| s.connected).await;
     rs.peer.start_sending();
 
-    let b = stack.driver.browser("browser").await;
-    b.goto(&stack.web).await;
-    b.wait_until(
-        "web-client.json",
-        LONG,
-        "return document.getElementById('homeserver').value !== '';",
-    )
-    .await;
-    b.fill("#user", &user).await;
-    b.fill("#password", &password).await;
-    b.click("#login-button").await;
-    b.wait_until(
-        "login",
-        LONG,
-        "return !document.getElementById('lobby').hidden;",
-    )
-    .await;
-    b.fill("#room", room_id.as_str()).await;
-    b.click("#join-button").await;
-    b.wait_until(
-        "the call to connect",
-        LONG,
-        "return window.sluice.call?.pc?.connectionState === 'connected';",
-    )
-    .await;
+    let b = login(&stack, "browser", &user, &password).await;
+    join_call(&b, room_id.as_str(), JoinOptions::default()).await;
 
     // webrtc-rs → Chromium: the synthetic VP8 is not decodable, so count RTP packets.
     // (And Chromium → webrtc-rs below counts real media packets, not test payloads.)

@@ -144,6 +144,14 @@ impl Shared {
     }
 }
 
+fn opus() -> RTCRtpCodecParameters {
+    codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", 111)
+}
+
+fn vp8() -> RTCRtpCodecParameters {
+    codec("video/VP8", 90000, 0, "", 96)
+}
+
 fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -284,13 +292,10 @@ async fn build_participant(
 > {
     let mut media = MediaEngine::default();
     media
-        .register_codec(
-            codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", 111),
-            RtpCodecKind::Audio,
-        )
+        .register_codec(opus(), RtpCodecKind::Audio)
         .map_err(|e| e.to_string())?;
     media
-        .register_codec(codec("video/VP8", 90000, 0, "", 96), RtpCodecKind::Video)
+        .register_codec(vp8(), RtpCodecKind::Video)
         .map_err(|e| e.to_string())?;
     let registry =
         register_default_interceptors(Registry::new(), &mut media).map_err(|e| e.to_string())?;
@@ -323,67 +328,51 @@ async fn build_participant(
     let mut sends = Vec::new();
     if publish {
         let stream_id = format!("lt-stream-{idx}");
-        let audio_ssrc = 0x4000_0000 + idx * 16;
-        let audio = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            stream_id.clone(),
-            format!("lt-audio-{idx}"),
-            format!("lt-audio-{idx}"),
+        // (kind, track id, (rid, ssrc) per encoding, codec).
+        let mut tracks = vec![(
             RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(audio_ssrc),
-                    ..Default::default()
-                },
-                codec: codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", 111).rtp_codec,
-                ..Default::default()
-            }],
-        )));
-        let sender = pc
-            .add_track(audio.clone() as Arc<dyn TrackLocal>)
-            .await
-            .map_err(|e| e.to_string())?;
-        sends.push((
-            audio,
-            RtpCodecKind::Audio,
-            vec![audio_ssrc],
-            111,
             format!("lt-audio-{idx}"),
-            sender,
-        ));
+            vec![(String::new(), 0x4000_0000 + idx * 16)],
+            opus(),
+        )];
         if profile == Profile::Video {
-            let ssrcs: Vec<u32> = (0..3).map(|l| 0x5000_0000 + idx * 16 + l).collect();
-            let codings = LAYERS
+            tracks.push((
+                RtpCodecKind::Video,
+                format!("lt-video-{idx}"),
+                LAYERS
+                    .iter()
+                    .enumerate()
+                    .map(|(l, (rid, ..))| ((*rid).to_owned(), 0x5000_0000 + idx * 16 + l as u32))
+                    .collect(),
+                vp8(),
+            ));
+        }
+        for (kind, track_id, encodings, c) in tracks {
+            let codings = encodings
                 .iter()
-                .zip(&ssrcs)
-                .map(|((rid, ..), ssrc)| RTCRtpEncodingParameters {
+                .map(|(rid, ssrc)| RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
-                        rid: (*rid).to_owned(),
+                        rid: rid.clone(),
                         ssrc: Some(*ssrc),
                         ..Default::default()
                     },
-                    codec: codec("video/VP8", 90000, 0, "", 96).rtp_codec,
+                    codec: c.rtp_codec.clone(),
                     ..Default::default()
                 })
                 .collect();
-            let video = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 stream_id.clone(),
-                format!("lt-video-{idx}"),
-                format!("lt-video-{idx}"),
-                RtpCodecKind::Video,
+                track_id.clone(),
+                track_id.clone(),
+                kind,
                 codings,
             )));
             let sender = pc
-                .add_track(video.clone() as Arc<dyn TrackLocal>)
+                .add_track(local.clone() as Arc<dyn TrackLocal>)
                 .await
                 .map_err(|e| e.to_string())?;
-            sends.push((
-                video,
-                RtpCodecKind::Video,
-                ssrcs,
-                96,
-                format!("lt-video-{idx}"),
-                sender,
-            ));
+            let ssrcs = encodings.iter().map(|(_, ssrc)| *ssrc).collect();
+            sends.push((local, kind, ssrcs, c.payload_type, track_id, sender));
         }
     }
     let dc = pc
@@ -434,6 +423,24 @@ impl Participant {
                 "purpose": "m.usermedia", "audio_muted": false, "video_muted": false, "tracks": tracks}));
         }
         Value::Object(md)
+    }
+
+    /// Adds the candidates of an `m.call.candidates` message (end-of-candidates skipped).
+    async fn apply_candidates(&self, c: &Value) {
+        for cand in c["candidates"].as_array().into_iter().flatten() {
+            let Some(s) = cand["candidate"].as_str().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            let _ = self
+                .pc
+                .add_ice_candidate(RTCIceCandidateInit {
+                    candidate: s.to_owned(),
+                    sdp_mid: cand["sdpMid"].as_str().map(str::to_owned),
+                    sdp_mline_index: cand["sdpMLineIndex"].as_u64().map(|x| x as u16),
+                    ..Default::default()
+                })
+                .await;
+        }
     }
 
     async fn dc_send(&self, kind: &str, content: Value) {
@@ -766,21 +773,7 @@ async fn join(
                 answered = true;
             }
             "m.call.candidates" => {
-                for cand in c["candidates"].as_array().into_iter().flatten() {
-                    let s = cand["candidate"].as_str().unwrap_or("");
-                    if s.is_empty() {
-                        continue;
-                    }
-                    let _ =
-                        p.pc.add_ice_candidate(RTCIceCandidateInit {
-                            candidate: s.to_owned(),
-                            sdp_mid: cand["sdpMid"].as_str().map(str::to_owned),
-                            sdp_mline_index: cand["sdpMLineIndex"].as_u64().map(|x| x as u16),
-                            username_fragment: None,
-                            ..Default::default()
-                        })
-                        .await;
-                }
+                p.apply_candidates(&c).await;
                 if answered {
                     break;
                 }
@@ -799,20 +792,7 @@ async fn join(
     let task = tokio::spawn(async move {
         while let Some((kind, c)) = td_rx.recv().await {
             if kind == "m.call.candidates" && c["call_id"] == p2.call_id.as_str() {
-                for cand in c["candidates"].as_array().into_iter().flatten() {
-                    if let Some(s) = cand["candidate"].as_str().filter(|s| !s.is_empty()) {
-                        let _ = p2
-                            .pc
-                            .add_ice_candidate(RTCIceCandidateInit {
-                                candidate: s.to_owned(),
-                                sdp_mid: cand["sdpMid"].as_str().map(str::to_owned),
-                                sdp_mline_index: cand["sdpMLineIndex"].as_u64().map(|x| x as u16),
-                                username_fragment: None,
-                                ..Default::default()
-                            })
-                            .await;
-                    }
-                }
+                p2.apply_candidates(&c).await;
             }
         }
     });

@@ -166,7 +166,7 @@ pub fn run_floor(o: &FloorOptions) -> Result<Value, String> {
             let mut pub_ctx: HashMap<u32, Context> = HashMap::new();
             let mut sub_ctx: Vec<Context> = (0..sink_addrs.len()).map(|_| context()).collect();
             let mut bufs = vec![[0u8; 1500]; BATCH];
-            let mut out: Vec<(Vec<u8>, usize)> = Vec::with_capacity(BATCH * participants);
+            let mut out: Vec<(bytes::BytesMut, usize)> = Vec::with_capacity(BATCH * participants);
             while !stop.load(Ordering::Relaxed) {
                 let mut iov: Vec<libc::iovec> = bufs
                     .iter_mut()
@@ -218,7 +218,7 @@ pub fn run_floor(o: &FloorOptions) -> Result<Value, String> {
                             }
                             let sub = room * participants + p;
                             if let Ok(enc) = sub_ctx[sub].encrypt_rtp(&plain) {
-                                out.push((enc.to_vec(), sub));
+                                out.push((enc, sub));
                             }
                         }
                     }
