@@ -217,6 +217,13 @@ pub struct SfuConfig {
     pub speaker_hold_ms: u64,
     /// Speakers announced at most.
     pub max_active_speakers: usize,
+    /// Send-side bandwidth estimate (GCC over transport-wide congestion control feedback)
+    /// a subscriber starts from, kbit/s, before its feedback says more.
+    pub bandwidth_initial_kbps: u64,
+    /// Lowest the send-side estimate goes, kbit/s.
+    pub bandwidth_min_kbps: u64,
+    /// Highest the send-side estimate goes, kbit/s: the most Sluice sends one subscriber.
+    pub bandwidth_max_kbps: u64,
 }
 
 impl Default for SfuConfig {
@@ -235,6 +242,9 @@ impl Default for SfuConfig {
             speaker_threshold_dbov: 50,
             speaker_hold_ms: 1000,
             max_active_speakers: 4,
+            bandwidth_initial_kbps: 1000,
+            bandwidth_min_kbps: 50,
+            bandwidth_max_kbps: 20_000,
         }
     }
 }
@@ -412,6 +422,20 @@ impl Config {
                 got: format!("{} ms, {}", s.speaker_hold_ms, s.max_active_speakers),
             });
         }
+        if s.bandwidth_min_kbps == 0
+            || s.bandwidth_min_kbps > s.bandwidth_initial_kbps
+            || s.bandwidth_initial_kbps > s.bandwidth_max_kbps
+            || s.bandwidth_max_kbps > 10_000_000
+        {
+            return Err(ConfigError::Invalid {
+                option: "sfu.bandwidth_min_kbps/sfu.bandwidth_initial_kbps/sfu.bandwidth_max_kbps",
+                expected: "kbit/s with 1 <= min <= initial <= max <= 10000000",
+                got: format!(
+                    "{} / {} / {}",
+                    s.bandwidth_min_kbps, s.bandwidth_initial_kbps, s.bandwidth_max_kbps
+                ),
+            });
+        }
         if !(16..=65_536).contains(&s.leg_queue_packets) {
             return Err(ConfigError::Invalid {
                 option: "sfu.leg_queue_packets",
@@ -564,6 +588,9 @@ mod tests {
         assert_eq!(c.sfu.bind_address, d.bind_address);
         assert_eq!(c.sfu.ice_connect_timeout_secs, d.ice_connect_timeout_secs);
         assert_eq!(c.sfu.leg_queue_packets, d.leg_queue_packets);
+        assert_eq!(c.sfu.bandwidth_initial_kbps, d.bandwidth_initial_kbps);
+        assert_eq!(c.sfu.bandwidth_min_kbps, d.bandwidth_min_kbps);
+        assert_eq!(c.sfu.bandwidth_max_kbps, d.bandwidth_max_kbps);
         assert_eq!(
             c.sfu.max_participants_per_conference,
             d.max_participants_per_conference
@@ -624,6 +651,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("bind_adress"), "{e}");
+    }
+
+    #[test]
+    fn bandwidth_bounds_must_be_ordered() {
+        for bad in [
+            "bandwidth_min_kbps = 0",
+            "bandwidth_initial_kbps = 20\nbandwidth_min_kbps = 50",
+            "bandwidth_initial_kbps = 30000",
+        ] {
+            let e = Config::from_toml_str(&format!("[sfu]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("sfu.bandwidth_min_kbps"), "{bad}: {e}");
+        }
+        let c = Config::from_toml_str("[sfu]\nbandwidth_initial_kbps = 300\n").unwrap();
+        assert_eq!(c.sfu.bandwidth_initial_kbps, 300);
     }
 
     #[test]

@@ -167,6 +167,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_retransmits_suppressed_total",
+        "Packets subscribers asked to have retransmitted beyond their retransmission budget (a share of their bandwidth estimate); not resent.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_pli_total",
         "Keyframe requests received from subscribers (in) and sent to publishers (out).",
         MetricType::COUNTER,
@@ -240,9 +246,15 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "sluice_bandwidth_estimate_bits",
-        "Subscribers' bandwidth estimates (REMB), bits/s, observed at scrape time.",
+        "Subscribers' effective bandwidth estimates (lower of send-side GCC and REMB), bits/s, observed at scrape time.",
         MetricType::HISTOGRAM,
         &[],
+    ),
+    (
+        "sluice_bandwidth_estimate_source",
+        "Participants by where their bandwidth estimate comes from (twcc, remb, none).",
+        MetricType::GAUGE,
+        &["source"],
     ),
     (
         "sluice_draining",
@@ -449,6 +461,13 @@ impl Collector for CoreCollector {
             vec![counter(&[], st.nacks_received.load(Ordering::Relaxed))],
         );
         push(
+            "sluice_retransmits_suppressed_total",
+            vec![counter(
+                &[],
+                st.retransmits_suppressed.load(Ordering::Relaxed),
+            )],
+        );
+        push(
             "sluice_pli_total",
             vec![
                 counter(
@@ -507,16 +526,24 @@ impl Collector for CoreCollector {
             "sluice_conference_size",
             vec![snapshot_histogram(CONFERENCE_SIZE_BUCKETS, &sizes)],
         );
-        let (estimates, layer_counts) = self.sfu.allocation_detail();
+        let alloc = self.sfu.allocation_detail();
+        push(
+            "sluice_bandwidth_estimate_source",
+            ["twcc", "remb", "none"]
+                .iter()
+                .zip(alloc.sources)
+                .map(|(s, n)| gauge(&[("source", s)], n as f64))
+                .collect(),
+        );
         push(
             "sluice_leg_layers",
             ["q", "h", "f", "other"]
                 .iter()
-                .zip(layer_counts)
+                .zip(alloc.layers)
                 .map(|(l, n)| gauge(&[("layer", l)], n as f64))
                 .collect(),
         );
-        let estimates: Vec<f64> = estimates.iter().map(|e| *e as f64).collect();
+        let estimates: Vec<f64> = alloc.estimates.iter().map(|e| *e as f64).collect();
         push(
             "sluice_bandwidth_estimate_bits",
             vec![snapshot_histogram(ESTIMATE_BUCKETS, &estimates)],

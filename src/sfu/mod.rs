@@ -10,6 +10,7 @@
 //! *legs*; each leg has its own bounded queue and writer task that rewrites the packet for
 //! what that leg negotiated (see [`rewrite`]).
 
+pub mod bwe;
 pub mod codec;
 mod conference;
 mod participant;
@@ -298,6 +299,17 @@ pub struct SfuDetail {
     pub conference_sizes: Vec<usize>,
 }
 
+/// Bandwidth allocation across the instance, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct AllocationDetail {
+    /// Effective estimates (bits/s) of participants that have one.
+    pub estimates: Vec<u64>,
+    /// Participants by estimate source: send-side (TWCC), REMB, none.
+    pub sources: [usize; 3],
+    /// Legs receiving each simulcast layer, by RID class (q/h/f/other).
+    pub layers: [usize; 4],
+}
+
 /// A participant as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ParticipantInfo {
@@ -305,8 +317,11 @@ pub struct ParticipantInfo {
     pub id: ParticipantId,
     /// Whether ICE/DTLS connected.
     pub connected: bool,
-    /// Its latest bandwidth estimate (REMB) in bits/s; 0 while unknown.
+    /// Its effective bandwidth estimate in bits/s (the lower of the send-side GCC estimate
+    /// and its REMB); 0 while unknown.
     pub estimate_bps: u64,
+    /// Where the estimate comes from: `twcc`, `remb` or `none`.
+    pub estimate_source: &'static str,
     /// Tracks it publishes.
     pub published: Vec<TrackInfo>,
     /// Tracks it receives.
@@ -635,17 +650,20 @@ impl Sfu {
         self.inner.all_conferences()
     }
 
-    /// Subscriber bandwidth estimates (bits/s, REMB) of connected participants that sent
-    /// one, and how many legs receive each simulcast layer, by RID class (q/h/f/other).
-    pub fn allocation_detail(&self) -> (Vec<u64>, [usize; 4]) {
-        let mut estimates = Vec::new();
-        let mut layers = [0usize; 4];
+    /// Subscriber bandwidth estimates and how many legs receive each simulcast layer.
+    pub fn allocation_detail(&self) -> AllocationDetail {
+        let mut d = AllocationDetail::default();
         for c in self.conference_list() {
             for p in c.participants() {
                 let e = p.estimate();
                 if e > 0 {
-                    estimates.push(e);
+                    d.estimates.push(e);
                 }
+                d.sources[match p.estimates.source() {
+                    "twcc" => 0,
+                    "remb" => 1,
+                    _ => 2,
+                }] += 1;
                 for s in p.subscriptions() {
                     let i = match s.layer.as_deref() {
                         Some("q" | "l" | "low" | "0") => 0,
@@ -654,11 +672,11 @@ impl Sfu {
                         Some(_) => 3,
                         None => continue,
                     };
-                    layers[i] += 1;
+                    d.layers[i] += 1;
                 }
             }
         }
-        (estimates, layers)
+        d
     }
 
     /// Per-kind track counts and conference sizes.
@@ -693,6 +711,7 @@ impl Sfu {
                         id: p.id.clone(),
                         connected: p.is_connected(),
                         estimate_bps: p.estimate(),
+                        estimate_source: p.estimates.source(),
                         published: tracks
                             .iter()
                             .filter(|t| t.publisher == p.id)

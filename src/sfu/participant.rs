@@ -11,7 +11,7 @@ use super::{
     HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription, SfuError,
     SfuEventKind, TrackInfo, TrackRef,
 };
-use rtc::interceptor::{SenderReportBuilder, Slot};
+use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,8 +78,8 @@ pub(crate) struct Participant {
     idle_since: Mutex<Option<Instant>>,
     /// Join time, for the join-to-first-media histogram.
     pub(crate) join_clock: Arc<JoinClock>,
-    /// The subscriber's latest bandwidth estimate (REMB), bits/s; 0 unknown.
-    pub(crate) estimate_bps: Arc<std::sync::atomic::AtomicU64>,
+    /// The subscriber's bandwidth estimates (send-side GCC and REMB).
+    pub(crate) estimates: Arc<super::rtcp::Estimates>,
 }
 
 /// When a participant joined, and whether its first forwarded packet was timed yet.
@@ -172,7 +172,7 @@ fn first_mid(sdp: &str) -> Option<String> {
 async fn build_pc(
     inner: &Inner,
     handler: Arc<Handler>,
-    estimate: Arc<std::sync::atomic::AtomicU64>,
+    estimates: Arc<super::rtcp::Estimates>,
 ) -> Result<Arc<dyn PeerConnection>, SfuError> {
     let cfg = &inner.config;
     let mut last_err = None;
@@ -203,10 +203,30 @@ async fn build_pc(
         // figures come from the subscribers' reports, which are unaffected.
         let registry = configure_nack(Default::default(), &mut media);
         configure_simulcast_extension_headers(&mut media)?;
+        //
+        // Send-side bandwidth estimation for what Sluice sends this participant: the TWCC
+        // sender numbers every departing packet, the congestion controller records them and
+        // runs Sluice's GCC-style estimator (`bwe`) on the participant's transport-wide
+        // feedback; its target reaches
+        // `Estimates` through the keyframe-request interceptor. No pacer: forwarded media
+        // leaves at the publisher's pace, and the allocator keeps the total under the
+        // estimate by choosing layers.
         let registry = configure_twcc_receiver_only(registry, &mut media)?
-            .with(Slot::SenderReport, SenderReportBuilder::new().build());
+            .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(super::bwe::SubscriberEstimator::new(
+                    (cfg.bandwidth_initial_kbps * 1000) as f64,
+                    (cfg.bandwidth_min_kbps * 1000) as f64,
+                    (cfg.bandwidth_max_kbps * 1000) as f64,
+                ))
+                .build(),
+            );
         let registry =
-            with_keyframe_requests_counted(registry, inner.stats.clone(), estimate.clone());
+            with_keyframe_requests_counted(registry, inner.stats.clone(), estimates.clone());
+        let registry =
+            super::rtcp::with_nack_budget(registry, inner.stats.clone(), estimates.clone());
         let mut settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(cfg.bind_address.is_loopback());
         if !cfg.nat_1to1_ips.is_empty() {
@@ -254,8 +274,10 @@ impl Participant {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
         });
-        let estimate = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let pc = build_pc(inner, handler.clone(), estimate.clone()).await?;
+        let estimates = Arc::new(super::rtcp::Estimates::new(
+            inner.config.bandwidth_initial_kbps * 1000,
+        ));
+        let pc = build_pc(inner, handler.clone(), estimates.clone()).await?;
         let p = Arc::new(Participant {
             id: id.to_owned(),
             conference: Arc::downgrade(conf),
@@ -272,7 +294,7 @@ impl Participant {
             connected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             idle_since: Mutex::new(Some(Instant::now())),
-            estimate_bps: estimate,
+            estimates,
             join_clock: Arc::new(JoinClock {
                 at: Instant::now(),
                 done: AtomicBool::new(false),
@@ -400,18 +422,12 @@ impl Participant {
             .saturating_duration_since(self.join_clock.at)
             .as_millis() as u64
             + 1;
-        super::track::allocate(
-            &legs,
-            self.estimate_bps.load(Ordering::Relaxed),
-            now,
-            clock_ms,
-        )
-        .await;
+        super::track::allocate(&legs, self.estimates.effective(), now, clock_ms).await;
     }
 
-    /// The subscriber's bandwidth estimate (bits/s), 0 while unknown.
+    /// The subscriber's effective bandwidth estimate (bits/s), 0 while unknown.
     pub(crate) fn estimate(&self) -> u64 {
-        self.estimate_bps.load(Ordering::Relaxed)
+        self.estimates.effective()
     }
 
     pub(crate) fn is_connected(&self) -> bool {

@@ -12,11 +12,72 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::error::Error;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The transport-wide congestion control header extension URI.
+const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// One subscriber connection's bandwidth estimates, bits/s (0: none yet).
+///
+/// Two sources: the send-side estimate (GCC in webrtc's congestion control interceptor,
+/// fed by the subscriber's transport-wide congestion control feedback), and the REMB a
+/// subscriber may send. The effective estimate is the lower of those present.
+#[derive(Debug, Default)]
+pub struct Estimates {
+    /// The send-side (GCC) estimate; set to the initial estimate once a sent stream
+    /// negotiated transport-wide congestion control.
+    pub gcc: AtomicU64,
+    /// The subscriber's latest REMB.
+    pub remb: AtomicU64,
+    /// The initial send-side estimate, bits/s.
+    pub initial: u64,
+    /// Transport-wide feedback packets received.
+    pub twcc_feedback: AtomicU64,
+}
+
+impl Estimates {
+    /// Estimates starting (once TWCC is negotiated) from `initial` bits/s.
+    pub fn new(initial: u64) -> Self {
+        Self {
+            initial,
+            ..Default::default()
+        }
+    }
+
+    /// The effective estimate: the lower of the send-side estimate and the REMB, whichever
+    /// are known; 0 when neither is (no cap).
+    pub fn effective(&self) -> u64 {
+        match (
+            self.gcc.load(Ordering::Relaxed),
+            self.remb.load(Ordering::Relaxed),
+        ) {
+            (0, r) => r,
+            (g, 0) => g,
+            (g, r) => g.min(r),
+        }
+    }
+
+    /// Which source the effective estimate comes from: `"twcc"`, `"remb"` or `"none"`.
+    pub fn source(&self) -> &'static str {
+        let (g, r) = (
+            self.gcc.load(Ordering::Relaxed),
+            self.remb.load(Ordering::Relaxed),
+        );
+        match (g, r) {
+            (0, 0) => "none",
+            (0, _) => "remb",
+            (_, 0) => "twcc",
+            (g, r) if r < g => "remb",
+            _ => "twcc",
+        }
+    }
+}
 
 /// Slot of [`KeyframeRequestInterceptor`]: application-side of every built-in interceptor.
 pub const KEYFRAME_REQUEST_SLOT: usize = 14_000;
@@ -24,7 +85,9 @@ pub const KEYFRAME_REQUEST_SLOT: usize = 14_000;
 /// Marks inbound RTCP carrying PLI or FIR for delivery to the application. When given
 /// counters, it also counts inbound NACKs and records, from every reception report about a
 /// stream this connection sends (a subscriber leg), the leg's fraction lost, jitter and
-/// round-trip time (RFC 3550 §6.4.1, from LSR/DLSR).
+/// round-trip time (RFC 3550 §6.4.1, from LSR/DLSR); and keeps the connection's
+/// [`Estimates`] (the congestion controller's target, which rides inbound feedback as
+/// `TargetBitrateChanged`, and REMB).
 #[derive(Default)]
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
@@ -32,8 +95,8 @@ pub struct KeyframeRequestInterceptor {
     stats: Option<std::sync::Arc<super::stats::Stats>>,
     /// Clock rate of each local (sent) stream, by SSRC.
     clock_rates: std::collections::HashMap<u32, u32>,
-    /// Where the subscriber's latest REMB estimate (bits/s) goes.
-    estimate: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Where the subscriber's bandwidth estimates go.
+    estimates: Option<std::sync::Arc<Estimates>>,
 }
 
 /// The middle 32 bits of the current NTP time (the unit of LSR in reception reports).
@@ -104,14 +167,13 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
                         self.record_reports(stats, &rr.reports);
                     } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
                         self.record_reports(stats, &sr.reports);
-                    } else if let (Some(remb), Some(est)) = (
-                        any.downcast_ref::<ReceiverEstimatedMaximumBitrate>(),
-                        &self.estimate,
-                    ) {
-                        est.store(
-                            remb.bitrate.max(0.0) as u64,
-                            std::sync::atomic::Ordering::Relaxed,
-                        );
+                    } else if let Some(est) = &self.estimates {
+                        if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>() {
+                            est.remb
+                                .store(remb.bitrate.max(0.0) as u64, Ordering::Relaxed);
+                        } else if any.is::<TransportLayerCc>() {
+                            est.twcc_feedback.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 if nacks > 0 {
@@ -119,6 +181,15 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
                         .nacks_received
                         .fetch_add(nacks as u64, std::sync::atomic::Ordering::Relaxed);
                 }
+            }
+            if let (Some(est), Some(Attribute::TargetBitrateChanged { bits_per_second })) = (
+                &self.estimates,
+                msg.message.get(&Attribute::TargetBitrateChanged {
+                    bits_per_second: 0.0,
+                }),
+            ) {
+                est.gcc
+                    .store(bits_per_second.max(1.0) as u64, Ordering::Relaxed);
             }
             if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
                 msg.message.add(Attribute::DeliverToApplication);
@@ -145,6 +216,18 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
 impl Interceptor for KeyframeRequestInterceptor {
     fn bind_local_stream(&mut self, info: &StreamInfo) {
         self.clock_rates.insert(info.ssrc, info.clock_rate);
+        // A sent stream with transport-wide sequence numbers: the congestion controller
+        // runs from its initial estimate until feedback moves it.
+        if let Some(est) = &self.estimates
+            && info
+                .rtp_header_extensions
+                .iter()
+                .any(|e| e.uri == TRANSPORT_CC_URI)
+        {
+            let _ = est
+                .gcc
+                .compare_exchange(0, est.initial, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
     fn unbind_local_stream(&mut self, info: &StreamInfo) {
         self.clock_rates.remove(&info.ssrc);
@@ -162,18 +245,159 @@ pub fn with_keyframe_requests(registry: Registry) -> Registry {
 }
 
 /// Like [`with_keyframe_requests`], counting inbound NACKs and reception reports in
-/// `stats`, and storing the subscriber's REMB estimate in `estimate`.
+/// `stats`, and keeping the subscriber's bandwidth estimates in `estimates`.
 pub fn with_keyframe_requests_counted(
     registry: Registry,
     stats: std::sync::Arc<super::stats::Stats>,
-    estimate: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    estimates: std::sync::Arc<Estimates>,
 ) -> Registry {
     registry.with(
         Slot::from(KEYFRAME_REQUEST_SLOT),
         KeyframeRequestInterceptor {
             stats: Some(stats),
-            estimate: Some(estimate),
+            estimates: Some(estimates),
             ..Default::default()
+        },
+    )
+}
+
+/// Slot of [`NackBudgetInterceptor`]: wire-ward of webrtc's NACK responder (4000), so
+/// it thins the requests before they are answered.
+pub const NACK_BUDGET_SLOT: usize = 3_500;
+
+/// Share of the subscriber's bandwidth estimate retransmissions may use.
+pub const RETRANSMIT_SHARE: f64 = 0.25;
+
+/// Retransmissions allowed per second whatever the estimate.
+const MIN_RETRANSMITS_PER_SEC: f64 = 10.0;
+
+/// Assumed size of a retransmitted packet, bytes (video packets are near the MTU).
+const RETRANSMIT_SIZE_BYTES: f64 = 1_200.0;
+
+/// Bounds the retransmissions webrtc's NACK responder sends one subscriber: a token
+/// bucket of [`RETRANSMIT_SHARE`] of the subscriber's bandwidth estimate (at least
+/// [`MIN_RETRANSMITS_PER_SEC`] packets/s, half a second of burst). NACK entries beyond it
+/// are removed before the responder sees them, and counted.
+///
+/// Without it, a subscriber whose receiver re-requests every missing packet every
+/// 100 ms (webrtc-rs's default NACK generator does, without a retry limit) behind a
+/// congested link gets retransmissions of the packets the congestion dropped, which
+/// congest it further: a 200 kbit/s link then carried almost nothing else for tens of
+/// seconds (`tests/bandwidth.rs`).
+pub struct NackBudgetInterceptor {
+    estimates: std::sync::Arc<Estimates>,
+    stats: std::sync::Arc<super::stats::Stats>,
+    tokens: f64,
+    last: Option<Instant>,
+    read_queue: VecDeque<TaggedPacket>,
+    write_queue: VecDeque<TaggedPacket>,
+}
+
+impl NackBudgetInterceptor {
+    /// Packets per second the budget allows at estimate `bps` (0: unknown).
+    pub fn rate(bps: u64) -> f64 {
+        (bps as f64 * RETRANSMIT_SHARE / (8.0 * RETRANSMIT_SIZE_BYTES)).max(MIN_RETRANSMITS_PER_SEC)
+    }
+
+    /// Keeps the NACK entries of `nack` the budget covers at `now`; returns how many
+    /// requested packets were removed.
+    fn thin(&mut self, now: Instant, nack: &mut TransportLayerNack) -> u64 {
+        let rate = Self::rate(self.estimates.effective());
+        let dt = self
+            .last
+            .map_or(0.5, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.last = Some(now);
+        self.tokens = (self.tokens + rate * dt).min(rate * 0.5);
+        let mut removed = 0;
+        nack.nacks.retain(|pair| {
+            let n = 1.0 + pair.lost_packets.count_ones() as f64;
+            if self.tokens >= n {
+                self.tokens -= n;
+                true
+            } else {
+                removed += n as u64;
+                false
+            }
+        });
+        removed
+    }
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for NackBudgetInterceptor {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        let now = msg.now;
+        if let Packet::Rtcp(packets) = &mut msg.message.packet
+            && packets
+                .iter()
+                .any(|p| p.as_any().is::<TransportLayerNack>())
+        {
+            let mut removed = 0;
+            let mut out: Vec<Box<dyn rtc::rtcp::Packet>> = Vec::with_capacity(packets.len());
+            for p in packets.drain(..) {
+                match p.as_any().downcast_ref::<TransportLayerNack>() {
+                    Some(nack) => {
+                        let mut nack = nack.clone();
+                        removed += self.thin(now, &mut nack);
+                        if !nack.nacks.is_empty() {
+                            out.push(Box::new(nack));
+                        }
+                    }
+                    None => out.push(p),
+                }
+            }
+            *packets = out;
+            if removed > 0 {
+                self.stats
+                    .retransmits_suppressed
+                    .fetch_add(removed, Ordering::Relaxed);
+            }
+        }
+        self.read_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read_queue.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write_queue.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write_queue.pop_front()
+    }
+}
+
+impl Interceptor for NackBudgetInterceptor {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Adds [`NackBudgetInterceptor`] to an interceptor registry.
+pub fn with_nack_budget(
+    registry: Registry,
+    stats: std::sync::Arc<super::stats::Stats>,
+    estimates: std::sync::Arc<Estimates>,
+) -> Registry {
+    registry.with(
+        Slot::from(NACK_BUDGET_SLOT),
+        NackBudgetInterceptor {
+            estimates,
+            stats,
+            tokens: 0.0,
+            last: None,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
         },
     )
 }
@@ -244,6 +468,65 @@ mod tests {
         let rtt = rtt_from_report(now, lsr, 65_536 / 4).unwrap();
         assert!((rtt - 0.05).abs() < 0.001, "{rtt}");
         assert_eq!(rtt_from_report(now, 0, 0), None);
+    }
+
+    #[test]
+    fn effective_estimate_is_the_lower_known_one() {
+        let e = Estimates::new(1_000_000);
+        assert_eq!((e.effective(), e.source()), (0, "none"));
+        e.remb.store(400_000, Ordering::Relaxed);
+        assert_eq!((e.effective(), e.source()), (400_000, "remb"));
+        e.gcc.store(300_000, Ordering::Relaxed);
+        assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
+        e.remb.store(0, Ordering::Relaxed);
+        assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
+    }
+
+    #[test]
+    fn nack_budget_keeps_what_the_share_of_the_estimate_covers() {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+        let estimates = std::sync::Arc::new(Estimates::new(0));
+        // 960 kbit/s: a quarter is 25 packets/s of 1200 bytes, 12.5 in a half-second burst.
+        estimates.gcc.store(960_000, Ordering::Relaxed);
+        let stats = std::sync::Arc::new(super::super::stats::Stats::default());
+        let mut b = NackBudgetInterceptor {
+            estimates,
+            stats,
+            tokens: 0.0,
+            last: None,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        };
+        let t0 = Instant::now();
+        let mut nack = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            // 20 pairs of 3 packets each (packet_id plus two mask bits).
+            nacks: (0..20)
+                .map(|i| NackPair {
+                    packet_id: i * 20,
+                    lost_packets: 0b11,
+                })
+                .collect(),
+        };
+        let removed = b.thin(t0, &mut nack);
+        assert_eq!(nack.nacks.len(), 4, "12.5 tokens cover 4 pairs of 3");
+        assert_eq!(removed, 48);
+        // A second later the bucket is full again (capped at half a second).
+        let mut again = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 2,
+            nacks: (0..20)
+                .map(|i| NackPair {
+                    packet_id: i * 20,
+                    lost_packets: 0,
+                })
+                .collect(),
+        };
+        b.thin(t0 + Duration::from_secs(1), &mut again);
+        assert_eq!(again.nacks.len(), 12);
+        // Unknown estimate: the floor rate.
+        assert_eq!(NackBudgetInterceptor::rate(0), MIN_RETRANSMITS_PER_SEC);
     }
 
     #[test]

@@ -140,6 +140,8 @@ pub struct Stats {
     pub data_channel_messages_refused: AtomicU64,
     /// NACKs received from subscribers (answered by webrtc's NACK responder).
     pub nacks_received: AtomicU64,
+    /// Retransmission requests removed by the per-subscriber retransmission budget.
+    pub retransmits_suppressed: AtomicU64,
     /// Connections that failed (ICE/DTLS) after or during connecting.
     pub ice_failures: AtomicU64,
     /// Participants removed, by hangup reason.
@@ -169,6 +171,7 @@ impl Default for Stats {
             keyframe_requests_suppressed: AtomicU64::new(0),
             data_channel_messages_refused: AtomicU64::new(0),
             nacks_received: AtomicU64::new(0),
+            retransmits_suppressed: AtomicU64::new(0),
             ice_failures: AtomicU64::new(0),
             left: Default::default(),
             forward_latency: AtomicHistogram::new(FORWARD_LATENCY_BUCKETS),

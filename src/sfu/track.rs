@@ -516,6 +516,10 @@ pub(crate) struct LegSink {
     pub(crate) cap_rank: AtomicU32,
     /// When the allocator last stepped this leg up (ms since the SFU's clock origin).
     pub(crate) last_up_ms: AtomicU64,
+    /// When the estimate last forced this leg below its preferred layer (same clock).
+    pub(crate) last_forced_down_ms: AtomicU64,
+    /// The current hold between upward steps, ms (0: [`UPGRADE_HOLD`]).
+    pub(crate) up_hold_ms: AtomicU64,
 }
 
 impl LegSink {
@@ -600,6 +604,8 @@ impl Leg {
             want: AtomicU32::new(0),
             cap_rank: AtomicU32::new(u32::MAX),
             last_up_ms: AtomicU64::new(0),
+            last_forced_down_ms: AtomicU64::new(0),
+            up_hold_ms: AtomicU64::new(0),
         });
         let writer = tokio::spawn(write_loop(
             rx,
@@ -801,11 +807,62 @@ async fn resume(source: &PublishedTrack, sink: &LegSink) {
 /// Upward layer steps of one leg are at least this far apart (no flapping).
 pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
 
+/// The longest the hold between upward steps grows to after failed upward steps.
+pub(crate) const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
+
+/// One leg's upward-step decision, from its step history (ms on the SFU clock, 0 never):
+/// `Some(new_hold_ms)` when the leg may step up now, `None` while held.
+///
+/// Upward steps are at least a hold after the previous upward step and after the last
+/// time the estimate forced the leg down. The hold starts at [`UPGRADE_HOLD`]; it
+/// doubles (up to [`MAX_UPGRADE_HOLD`]) each time the estimate forces the leg back down
+/// within two holds of an upward step (see [`note_forced_down`]), and returns to
+/// [`UPGRADE_HOLD`] once an upward step was not followed by a forced one down. Without
+/// probing, the upward step is what tests a grown estimate; the growing hold bounds how
+/// often a path that cannot carry the layer is tried.
+pub(crate) fn may_step_up(
+    clock_ms: u64,
+    last_up: u64,
+    last_forced_down: u64,
+    hold_ms: u64,
+) -> Option<u64> {
+    let hold = if hold_ms == 0 {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold_ms
+    };
+    let since = last_up.max(last_forced_down);
+    if since != 0 && clock_ms.saturating_sub(since) < hold {
+        return None;
+    }
+    // The previous upward step held (no forced step down since): back to the base hold.
+    Some(if last_forced_down < last_up {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold
+    })
+}
+
+/// The hold after the estimate forced a leg below its preferred layer at `clock_ms`:
+/// doubled when that came within two holds of the last upward step (a failed step up).
+pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64 {
+    let hold = if hold_ms == 0 {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold_ms
+    };
+    if last_up != 0 && clock_ms.saturating_sub(last_up) < 2 * hold {
+        (2 * hold).min(MAX_UPGRADE_HOLD.as_millis() as u64)
+    } else {
+        hold
+    }
+}
+
 /// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
 /// no cap): audio first, then video by rendered size (largest tiles first), each simulcast
 /// leg at the highest layer up to its size preference that fits what is left, stepping
 /// down first and dropping the track (until it fits again) only when even its lowest
-/// layer does not; upward steps one layer at a time, at most one per [`UPGRADE_HOLD`].
+/// layer does not; upward steps one layer at a time, a hold apart (see [`may_step_up`]).
 /// Then re-targets every leg (sizes, stalls, caps).
 pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, clock_ms: u64) {
     let mut remaining = budget_bps as i64;
@@ -833,30 +890,75 @@ pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, c
                 .preferred_layer(sink.want(), now, LAYER_STALL)
                 .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
                 .unwrap_or(ranked.len().saturating_sub(1));
-            let fits = (0..=pref)
+            let mut fits = (0..=pref)
                 .rev()
                 .find(|i| ranked[*i].rate_bps() as i64 <= remaining);
+            let was_paused = sink.bw_paused.load(Ordering::Relaxed);
+            let target = sink.target_ssrc.load(Ordering::Relaxed);
+            let cur = ranked.iter().position(|l| l.ssrc == target);
             // Step down first; drop the track only when even its lowest layer does not fit.
+            let forced_down = match (fits, cur) {
+                (None, _) => !was_paused,
+                (Some(f), Some(c)) => f < pref && f < c,
+                (Some(_), None) => false,
+            };
+            if forced_down {
+                let hold = note_forced_down(
+                    clock_ms,
+                    sink.last_up_ms.load(Ordering::Relaxed),
+                    sink.up_hold_ms.load(Ordering::Relaxed),
+                );
+                sink.up_hold_ms.store(hold, Ordering::Relaxed);
+                sink.last_forced_down_ms
+                    .store(clock_ms.max(1), Ordering::Relaxed);
+            }
+            // A dropped track comes back like any upward step (a hold after it was
+            // dropped), and only with a margin over its lowest layer, so a budget close
+            // to that layer's rate does not toggle it every tick.
+            if was_paused && fits.is_some() {
+                let margin_ok = ranked[0].rate_bps() as i64 * 6 / 5 <= remaining;
+                match may_step_up(
+                    clock_ms,
+                    sink.last_up_ms.load(Ordering::Relaxed),
+                    sink.last_forced_down_ms.load(Ordering::Relaxed),
+                    sink.up_hold_ms.load(Ordering::Relaxed),
+                ) {
+                    Some(hold) if margin_ok => {
+                        fits = Some(0);
+                        sink.up_hold_ms.store(hold, Ordering::Relaxed);
+                        sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                    }
+                    _ => fits = None,
+                }
+            }
             let dropped = fits.is_none();
             if sink.bw_paused.swap(dropped, Ordering::Relaxed) && !dropped {
+                // Resumed at the lowest layer: the next step up waits for the hold.
+                sink.cap_rank.store(0, Ordering::Relaxed);
+                retarget_sink(source, sink, now).await;
                 resume(source, sink).await;
+                remaining -= ranked[0].rate_bps() as i64;
+                continue;
             }
             if dropped {
                 continue;
             }
             let mut fit = fits.unwrap_or(0);
-            let target = sink.target_ssrc.load(Ordering::Relaxed);
-            if let Some(cur) = ranked.iter().position(|l| l.ssrc == target)
+            if let Some(cur) = cur
                 && fit > cur
             {
-                let last_up = sink.last_up_ms.load(Ordering::Relaxed);
-                if last_up != 0
-                    && clock_ms.saturating_sub(last_up) < UPGRADE_HOLD.as_millis() as u64
-                {
-                    fit = cur;
-                } else {
-                    fit = cur + 1;
-                    sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                match may_step_up(
+                    clock_ms,
+                    sink.last_up_ms.load(Ordering::Relaxed),
+                    sink.last_forced_down_ms.load(Ordering::Relaxed),
+                    sink.up_hold_ms.load(Ordering::Relaxed),
+                ) {
+                    None => fit = cur,
+                    Some(hold) => {
+                        fit = cur + 1;
+                        sink.up_hold_ms.store(hold, Ordering::Relaxed);
+                        sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                    }
                 }
             }
             sink.cap_rank.store(fit as u32, Ordering::Relaxed);
@@ -964,6 +1066,33 @@ mod tests {
         assert_eq!(choose_layer(&all, Some((1920, 1080))), Some(3));
         assert_eq!(choose_layer(&all, None), Some(3));
         assert_eq!(choose_layer(&[], None), None);
+    }
+
+    #[test]
+    fn failed_upward_steps_lengthen_the_hold_and_a_lasting_one_resets_it() {
+        let base = UPGRADE_HOLD.as_millis() as u64;
+        // Never stepped up: may step now, at the base hold.
+        assert_eq!(may_step_up(1_000, 0, 0, 0), Some(base));
+        // Stepped up at 10 s: held until 15 s.
+        assert_eq!(may_step_up(14_000, 10_000, 0, base), None);
+        assert_eq!(may_step_up(15_000, 10_000, 0, base), Some(base));
+        // Forced down 3 s after the step up: the hold doubles, then doubles again, capped.
+        let hold = note_forced_down(13_000, 10_000, base);
+        assert_eq!(hold, 2 * base);
+        assert_eq!(may_step_up(22_000, 10_000, 13_000, hold), None);
+        assert_eq!(may_step_up(23_000, 10_000, 13_000, hold), Some(2 * base));
+        // Forced down without a step up before: held for one hold from then.
+        assert_eq!(may_step_up(3_000, 0, 1_000, base), None);
+        assert_eq!(may_step_up(6_000, 0, 1_000, base), Some(base));
+        let mut h = hold;
+        for _ in 0..5 {
+            h = note_forced_down(20_500, 20_000, h);
+        }
+        assert_eq!(h, MAX_UPGRADE_HOLD.as_millis() as u64);
+        // A forced step down long after the last step up is not a failed step up.
+        assert_eq!(note_forced_down(60_000, 20_000, base), base);
+        // An upward step that was not followed by a forced one: back to the base hold.
+        assert_eq!(may_step_up(80_000, 40_000, 30_000, h), Some(base));
     }
 
     #[test]

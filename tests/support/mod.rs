@@ -314,13 +314,15 @@ fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8) -> RTCRtpCod
 }
 
 /// A sink handing candidates straight to the SFU, as the in-process signaling does.
-fn sfu_sink(sfu: &Sfu, id: &str) -> CandidateSink {
+/// Hands a test peer's candidates to Sluice, on the runtime this is called on.
+pub fn sfu_sink(sfu: &Sfu, id: &str) -> CandidateSink {
     let sfu = sfu.clone();
     let pid = id.to_owned();
+    let rt = tokio::runtime::Handle::current();
     Arc::new(move |c| {
         let sfu = sfu.clone();
         let pid = pid.clone();
-        tokio::spawn(async move {
+        rt.spawn(async move {
             let _ = sfu.add_remote_candidate(CONF, &pid, c).await;
         });
     })
@@ -337,9 +339,21 @@ impl TestPeer {
 
     /// A peer publishing one VP8 video track in three simulcast layers (q, h, f).
     pub async fn new_simulcast(sfu: &Sfu, idx: u8) -> Arc<TestPeer> {
+        Self::new_at(sfu, idx, true, true, "127.0.0.1").await
+    }
+
+    /// A peer bound to `ip` (a loopback peer when `ip` is loopback): publishing nothing,
+    /// the Opus+VP8 pair, or (`simulcast`) three VP8 layers.
+    pub async fn new_at(
+        sfu: &Sfu,
+        idx: u8,
+        publish: bool,
+        simulcast: bool,
+        ip: &str,
+    ) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
         let sink = sfu_sink(sfu, &id);
-        Self::build(id, idx, true, true, sink).await
+        Self::build_at(id, idx, publish, simulcast, sink, ip).await
     }
 
     /// A peer whose candidates go to `sink` (a signaling layer of the test's choice).
@@ -359,6 +373,19 @@ impl TestPeer {
         simulcast: bool,
         sink: CandidateSink,
     ) -> Arc<TestPeer> {
+        Self::build_at(id, idx, publish, simulcast, sink, "127.0.0.1").await
+    }
+
+    /// A peer bound to `ip` whose candidates go to `sink`.
+    pub async fn build_at(
+        id: String,
+        idx: u8,
+        publish: bool,
+        simulcast: bool,
+        sink: CandidateSink,
+        ip: &str,
+    ) -> Arc<TestPeer> {
+        let loopback = ip.parse::<std::net::IpAddr>().unwrap().is_loopback();
         let mut media = MediaEngine::default();
         let opus_pt = 111 - idx;
         let vp8_pt = 96 + 2 * idx;
@@ -405,12 +432,12 @@ impl TestPeer {
             .with_media_engine(media)
             .with_setting_engine(
                 SettingEngineBuilder::new()
-                    .with_include_loopback_candidate(true)
+                    .with_include_loopback_candidate(loopback)
                     .build(),
             )
             .with_interceptor_registry(registry)
             .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-            .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+            .with_udp_addrs(vec![format!("{ip}:0")])
             .build()
             .await
             .unwrap();

@@ -1,0 +1,400 @@
+#![recursion_limit = "256"]
+//! Bandwidth estimation against a real constraint: the subscriber lives in its own network
+//! namespace behind a veth pair, and `tc` limits what Sluice can send it. Sluice's send-side
+//! estimate (GCC over the subscriber's transport-wide congestion control feedback) has to
+//! find the limit, the allocator has to step the leg down to a layer that fits, try upward
+//! no more often than its hold allows, and return to the top layer once the limit lifts.
+//!
+//! Needs root (CAP_NET_ADMIN) and iproute2 (`ip`, `tc`); scripts/test runs as root in CI.
+
+mod support;
+
+use sluice::sfu::{HangupReason, Sfu, SfuEventKind};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Runs `ip`/`tc` with `args`; panics with the command's stderr when it fails.
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (iproute2 installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {} (this test needs root/CAP_NET_ADMIN for a network namespace)",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A network namespace joined to the host by a veth pair; deleted on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let pid = std::process::id();
+        let n = Netns {
+            name: format!("sluice-bw-{pid}"),
+            host_if: format!("slbw{}h", pid % 100_000),
+            host_ip: format!("10.231.{}.1", pid % 250 + 1),
+            ns_ip: format!("10.231.{}.2", pid % 250 + 1),
+        };
+        let ns_if = format!("slbw{}n", pid % 100_000);
+        // Leftovers of a crashed earlier run with the same pid.
+        let _ = Command::new("ip").args(["netns", "del", &n.name]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &n.host_if])
+            .output();
+        run("ip", &["netns", "add", &n.name]);
+        run(
+            "ip",
+            &[
+                "link", "add", &n.host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+        );
+        run("ip", &["link", "set", &ns_if, "netns", &n.name]);
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/30", n.host_ip),
+                "dev",
+                &n.host_if,
+            ],
+        );
+        run("ip", &["link", "set", &n.host_if, "up"]);
+        run(
+            "ip",
+            &[
+                "-n",
+                &n.name,
+                "addr",
+                "add",
+                &format!("{}/30", n.ns_ip),
+                "dev",
+                &ns_if,
+            ],
+        );
+        run("ip", &["-n", &n.name, "link", "set", &ns_if, "up"]);
+        run("ip", &["-n", &n.name, "link", "set", "lo", "up"]);
+        // A default route, or webrtc's multicast DNS socket has no interface (ENODEV).
+        run(
+            "ip",
+            &["-n", &n.name, "route", "add", "default", "via", &n.host_ip],
+        );
+        n
+    }
+
+    /// Limits what the host sends into the namespace to `kbit` kbit/s (a token bucket
+    /// with a 60 ms queue: beyond that, packets are dropped).
+    fn limit(&self, kbit: u32) {
+        run(
+            "tc",
+            &[
+                "qdisc",
+                "replace",
+                "dev",
+                &self.host_if,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{kbit}kbit"),
+                "burst",
+                "4kb",
+                "latency",
+                "60ms",
+            ],
+        );
+    }
+
+    fn unlimit(&self) {
+        run("tc", &["qdisc", "del", "dev", &self.host_if, "root"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// A single-threaded tokio runtime on a thread inside the namespace: sockets that tasks
+/// on it create belong to the namespace.
+struct NetnsRuntime {
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NetnsRuntime {
+    fn start(netns: &str) -> NetnsRuntime {
+        let path = format!("/var/run/netns/{netns}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("namespace handle");
+            // SAFETY: setns on a valid namespace fd; it only changes this thread.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tx.send((rt.handle().clone(), stop_tx)).unwrap();
+            rt.block_on(async {
+                let _ = stop_rx.await;
+            });
+        });
+        let (handle, stop) = rx.recv().unwrap();
+        NetnsRuntime {
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for NetnsRuntime {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The layer (0 q, 1 h, 2 f) of each video packet the subscriber received, in order,
+/// without retransmissions (packets older than one already received).
+fn layers(p: &TestPeer) -> Vec<u8> {
+    let st = p.state.lock().unwrap();
+    let Some(r) = st.remotes.get("video-0") else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(r.packets.len());
+    let mut newest: Option<u16> = None;
+    for x in &r.packets {
+        if newest
+            .is_some_and(|n| x.rtp_seq.wrapping_sub(n) == 0 || x.rtp_seq.wrapping_sub(n) > 0x8000)
+        {
+            continue;
+        }
+        newest = Some(x.rtp_seq);
+        out.push(x.kind - 10);
+    }
+    out
+}
+
+/// The subscriber's admin view: (estimate, its source, the layer it receives).
+fn view(sfu: &Sfu, id: &str) -> (u64, &'static str, Option<String>) {
+    let confs = sfu.conferences();
+    let me = confs[0]
+        .participants
+        .iter()
+        .find(|p| p.id == id)
+        .expect("subscriber listed");
+    (
+        me.estimate_bps,
+        me.estimate_source,
+        me.subscriptions.first().and_then(|s| s.layer.clone()),
+    )
+}
+
+/// A layer sequence as runs, e.g. ` qx12 hx40`.
+fn runs(seq: &[u8]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < seq.len() {
+        let j = seq[i..]
+            .iter()
+            .position(|l| *l != seq[i])
+            .map_or(seq.len(), |k| i + k);
+        out.push_str(&format!(" {}x{}", ["q", "h", "f"][seq[i] as usize], j - i));
+        i = j;
+    }
+    out
+}
+
+/// Rank of a layer RID (none: paused, below q).
+fn rank(rid: Option<&str>) -> u8 {
+    match rid {
+        Some("q") => 1,
+        Some("h") => 2,
+        Some("f") => 3,
+        _ => 0,
+    }
+}
+
+/// Upward changes in a layer sequence.
+fn ups(seq: &[u8]) -> usize {
+    seq.windows(2).filter(|w| w[1] > w[0]).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocator_follows_a_real_bandwidth_limit() {
+    let ns = Netns::create();
+    let mut cfg = test_config();
+    cfg.bind_address = ns.host_ip.parse().unwrap();
+    let (sfu, events) = Sfu::new(cfg);
+    let router = Router::start(&sfu, events);
+
+    // The publisher on the host side (unlimited), three layers at about 50 / 150 / 270
+    // kbit/s of payload.
+    let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
+    router.add(&publisher);
+    publisher.join(&sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    publisher.start_simulcast_sending();
+
+    // The subscriber inside the namespace; its signaling stays on this runtime.
+    let inside = NetnsRuntime::start(&ns.name);
+    let id = "@user1:test|DEV1".to_owned();
+    let sink = sfu_sink(&sfu, &id);
+    let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
+    let sub = inside
+        .handle
+        .spawn(async move { TestPeer::build_at(id2, 1, false, false, sink, &ns_ip).await })
+        .await
+        .unwrap();
+    router.add(&sub);
+    sub.join(&sfu).await.unwrap();
+    sub.wait_for("connected", LONG, |s| s.connected).await;
+    router
+        .wait_for("video published", LONG, |log| {
+            log.iter()
+                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+        })
+        .await;
+    let track = publisher.track_refs()[0].clone();
+    sfu.subscribe(CONF, &id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &id, &track, 1280, 720)
+        .await
+        .unwrap();
+
+    // Unlimited: the top layer, on an estimate from transport-wide feedback.
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
+    })
+    .await;
+    let (est, source, layer) = view(&sfu, &id);
+    assert_eq!(source, "twcc", "estimate {est} from {source}");
+    assert_eq!(layer.as_deref(), Some("f"));
+
+    // 200 kbit/s into the namespace: f (about 280 kbit/s on the wire) no longer fits,
+    // h (about 160) does.
+    ns.limit(200);
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(20);
+    loop {
+        let (est, _, layer) = view(&sfu, &id);
+        if layer.as_deref() != Some("f") && est < 260_000 {
+            eprintln!(
+                "stepped down to {layer:?} after {:?}, estimate {est}",
+                t0.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still on {layer:?} with estimate {est} 20 s into a 200 kbit/s limit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 30 s under the limit: upward tries (each of which the limit turns back) are at
+    // least a growing hold apart: 5 s, 10 s, 20 s. (With no probing, the estimate grows
+    // while the leg sends less than it; the upward step is what tests it.)
+    let from = layers(&sub).len();
+    let mut estimates = Vec::new();
+    let mut chosen = Vec::new();
+    let mut trace = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (est, _, layer) = view(&sfu, &id);
+        estimates.push(est);
+        chosen.push(rank(layer.as_deref()));
+        trace.push_str(&format!(
+            " {}k/{}",
+            est / 1000,
+            layer.as_deref().unwrap_or("-")
+        ));
+    }
+    eprintln!("estimate/layer every 0.5 s:{trace}");
+    let window = layers(&sub)[from..].to_vec();
+    // Upward steps Sluice took (its layer choice sampled every 0.5 s).
+    let tries = ups(&chosen);
+    eprintln!("received layers:{}", runs(&window));
+    let on_f = window.iter().filter(|l| **l == 2).count();
+    eprintln!(
+        "under the limit: {} packets, {tries} upward steps, {on_f} on f, estimates {estimates:?}",
+        window.len()
+    );
+    assert!(!window.is_empty(), "nothing forwarded under the limit");
+    assert!(
+        tries <= 3,
+        "{tries} upward steps in 30 s under a limit (the hold doubles after each failed one)"
+    );
+    // Most of what arrived was a layer that fits.
+    assert!(
+        on_f * 3 < window.len(),
+        "{on_f} of {} packets on f under a limit it does not fit",
+        window.len()
+    );
+
+    // The limit lifts: back to f once the estimate has grown and the hold has passed, and
+    // f stays.
+    ns.unlimit();
+    let t1 = Instant::now();
+    let deadline = t1 + Duration::from_secs(60);
+    let mark = layers(&sub).len();
+    loop {
+        let got = layers(&sub);
+        let tail = &got[mark..];
+        // 3 s of f in a row (90 packets at 30 frames/s).
+        if tail.len() >= 90 && tail[tail.len() - 90..].iter().all(|l| *l == 2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back on f 60 s after the limit lifted: {:?}",
+            view(&sfu, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (est, source, layer) = view(&sfu, &id);
+    eprintln!(
+        "back on {layer:?} {:?} after the limit lifted, estimate {est} ({source})",
+        t1.elapsed()
+    );
+    assert!(est > 300_000, "estimate {est} after the limit lifted");
+
+    // Sluice first: closing a peer first makes Sluice renegotiate with the other.
+    sfu.shutdown(HangupReason::UserHangup).await;
+    assert!(sfu.participants(CONF).is_empty());
+    publisher.close().await;
+    let sub2 = sub.clone();
+    inside
+        .handle
+        .spawn(async move { sub2.close().await })
+        .await
+        .unwrap();
+    drop(router);
+}
