@@ -281,10 +281,6 @@ impl LegRewriter {
             });
         }
         h.extension = !h.extensions.is_empty();
-        // The publisher's extension-block padding describes its own layout; carried over
-        // onto the leg's different set, the packet's size no longer matches what is written
-        // and the write fails.
-        h.extensions_padding = 0;
         if h.extension {
             let two_byte = h
                 .extensions
@@ -295,8 +291,17 @@ impl LegRewriter {
             } else {
                 PROFILE_ONE_BYTE
             };
+            // The padding that ends this leg's extension block on a 32-bit boundary. The
+            // publisher's padding described its own layout: carried over, the announced
+            // size and the bytes written disagree and the write fails. And webrtc's TWCC
+            // sender adds its extension with `set_extension`, which updates the padding
+            // assuming it was right: from 0 on a block of 4n + 1 bytes, the packet came
+            // out 4 bytes short of its announced size and was refused (a browser then got
+            // one publisher's video and not the other's).
+            h.extensions_padding = (4 - h.get_extension_payload_len() % 4) % 4;
         } else {
             h.extension_profile = 0;
+            h.extensions_padding = 0;
         }
     }
 }
@@ -407,6 +412,35 @@ mod tests {
         let back = Packet::unmarshal(&mut out.clone()).unwrap();
         assert_eq!(back.header.extensions.len(), 2);
         assert_eq!(back.payload, Bytes::from_static(b"payload"));
+    }
+
+    #[test]
+    fn an_extension_added_after_rewriting_keeps_the_size_consistent() {
+        use rtc::shared::marshal::{Marshal, MarshalSize};
+        // Extension blocks of every length modulo 4, then a transport-wide sequence number
+        // added the way webrtc's TWCC sender adds it.
+        let level = "urn:ietf:params:rtp-hdrext:ssrc-audio-level".to_owned();
+        for payload in [
+            &b"\x85"[..],
+            b"\x85\x01",
+            b"\x85\x01\x02",
+            b"\x85\x01\x02\x03",
+        ] {
+            let p = LegParams::new(1, 96, &[(3, level.clone())], &[(3, level.clone())], None);
+            let mut rw = LegRewriter::new(90_000);
+            let mut pkt = packet(5, 1, 1, &[(3, payload)]);
+            rw.rewrite(&mut pkt, &p, Instant::now());
+            pkt.header
+                .set_extension(5, Bytes::from_static(&[0, 7]))
+                .unwrap();
+            let out = pkt.marshal().unwrap();
+            assert_eq!(
+                out.len(),
+                pkt.marshal_size(),
+                "extension payload of {} bytes",
+                payload.len()
+            );
+        }
     }
 
     #[test]
