@@ -116,11 +116,39 @@ struct StreamRx {
     reordered: u64,
     /// Latency samples (µs) inside the window.
     latencies_us: Vec<u32>,
-    /// Received inside the window / highest seq at window start and end.
+    /// Received inside the window.
     in_window: u64,
-    seq_at_start: Option<u32>,
-    /// Highest sequence number received inside the window.
-    max_in_window: Option<u32>,
+    /// First and highest sequence number of the current run inside the window: a run is
+    /// what arrived since this stream (one publisher layer) last became the layer of the
+    /// subscriber's leg. The gap while the leg carried another layer is not loss.
+    run_start: Option<u32>,
+    run_max: Option<u32>,
+    /// Packets expected in the finished runs inside the window.
+    expected_done: u64,
+}
+
+impl StreamRx {
+    /// Packets expected inside the window: each run from its first to its highest
+    /// sequence number.
+    fn expected(&self) -> u64 {
+        let run = match (self.run_start, self.run_max) {
+            (Some(a), Some(b)) if b >= a => (b - a + 1) as u64,
+            _ => 0,
+        };
+        self.expected_done + run
+    }
+
+    /// Counts a packet received inside the window; `switched`: the leg carried another
+    /// layer before it, so a new run starts.
+    fn count_in_window(&mut self, seq: u32, switched: bool) {
+        if switched && self.run_start.is_some() {
+            self.expected_done = self.expected();
+            self.run_start = None;
+            self.run_max = None;
+        }
+        self.run_start.get_or_insert(seq);
+        self.run_max = Some(self.run_max.map_or(seq, |m| m.max(seq)));
+    }
 }
 
 struct Shared {
@@ -189,6 +217,8 @@ impl PeerConnectionEventHandler for Handler {
         let invite_at = self.invite_at.clone();
         let first_media = self.first_media.clone();
         self.tasks.lock().unwrap().push(tokio::spawn(async move {
+            // The publisher layer this leg carried last.
+            let mut leg_stream: Option<u32> = None;
             while let Some(evt) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(p) = evt else {
                     if matches!(evt, TrackRemoteEvent::OnEnded | TrackRemoteEvent::OnError) {
@@ -220,6 +250,7 @@ impl PeerConnectionEventHandler for Handler {
                     && !shared.window_closed.load(Ordering::Relaxed);
                 let mut streams = shared.streams.lock().unwrap();
                 let s = streams.entry((subscriber, stream)).or_default();
+                let switched = leg_stream.replace(stream) != Some(stream);
                 s.received += 1;
                 s.first_seq.get_or_insert(seq);
                 match s.max_seq {
@@ -228,8 +259,7 @@ impl PeerConnectionEventHandler for Handler {
                 }
                 if open {
                     let us = now.saturating_sub(sent_us).min(u32::MAX as u64) as u32;
-                    s.seq_at_start.get_or_insert(seq);
-                    s.max_in_window = Some(s.max_in_window.map_or(seq, |m| m.max(seq)));
+                    s.count_in_window(seq, switched);
                     s.in_window += 1;
                     s.latencies_us.push(us);
                     drop(streams);
@@ -967,10 +997,7 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
     let received: u64 = streams.values().map(|s| s.in_window).sum();
     let expected: u64 = streams
         .values()
-        .map(|s| match (s.seq_at_start, s.max_in_window) {
-            (Some(a), Some(b)) if b >= a => (b - a + 1) as u64,
-            _ => s.in_window,
-        })
+        .map(|s| s.expected().max(s.in_window))
         .sum();
     let lost = expected.saturating_sub(received);
     let reordered: u64 = streams.values().map(|s| s.reordered).sum();
@@ -1117,6 +1144,21 @@ pub fn table(r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_the_leg_left_and_came_back_to_is_not_loss() {
+        let mut s = StreamRx::default();
+        // Seq 10..=19 on this layer, one lost (15).
+        for q in (10..20).filter(|q| *q != 15) {
+            s.count_in_window(q, q == 10);
+        }
+        assert_eq!(s.expected(), 10);
+        // The leg carried another layer meanwhile; back at 50..=54.
+        for q in 50..55 {
+            s.count_in_window(q, q == 50);
+        }
+        assert_eq!(s.expected(), 15, "the gap 20..50 counted as loss");
+    }
 
     #[test]
     fn only_loopback_targets() {

@@ -864,7 +864,13 @@ pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64
 /// down first and dropping the track (until it fits again) only when even its lowest
 /// layer does not; upward steps one layer at a time, a hold apart (see [`may_step_up`]).
 /// Then re-targets every leg (sizes, stalls, caps).
-pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, clock_ms: u64) {
+pub(crate) async fn allocate(
+    subscriber: &str,
+    legs: &[Arc<Leg>],
+    budget_bps: u64,
+    now: Instant,
+    clock_ms: u64,
+) {
     let mut remaining = budget_bps as i64;
     let mut video: Vec<&Arc<Leg>> = Vec::new();
     for leg in legs {
@@ -911,6 +917,15 @@ pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, c
                 sink.up_hold_ms.store(hold, Ordering::Relaxed);
                 sink.last_forced_down_ms
                     .store(clock_ms.max(1), Ordering::Relaxed);
+                tracing::debug!(
+                    participant = subscriber,
+                    track = %source.info.track.track_id,
+                    from_rank = ?cur,
+                    to_rank = ?fits,
+                    estimate_bps = budget_bps,
+                    upgrade_hold_ms = hold,
+                    "bandwidth: leg stepped down (none: track dropped)"
+                );
             }
             // A dropped track comes back like any upward step (a hold after it was
             // dropped), and only with a margin over its lowest layer, so a budget close
@@ -927,6 +942,12 @@ pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, c
                         fits = Some(0);
                         sink.up_hold_ms.store(hold, Ordering::Relaxed);
                         sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                        tracing::debug!(
+                            participant = subscriber,
+                            track = %source.info.track.track_id,
+                            estimate_bps = budget_bps,
+                            "bandwidth: dropped track resumed at its lowest layer"
+                        );
                     }
                     _ => fits = None,
                 }
@@ -958,6 +979,14 @@ pub(crate) async fn allocate(legs: &[Arc<Leg>], budget_bps: u64, now: Instant, c
                         fit = cur + 1;
                         sink.up_hold_ms.store(hold, Ordering::Relaxed);
                         sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                        tracing::debug!(
+                            participant = subscriber,
+                            track = %source.info.track.track_id,
+                            from_rank = cur,
+                            to_rank = fit,
+                            estimate_bps = budget_bps,
+                            "bandwidth: leg stepped up"
+                        );
                     }
                 }
             }
