@@ -390,13 +390,18 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     // for more retransmissions than its budget under the limit; the rest were not resent.
     let stats = sfu.stats();
     let (nacks, suppressed) = (
-        stats.nacks_received.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .nacks_received
+            .load(std::sync::atomic::Ordering::Relaxed),
         stats
             .retransmits_suppressed
             .load(std::sync::atomic::Ordering::Relaxed),
     );
     eprintln!("NACKs received {nacks}, retransmissions suppressed {suppressed}");
-    assert!(nacks > 0 && suppressed > 0, "{nacks} NACKs, {suppressed} suppressed");
+    assert!(
+        nacks > 0 && suppressed > 0,
+        "{nacks} NACKs, {suppressed} suppressed"
+    );
 
     // Sluice first: closing a peer first makes Sluice renegotiate with the other.
     sfu.shutdown(HangupReason::UserHangup).await;
