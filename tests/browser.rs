@@ -437,7 +437,17 @@ async fn insertable_streams_e2ee_media_passes_through_sluice_untouched() {
            s.filter(x => x.kind === 'video' && x.packetsReceived > 50).length === 2);",
     )
     .await;
-    let (_, dec, failed) = e2ee_counters(&c).await;
+    // Frames reach the decryptor once complete (from a keyframe on, and after each layer
+    // switch the bandwidth allocator makes): wait for enough of them rather than reading
+    // the counter at one instant.
+    let deadline = std::time::Instant::now() + LONG;
+    let (dec, failed) = loop {
+        let (_, dec, failed) = e2ee_counters(&c).await;
+        if failed > 20 || std::time::Instant::now() > deadline {
+            break (dec, failed);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(dec, 0);
     assert!(failed > 20, "wrong-key frames counted as failed: {failed}");
     assert_eq!(total(&inbound(&c).await, "video", "framesDecoded"), 0);

@@ -77,6 +77,9 @@ pub struct CallOptions {
     pub sluice_pid: Option<u32>,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Drive Janus's VideoRoom at this HTTP API URL (the peer-SFU baseline) instead of
+    /// Sluice through Matrix; `sluice_pid` is then Janus's process.
+    pub janus: Option<String>,
 }
 
 /// Refuses a target that is not on loopback: the tool generates heavy traffic.
@@ -151,13 +154,13 @@ impl StreamRx {
     }
 }
 
-struct Shared {
+pub(crate) struct Shared {
     epoch: Instant,
     window_open: AtomicBool,
     window_closed: AtomicBool,
     /// Per (subscriber index, publisher stream number).
     streams: Mutex<HashMap<(u32, u32), StreamRx>>,
-    invite_to_answer_ms: Mutex<Vec<f64>>,
+    pub(crate) invite_to_answer_ms: Mutex<Vec<f64>>,
     invite_to_media_ms: Mutex<Vec<f64>>,
     joined: AtomicU64,
     /// Latency samples (µs) since the last timeline tick.
@@ -271,7 +274,7 @@ impl PeerConnectionEventHandler for Handler {
 }
 
 /// One published track: (local track, kind, SSRCs, payload type, track id, sender).
-type Send = (
+pub(crate) type Send = (
     Arc<TrackLocalStaticRTP>,
     RtpCodecKind,
     Vec<u32>,
@@ -304,22 +307,26 @@ const LAYERS: [(&str, u16, u16, u32); 3] = [
     ("f", 1280, 720, 177),
 ];
 
-async fn build_participant(
-    account: Account,
-    room_id: String,
+/// What [`build_pc`] returns: the connection, its send tracks, its local candidates (as
+/// `{candidate, sdpMid, sdpMLineIndex}`), its tasks, and when its invite went out.
+pub(crate) type BuiltPc = (
+    Arc<dyn PeerConnection>,
+    Vec<Send>,
+    mpsc::UnboundedReceiver<Value>,
+    Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    Arc<Mutex<Option<Instant>>>,
+);
+
+/// A webrtc-rs peer connection on loopback whose received media is counted in `shared`
+/// as subscriber `idx`; with `publish`, it carries audio (and, for the video profile,
+/// three-layer simulcast VP8) send tracks.
+pub(crate) async fn build_pc(
     idx: u32,
     publish: bool,
     profile: Profile,
     shared: Arc<Shared>,
-    sfu: (String, String),
-) -> Result<
-    (
-        Arc<Participant>,
-        mpsc::UnboundedReceiver<Value>,
-        Arc<Mutex<Option<Instant>>>,
-    ),
-    String,
-> {
+    bind: &str,
+) -> Result<BuiltPc, String> {
     let mut media = MediaEngine::default();
     media
         .register_codec(opus(), RtpCodecKind::Audio)
@@ -345,12 +352,12 @@ async fn build_participant(
         .with_media_engine(media)
         .with_setting_engine(
             SettingEngineBuilder::new()
-                .with_include_loopback_candidate(true)
+                .with_include_loopback_candidate(bind.starts_with("127."))
                 .build(),
         )
         .with_interceptor_registry(registry)
         .with_handler(handler as Arc<dyn PeerConnectionEventHandler>)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+        .with_udp_addrs(vec![format!("{bind}:0")])
         .build()
         .await
         .map_err(|e| e.to_string())?;
@@ -405,6 +412,27 @@ async fn build_participant(
             sends.push((local, kind, ssrcs, c.payload_type, track_id, sender));
         }
     }
+    Ok((pc, sends, cand_rx, tasks, invite_at))
+}
+
+async fn build_participant(
+    account: Account,
+    room_id: String,
+    idx: u32,
+    publish: bool,
+    profile: Profile,
+    shared: Arc<Shared>,
+    sfu: (String, String),
+) -> Result<
+    (
+        Arc<Participant>,
+        mpsc::UnboundedReceiver<Value>,
+        Arc<Mutex<Option<Instant>>>,
+    ),
+    String,
+> {
+    let (pc, sends, cand_rx, tasks, invite_at) =
+        build_pc(idx, publish, profile, shared, "127.0.0.1").await?;
     let dc = pc
         .create_data_channel("datachannel", None)
         .await
@@ -480,124 +508,14 @@ impl Participant {
 
     /// Sends the synthetic media until `stop`.
     fn start_sending(self: &Arc<Self>, shared: Arc<Shared>, stream_base: u32) {
-        for (i, (local, kind, ssrcs, pt, _, sender)) in self.sends.iter().enumerate() {
-            let streams: Vec<(u32, u32, Duration, usize)> = if *kind == RtpCodecKind::Audio {
-                vec![(
-                    ssrcs[0],
-                    stream_base + i as u32 * 4,
-                    Duration::from_millis(20),
-                    80,
-                )]
-            } else {
-                LAYERS
-                    .iter()
-                    .zip(ssrcs)
-                    .enumerate()
-                    .map(|(l, ((_, _, _, pps), ssrc))| {
-                        (
-                            *ssrc,
-                            stream_base + i as u32 * 4 + l as u32,
-                            Duration::from_micros(1_000_000 / *pps as u64),
-                            1200,
-                        )
-                    })
-                    .collect()
-            };
-            for (layer, (ssrc, stream, interval, len)) in streams.into_iter().enumerate() {
-                let local = local.clone();
-                let stop = self.stop.clone();
-                let shared = shared.clone();
-                let (pt, video) = (*pt, *kind == RtpCodecKind::Video);
-                let sender = sender.clone();
-                let pc = self.pc.clone();
-                let task = tokio::spawn(async move {
-                    // Simulcast layers carry mid and rid (webrtc-rs does not add them).
-                    let mut exts: Vec<rtp::header::Extension> = vec![];
-                    if video && let Ok(params) = sender.get_parameters().await {
-                        let id = |uri: &str| {
-                            params
-                                .rtp_parameters
-                                .header_extensions
-                                .iter()
-                                .find(|e| e.uri == uri)
-                                .map(|e| e.id as u8)
-                        };
-                        let mut mid = String::new();
-                        for t in pc.get_transceivers().await {
-                            if let Ok(Some(snd)) = t.sender().await
-                                && snd.id() == sender.id()
-                            {
-                                mid = t.mid().await.ok().flatten().unwrap_or_default();
-                            }
-                        }
-                        if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:mid") {
-                            exts.push(rtp::header::Extension {
-                                id,
-                                payload: Bytes::from(mid.into_bytes()),
-                            });
-                        }
-                        if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id") {
-                            exts.push(rtp::header::Extension {
-                                id,
-                                payload: Bytes::from_static(LAYERS[layer].0.as_bytes()),
-                            });
-                        }
-                    }
-                    let mut tick = tokio::time::interval(interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                    let mut seq: u32 = 0;
-                    let per_frame = (interval.as_micros() as u32 * 90 / 1000).max(1);
-                    let mut buf = vec![0u8; len];
-                    while !stop.load(Ordering::Relaxed) {
-                        tick.tick().await;
-                        let mut p = rtp::Packet::default();
-                        p.header.version = 2;
-                        p.header.payload_type = pt;
-                        p.header.ssrc = ssrc;
-                        p.header.sequence_number = seq as u16;
-                        p.header.marker = true;
-                        if !exts.is_empty() {
-                            p.header.extension = true;
-                            p.header.extension_profile = 0xBEDE;
-                            p.header.extensions = exts.clone();
-                        }
-                        let mut at = 0;
-                        if video {
-                            p.header.timestamp = seq.wrapping_mul(per_frame);
-                            // VP8: descriptor (S, picture id), then a keyframe header every
-                            // ~2 s carrying the layer's size, else an interframe byte.
-                            let key = seq
-                                .is_multiple_of((2_000_000 / interval.as_micros() as u32).max(1));
-                            let (_, w, h, _) = LAYERS[layer];
-                            let pic = (seq & 0x7FFF) as u16 | 0x8000;
-                            buf[..4].copy_from_slice(&[0x90, 0x80, (pic >> 8) as u8, pic as u8]);
-                            if key {
-                                buf[4..10].copy_from_slice(&[0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a]);
-                                buf[10..12].copy_from_slice(&w.to_le_bytes());
-                                buf[12..14].copy_from_slice(&h.to_le_bytes());
-                                at = 14;
-                            } else {
-                                buf[4] = 0x51;
-                                at = 5;
-                            }
-                        } else {
-                            p.header.timestamp = seq.wrapping_mul(960);
-                        }
-                        buf[at..at + 4].copy_from_slice(MAGIC);
-                        buf[at + 4..at + 8].copy_from_slice(&stream.to_be_bytes());
-                        buf[at + 8..at + 12].copy_from_slice(&seq.to_be_bytes());
-                        buf[at + 12..at + 20].copy_from_slice(&shared.now_us().to_be_bytes());
-                        p.payload = Bytes::copy_from_slice(&buf);
-                        // Fails until the track is bound (the first negotiation done).
-                        if local.write_rtp(p).await.is_ok() {
-                            shared.sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        seq = seq.wrapping_add(1);
-                    }
-                });
-                self.tasks.lock().unwrap().push(task);
-            }
-        }
+        start_sending(
+            &self.pc,
+            &self.sends,
+            &self.stop,
+            &self.tasks,
+            shared,
+            stream_base,
+        );
     }
 
     async fn close(&self) {
@@ -619,6 +537,136 @@ impl Participant {
 }
 
 /// Joins one participant: membership, invite, answer, candidates, data channel.
+/// Sends the synthetic media of `sends` (from [`build_pc`]) until `stop`; stream numbers
+/// start at `stream_base`.
+pub(crate) fn start_sending(
+    pc: &Arc<dyn PeerConnection>,
+    sends: &[Send],
+    stop: &Arc<AtomicBool>,
+    tasks: &Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    stream_base: u32,
+) {
+    for (i, (local, kind, ssrcs, pt, _, sender)) in sends.iter().enumerate() {
+        let streams: Vec<(u32, u32, Duration, usize)> = if *kind == RtpCodecKind::Audio {
+            vec![(
+                ssrcs[0],
+                stream_base + i as u32 * 4,
+                Duration::from_millis(20),
+                80,
+            )]
+        } else {
+            LAYERS
+                .iter()
+                .zip(ssrcs)
+                .enumerate()
+                .map(|(l, ((_, _, _, pps), ssrc))| {
+                    (
+                        *ssrc,
+                        stream_base + i as u32 * 4 + l as u32,
+                        Duration::from_micros(1_000_000 / *pps as u64),
+                        1200,
+                    )
+                })
+                .collect()
+        };
+        for (layer, (ssrc, stream, interval, len)) in streams.into_iter().enumerate() {
+            let local = local.clone();
+            let stop = stop.clone();
+            let shared = shared.clone();
+            let (pt, video) = (*pt, *kind == RtpCodecKind::Video);
+            let sender = sender.clone();
+            let pc = pc.clone();
+            let task = tokio::spawn(async move {
+                // Simulcast layers carry mid and rid (webrtc-rs does not add them).
+                let mut exts: Vec<rtp::header::Extension> = vec![];
+                if video && let Ok(params) = sender.get_parameters().await {
+                    let id = |uri: &str| {
+                        params
+                            .rtp_parameters
+                            .header_extensions
+                            .iter()
+                            .find(|e| e.uri == uri)
+                            .map(|e| e.id as u8)
+                    };
+                    let mut mid = String::new();
+                    for t in pc.get_transceivers().await {
+                        if let Ok(Some(snd)) = t.sender().await
+                            && snd.id() == sender.id()
+                        {
+                            mid = t.mid().await.ok().flatten().unwrap_or_default();
+                        }
+                    }
+                    if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:mid") {
+                        exts.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::from(mid.into_bytes()),
+                        });
+                    }
+                    if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id") {
+                        exts.push(rtp::header::Extension {
+                            id,
+                            payload: Bytes::from_static(LAYERS[layer].0.as_bytes()),
+                        });
+                    }
+                }
+                let mut tick = tokio::time::interval(interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut seq: u32 = 0;
+                let per_frame = (interval.as_micros() as u32 * 90 / 1000).max(1);
+                let mut buf = vec![0u8; len];
+                while !stop.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    let mut p = rtp::Packet::default();
+                    p.header.version = 2;
+                    p.header.payload_type = pt;
+                    p.header.ssrc = ssrc;
+                    p.header.sequence_number = seq as u16;
+                    p.header.marker = true;
+                    if !exts.is_empty() {
+                        p.header.extension = true;
+                        p.header.extension_profile = 0xBEDE;
+                        p.header.extensions = exts.clone();
+                    }
+                    let mut at = 0;
+                    if video {
+                        p.header.timestamp = seq.wrapping_mul(per_frame);
+                        // VP8: descriptor (S, picture id), then a keyframe header every
+                        // ~2 s carrying the layer's size, else an interframe byte.
+                        let key =
+                            seq.is_multiple_of((2_000_000 / interval.as_micros() as u32).max(1));
+                        let (_, w, h, _) = LAYERS[layer];
+                        let pic = (seq & 0x7FFF) as u16 | 0x8000;
+                        buf[..4].copy_from_slice(&[0x90, 0x80, (pic >> 8) as u8, pic as u8]);
+                        if key {
+                            buf[4..10].copy_from_slice(&[0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a]);
+                            buf[10..12].copy_from_slice(&w.to_le_bytes());
+                            buf[12..14].copy_from_slice(&h.to_le_bytes());
+                            at = 14;
+                        } else {
+                            buf[4] = 0x51;
+                            at = 5;
+                        }
+                    } else {
+                        p.header.timestamp = seq.wrapping_mul(960);
+                    }
+                    buf[at..at + 4].copy_from_slice(MAGIC);
+                    buf[at + 4..at + 8].copy_from_slice(&stream.to_be_bytes());
+                    buf[at + 8..at + 12].copy_from_slice(&seq.to_be_bytes());
+                    buf[at + 12..at + 20].copy_from_slice(&shared.now_us().to_be_bytes());
+                    p.payload = Bytes::copy_from_slice(&buf);
+                    // Fails until the track is bound (the first negotiation done).
+                    if local.write_rtp(p).await.is_ok() {
+                        shared.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seq = seq.wrapping_add(1);
+                }
+            });
+            tasks.lock().unwrap().push(task);
+        }
+    }
+}
+
 async fn join(
     p: Arc<Participant>,
     opts: &CallOptions,
@@ -855,9 +903,77 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Joins every participant through Janus: per room, a VideoRoom, its publishers, then
+/// every participant subscribing to the others' feeds.
+async fn join_janus(
+    opts: &CallOptions,
+    url: &str,
+    shared: Arc<Shared>,
+) -> Result<Vec<Arc<crate::janus::JanusPeer>>, String> {
+    use crate::janus::{Janus, JanusPeer};
+    let janus = Janus::new(url);
+    let gap = Duration::from_secs_f64(1.0 / opts.ramp_per_sec.max(0.1));
+    let total = opts.rooms * opts.participants;
+    let base_room = 40_000 + (std::process::id() as u64 % 10_000) * 100;
+    let mut peers = Vec::new();
+    for r in 0..opts.rooms {
+        let room = base_room + r as u64;
+        janus.create_room(room, opts.participants).await?;
+        let feed = |i: usize| room * 1000 + i as u64 + 1;
+        let mut phase = Vec::new();
+        for i in 0..opts.participants {
+            let idx = (r * opts.participants + i) as u32;
+            let publish = i < opts.publishers;
+            phase.push(
+                JanusPeer::publish_phase(
+                    &janus,
+                    room,
+                    feed(i),
+                    idx,
+                    publish,
+                    opts.profile,
+                    shared.clone(),
+                )
+                .await?,
+            );
+        }
+        for (i, (session, published)) in phase.into_iter().enumerate() {
+            let idx = (r * opts.participants + i) as u32;
+            let feeds: Vec<u64> = (0..opts.publishers).filter(|j| *j != i).map(feed).collect();
+            match JanusPeer::subscribe(
+                &janus,
+                session,
+                published,
+                room,
+                &feeds,
+                idx,
+                opts.profile,
+                shared.clone(),
+            )
+            .await
+            {
+                Ok(p) => {
+                    shared.joined.fetch_add(1, Ordering::Relaxed);
+                    peers.push(p);
+                }
+                Err(e) => shared.failed.lock().unwrap().push(e),
+            }
+            if opts.progress {
+                eprintln!(
+                    "joined {}/{} participants (Janus)",
+                    shared.joined.load(Ordering::Relaxed),
+                    total
+                );
+            }
+            tokio::time::sleep(gap).await;
+        }
+    }
+    Ok(peers)
+}
+
 /// Runs the load test and returns the report (JSON).
 pub async fn run(opts: CallOptions) -> Result<Value, String> {
-    check_loopback(&opts.homeserver)?;
+    check_loopback(opts.janus.as_deref().unwrap_or(&opts.homeserver))?;
     if opts.rooms == 0
         || opts.participants < 2
         || opts.publishers == 0
@@ -888,61 +1004,67 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
     let gap = Duration::from_secs_f64(1.0 / opts.ramp_per_sec.max(0.1));
     let total = opts.rooms * opts.participants;
     let mut idx = 0u32;
-    for r in 0..opts.rooms {
-        let mut accounts = Vec::new();
-        for i in 0..opts.participants {
-            accounts.push(
-                Account::register(&opts.homeserver, &format!("{tag}r{r}p{i}"), "loadtest-pw")
-                    .await?,
-            );
-        }
-        let mut invite: Vec<String> = accounts.iter().skip(1).map(|a| a.user_id.clone()).collect();
-        invite.push(opts.sluice_user.clone());
-        let room = accounts[0].create_call_room(&invite).await?;
-        for a in accounts.iter().skip(1) {
-            a.join(&room).await?;
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !accounts[0].is_joined(&room, &opts.sluice_user).await {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "Sluice ({}) did not join {room} within 30 s",
-                    opts.sluice_user
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        for (i, a) in accounts.into_iter().enumerate() {
-            let publish = i < opts.publishers;
-            let (p, cand_rx, invite_at) = build_participant(
-                a,
-                room.clone(),
-                idx,
-                publish,
-                opts.profile,
-                shared.clone(),
-                (opts.sluice_user.clone(), opts.sluice_device.clone()),
-            )
-            .await?;
-            match join(p.clone(), &opts, shared.clone(), cand_rx, invite_at).await {
-                Ok(()) => {
-                    shared.joined.fetch_add(1, Ordering::Relaxed);
-                    if publish {
-                        p.start_sending(shared.clone(), idx * 16);
-                    }
-                }
-                Err(e) => shared.failed.lock().unwrap().push(e),
-            }
-            all.push(p);
-            idx += 1;
-            if opts.progress {
-                eprintln!(
-                    "joined {}/{} participants",
-                    shared.joined.load(Ordering::Relaxed),
-                    total
+    let mut janus_peers = Vec::new();
+    if let Some(url) = opts.janus.clone() {
+        janus_peers = join_janus(&opts, &url, shared.clone()).await?;
+    } else {
+        for r in 0..opts.rooms {
+            let mut accounts = Vec::new();
+            for i in 0..opts.participants {
+                accounts.push(
+                    Account::register(&opts.homeserver, &format!("{tag}r{r}p{i}"), "loadtest-pw")
+                        .await?,
                 );
             }
-            tokio::time::sleep(gap).await;
+            let mut invite: Vec<String> =
+                accounts.iter().skip(1).map(|a| a.user_id.clone()).collect();
+            invite.push(opts.sluice_user.clone());
+            let room = accounts[0].create_call_room(&invite).await?;
+            for a in accounts.iter().skip(1) {
+                a.join(&room).await?;
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !accounts[0].is_joined(&room, &opts.sluice_user).await {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "Sluice ({}) did not join {room} within 30 s",
+                        opts.sluice_user
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for (i, a) in accounts.into_iter().enumerate() {
+                let publish = i < opts.publishers;
+                let (p, cand_rx, invite_at) = build_participant(
+                    a,
+                    room.clone(),
+                    idx,
+                    publish,
+                    opts.profile,
+                    shared.clone(),
+                    (opts.sluice_user.clone(), opts.sluice_device.clone()),
+                )
+                .await?;
+                match join(p.clone(), &opts, shared.clone(), cand_rx, invite_at).await {
+                    Ok(()) => {
+                        shared.joined.fetch_add(1, Ordering::Relaxed);
+                        if publish {
+                            p.start_sending(shared.clone(), idx * 16);
+                        }
+                    }
+                    Err(e) => shared.failed.lock().unwrap().push(e),
+                }
+                all.push(p);
+                idx += 1;
+                if opts.progress {
+                    eprintln!(
+                        "joined {}/{} participants",
+                        shared.joined.load(Ordering::Relaxed),
+                        total
+                    );
+                }
+                tokio::time::sleep(gap).await;
+            }
         }
     }
     tokio::time::sleep(opts.warmup).await;
@@ -985,6 +1107,9 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
     let window = t0.elapsed().as_secs_f64();
     let usage_end = opts.sluice_pid.and_then(proc_usage);
     for p in &all {
+        p.close().await;
+    }
+    for p in &janus_peers {
         p.close().await;
     }
     // Figures.
@@ -1041,6 +1166,7 @@ pub async fn run(opts: CallOptions) -> Result<Value, String> {
         "latency_ms": {"p50": percentile(&lat, 0.5), "p95": percentile(&lat, 0.95), "p99": percentile(&lat, 0.99), "max": lat.last().copied().unwrap_or(0.0)},
         "join_ms": {"invite_to_answer_p50": percentile(&ans, 0.5), "invite_to_answer_p95": percentile(&ans, 0.95),
                     "invite_to_first_media_p50": percentile(&media, 0.5), "invite_to_first_media_p95": percentile(&media, 0.95)},
+        "target": if opts.janus.is_some() { "janus" } else { "sluice" },
         "sluice": sluice,
         "timeline": timeline,
     }))

@@ -3,5 +3,6 @@
 
 pub mod call;
 pub mod floor;
+pub mod janus;
 pub mod matrix;
 pub mod plot;

@@ -11,6 +11,9 @@
 //!     --profile video --duration 30 [--warmup 5] [--ramp 5] [--json FILE]
 //! ```
 //!
+//! With `--janus URL --sluice-pid JANUS_PID` (no homeserver) the same participants go
+//! through Janus's VideoRoom over its HTTP API instead: the peer-SFU baseline.
+//!
 //! `micro`: benchmarks of the per-packet decisions of the forwarding
 //! path (header rewriting, VP8 continuity after a simulcast switch, keyframe detection,
 //! layer choice, keyframe throttling), each over a fixed number of iterations, reported as
@@ -177,7 +180,8 @@ const USAGE: &str = "usage: sluice-loadtest micro [--iterations N] [--json FILE]
        sluice-loadtest call --homeserver URL --sluice-user USER --sluice-device DEVICE\n\
            [--sluice-pid PID] [--rooms N] [--participants M] [--publishers K]\n\
            [--profile audio|video] [--duration SECS] [--warmup SECS] [--ramp PER_SEC]\n\
-           [--json FILE] [--plot FILE.png]";
+           [--json FILE] [--plot FILE.png]\n\
+       sluice-loadtest call --janus URL [--sluice-pid JANUS_PID] [same layout options]";
 
 fn call_main(args: &[String]) -> ExitCode {
     use sluice_loadtest::call::{CallOptions, Profile, run, table};
@@ -194,6 +198,7 @@ fn call_main(args: &[String]) -> ExitCode {
         warmup: Duration::from_secs(3),
         sluice_pid: None,
         progress: true,
+        janus: None,
     };
     let mut json_path = None;
     let mut plot_path: Option<String> = None;
@@ -215,6 +220,7 @@ fn call_main(args: &[String]) -> ExitCode {
                 "--sluice-user" => o.sluice_user = v.clone(),
                 "--sluice-device" => o.sluice_device = v.clone(),
                 "--sluice-pid" => o.sluice_pid = Some(num("--sluice-pid")? as u32),
+                "--janus" => o.janus = Some(v.clone()),
                 "--rooms" => o.rooms = num("--rooms")? as usize,
                 "--participants" => o.participants = num("--participants")? as usize,
                 "--publishers" => o.publishers = num("--publishers")? as usize,
@@ -236,8 +242,8 @@ fn call_main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if o.homeserver.is_empty() || o.sluice_user.is_empty() {
-        eprintln!("error: --homeserver and --sluice-user are required\n{USAGE}");
+    if o.janus.is_none() && (o.homeserver.is_empty() || o.sluice_user.is_empty()) {
+        eprintln!("error: --homeserver and --sluice-user (or --janus) are required\n{USAGE}");
         return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Runtime::new() {

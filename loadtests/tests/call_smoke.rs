@@ -56,6 +56,7 @@ async fn a_short_video_call_load_run_reports_every_figure() {
         // Sluice runs in this process: its CPU here includes the participants' own.
         sluice_pid: Some(std::process::id()),
         progress: false,
+        janus: None,
     })
     .await
     .unwrap();
