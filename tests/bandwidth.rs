@@ -3,7 +3,9 @@
 //! namespace behind a veth pair, and `tc` limits what Sluice can send it. Sluice's send-side
 //! estimate (GCC over the subscriber's transport-wide congestion control feedback) has to
 //! find the limit, the allocator has to step the leg down to a layer that fits, try upward
-//! no more often than its hold allows, and return to the top layer once the limit lifts.
+//! no more often than its hold allows, and return to the top layer once the limit lifts;
+//! below the lowest layer, drop the track and bring it back after the limit lifts, though
+//! with nothing sent no feedback can raise the estimate.
 //!
 //! Needs root (CAP_NET_ADMIN) and iproute2 (`ip`, `tc`); scripts/test runs as root in CI.
 
@@ -239,6 +241,17 @@ fn rank(rid: Option<&str>) -> u8 {
     }
 }
 
+/// Whether the subscriber's video is paused (dropped for bandwidth).
+fn paused(sfu: &Sfu, id: &str) -> bool {
+    let confs = sfu.conferences();
+    confs[0]
+        .participants
+        .iter()
+        .find(|p| p.id == id)
+        .and_then(|p| p.subscriptions.first().map(|s| s.paused))
+        .unwrap_or(false)
+}
+
 /// Upward changes in a layer sequence.
 fn ups(seq: &[u8]) -> usize {
     seq.windows(2).filter(|w| w[1] > w[0]).count()
@@ -385,6 +398,44 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
         t1.elapsed()
     );
     assert!(est > 300_000, "estimate {est} after the limit lifted");
+
+    // Below the lowest layer (q is about 55 kbit/s on the wire): the track is dropped.
+    // Then nothing is sent, so no feedback comes and the send-side estimate cannot grow
+    // on its own; once the limit lifts, the track has to come back anyway (it is retried
+    // after the hold) and climb to f again.
+    ns.limit(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !paused(&sfu, &id) {
+        assert!(
+            Instant::now() < deadline,
+            "track not dropped 30 s into a 30 kbit/s limit: {:?}",
+            view(&sfu, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    ns.unlimit();
+    let t2 = Instant::now();
+    let deadline = t2 + Duration::from_secs(90);
+    let mark = layers(&sub).len();
+    loop {
+        let got = layers(&sub);
+        let tail = &got[mark..];
+        if !paused(&sfu, &id) && tail.len() >= 90 && tail[tail.len() - 90..].iter().all(|l| *l == 2)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back on f 90 s after a below-q limit lifted: {:?}",
+            view(&sfu, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "dropped track back on f {:?} after the below-q limit lifted",
+        t2.elapsed()
+    );
 
     // The subscriber (webrtc-rs: it re-requests every missing packet every 100 ms) asked
     // for more retransmissions than its budget under the limit; the rest were not resent.

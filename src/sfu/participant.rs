@@ -422,7 +422,15 @@ impl Participant {
             .saturating_duration_since(self.join_clock.at)
             .as_millis() as u64
             + 1;
-        super::track::allocate(&self.id, &legs, self.estimates.effective(), now, clock_ms).await;
+        super::track::allocate(
+            &self.id,
+            &legs,
+            self.estimates.effective(),
+            self.estimates.is_stale(now),
+            now,
+            clock_ms,
+        )
+        .await;
     }
 
     /// The subscriber's effective bandwidth estimate (bits/s), 0 while unknown.

@@ -28,7 +28,7 @@ const TRANSPORT_CC_URI: &str =
 /// Two sources: the send-side estimate (GCC in webrtc's congestion control interceptor,
 /// fed by the subscriber's transport-wide congestion control feedback), and the REMB a
 /// subscriber may send. The effective estimate is the lower of those present.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Estimates {
     /// The send-side (GCC) estimate; set to the initial estimate once a sent stream
     /// negotiated transport-wide congestion control.
@@ -39,15 +39,45 @@ pub struct Estimates {
     pub initial: u64,
     /// Transport-wide feedback packets received.
     pub twcc_feedback: AtomicU64,
+    /// When the last transport-wide feedback arrived, ms since `epoch` plus one (0: never).
+    last_feedback_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// Without transport-wide feedback for this long, the send-side estimate is stale: it
+/// only changes when feedback arrives, and feedback only comes for what is sent.
+pub const STALE_AFTER: Duration = Duration::from_secs(2);
 
 impl Estimates {
     /// Estimates starting (once TWCC is negotiated) from `initial` bits/s.
     pub fn new(initial: u64) -> Self {
         Self {
+            gcc: AtomicU64::new(0),
+            remb: AtomicU64::new(0),
             initial,
-            ..Default::default()
+            twcc_feedback: AtomicU64::new(0),
+            last_feedback_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Notes transport-wide feedback arriving at `now`.
+    pub fn feedback_at(&self, now: Instant) {
+        self.twcc_feedback.fetch_add(1, Ordering::Relaxed);
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.last_feedback_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// True when the effective estimate is the send-side one and no feedback has arrived
+    /// for [`STALE_AFTER`] (say, because nothing is being sent): it says nothing about the
+    /// path any more.
+    pub fn is_stale(&self, now: Instant) -> bool {
+        if self.source() != "twcc" {
+            return false;
+        }
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        let last = self.last_feedback_ms.load(Ordering::Relaxed);
+        now_ms.saturating_sub(last) > STALE_AFTER.as_millis() as u64
     }
 
     /// The effective estimate: the lower of the send-side estimate and the REMB, whichever
@@ -172,7 +202,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
                             est.remb
                                 .store(remb.bitrate.max(0.0) as u64, Ordering::Relaxed);
                         } else if any.is::<TransportLayerCc>() {
-                            est.twcc_feedback.fetch_add(1, Ordering::Relaxed);
+                            est.feedback_at(msg.now);
                         }
                     }
                 }
@@ -480,6 +510,23 @@ mod tests {
         assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
         e.remb.store(0, Ordering::Relaxed);
         assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
+    }
+
+    #[test]
+    fn a_send_side_estimate_without_feedback_goes_stale() {
+        let e = Estimates::new(1_000_000);
+        let t0 = Instant::now();
+        // No send-side estimate yet: nothing to be stale.
+        assert!(!e.is_stale(t0 + Duration::from_secs(10)));
+        e.gcc.store(300_000, Ordering::Relaxed);
+        e.feedback_at(t0 + Duration::from_secs(1));
+        assert!(!e.is_stale(t0 + Duration::from_secs(2)));
+        assert!(e.is_stale(t0 + Duration::from_secs(4)));
+        e.feedback_at(t0 + Duration::from_secs(4));
+        assert!(!e.is_stale(t0 + Duration::from_millis(4500)));
+        // A REMB below it makes REMB the source: REMB does not go stale here.
+        e.remb.store(100_000, Ordering::Relaxed);
+        assert!(!e.is_stale(t0 + Duration::from_secs(60)));
     }
 
     #[test]

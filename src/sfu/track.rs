@@ -807,6 +807,9 @@ async fn resume(source: &PublishedTrack, sink: &LegSink) {
 /// Upward layer steps of one leg are at least this far apart (no flapping).
 pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
 
+/// A leg keeps at least its lowest layer this long after an upward step or a resume.
+pub(crate) const MIN_KEPT_AFTER_UP: Duration = Duration::from_secs(3);
+
 /// The longest the hold between upward steps grows to after failed upward steps.
 pub(crate) const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
 
@@ -863,11 +866,14 @@ pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64
 /// leg at the highest layer up to its size preference that fits what is left, stepping
 /// down first and dropping the track (until it fits again) only when even its lowest
 /// layer does not; upward steps one layer at a time, a hold apart (see [`may_step_up`]).
+/// A dropped track also comes back when the estimate is `stale` (no feedback: with
+/// nothing sent, a send-side estimate cannot recover on its own).
 /// Then re-targets every leg (sizes, stalls, caps).
 pub(crate) async fn allocate(
     subscriber: &str,
     legs: &[Arc<Leg>],
     budget_bps: u64,
+    stale: bool,
     now: Instant,
     clock_ms: u64,
 ) {
@@ -900,6 +906,18 @@ pub(crate) async fn allocate(
                 .rev()
                 .find(|i| ranked[*i].rate_bps() as i64 <= remaining);
             let was_paused = sink.bw_paused.load(Ordering::Relaxed);
+            // A track that just came back (or stepped up) keeps at least its lowest layer
+            // for a while: the feedback on it is what can move the estimate, and an
+            // estimate near that layer's rate would otherwise drop and resume it every
+            // tick, which left the estimate at its floor with no clean feedback at all.
+            if fits.is_none() && !was_paused {
+                let last_up = sink.last_up_ms.load(Ordering::Relaxed);
+                if last_up != 0
+                    && clock_ms.saturating_sub(last_up) < MIN_KEPT_AFTER_UP.as_millis() as u64
+                {
+                    fits = Some(0);
+                }
+            }
             let target = sink.target_ssrc.load(Ordering::Relaxed);
             let cur = ranked.iter().position(|l| l.ssrc == target);
             // Step down first; drop the track only when even its lowest layer does not fit.
@@ -930,8 +948,10 @@ pub(crate) async fn allocate(
             // A dropped track comes back like any upward step (a hold after it was
             // dropped), and only with a margin over its lowest layer, so a budget close
             // to that layer's rate does not toggle it every tick.
-            if was_paused && fits.is_some() {
-                let margin_ok = ranked[0].rate_bps() as i64 * 6 / 5 <= remaining;
+            // A stale estimate (no feedback, because nothing is sent) cannot grow: the
+            // track comes back anyway once the hold allows, and the feedback on it decides.
+            if was_paused && (fits.is_some() || stale) {
+                let margin_ok = stale || ranked[0].rate_bps() as i64 * 6 / 5 <= remaining;
                 match may_step_up(
                     clock_ms,
                     sink.last_up_ms.load(Ordering::Relaxed),
@@ -946,6 +966,7 @@ pub(crate) async fn allocate(
                             participant = subscriber,
                             track = %source.info.track.track_id,
                             estimate_bps = budget_bps,
+                            stale,
                             "bandwidth: dropped track resumed at its lowest layer"
                         );
                     }
