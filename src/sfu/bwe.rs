@@ -48,7 +48,17 @@ pub struct SubscriberEstimator {
     last_increase: Option<Instant>,
     /// Underuse seen since the last decrease (the queue drained): growth may resume.
     holding: bool,
+    /// Delay readings so far, at most [`MAX_DELTAS`]: the trend's scale.
+    deltas: u32,
+    /// When the last reports came.
+    last_report: Option<Instant>,
 }
+
+/// Feedback pausing this long restarts the delay detection.
+const FEEDBACK_GAP: Duration = Duration::from_secs(1);
+
+/// The delay trend is scaled by the number of readings, up to this many.
+const MAX_DELTAS: u32 = 60;
 
 impl SubscriberEstimator {
     /// An estimator starting at `initial` bits/s, held within `min..=max`.
@@ -67,6 +77,8 @@ impl SubscriberEstimator {
             last_decrease: None,
             last_increase: None,
             holding: false,
+            deltas: 0,
+            last_report: None,
         }
     }
 
@@ -125,13 +137,35 @@ impl BandwidthEstimator for SubscriberEstimator {
         if reports.is_empty() {
             return;
         }
+        // After a gap in feedback (nothing was sent: every track dropped), the delay
+        // state describes a queue long gone, and the first reading spans the gap: start
+        // the delay half afresh. Without this, the detector stayed at `Over` with no loss
+        // after a dropped track came back, and held the estimate at its floor (the
+        // below-the-lowest-layer phase of tests/bandwidth.rs).
+        if self
+            .last_report
+            .is_some_and(|t| now.saturating_duration_since(t) > FEEDBACK_GAP)
+        {
+            self.slope = SlopeEstimator::new();
+            self.detector = OveruseDetector::new();
+            self.deltas = 0;
+        }
+        self.last_report = Some(now);
         let mut usage = self.detector.usage();
         for report in reports {
             if report.arrived {
                 self.received.add(now, report.size);
             }
             if let Some(trend) = self.slope.accumulate(report) {
-                usage = self.detector.update(trend.at, trend.estimate_ms);
+                // The filtered delay change per packet group, scaled by the number of
+                // groups seen (at most 60) as libwebrtc does before comparing with the
+                // adaptive threshold (12.5 ms to start). Unscaled, a queue growing by a
+                // few ms per group never crossed it: behind a 200 kbit/s limit with a
+                // 400 ms queue, webrtc's detector said `Normal` throughout.
+                self.deltas = (self.deltas + 1).min(MAX_DELTAS);
+                usage = self
+                    .detector
+                    .update(trend.at, trend.estimate_ms * f64::from(self.deltas));
             }
         }
         let received = self.received.rate_bits_per_second(now);
@@ -149,6 +183,73 @@ impl BandwidthEstimator for SubscriberEstimator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_growing_queue_makes_the_delay_half_decrease() {
+        use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+        let t0 = Instant::now();
+        let mut e = SubscriberEstimator::new(1_000_000.0, 50_000.0, 10_000_000.0);
+        // 30 packets/s of 1200 bytes; the path carries less, so each packet waits 3 ms
+        // longer than the one before; feedback every 100 ms.
+        let mut batch = Vec::new();
+        let mut saw_over = false;
+        for i in 0..150u64 {
+            let departure = t0 + Duration::from_micros(i * 33_333);
+            let arrival = Duration::from_micros(i * 33_333 + 20_000 + i * 3_000);
+            batch.push(PacketReport {
+                ssrc: 1,
+                id: i,
+                rtp_sequence_number: i as u16,
+                is_twcc: true,
+                twcc_sequence_number: i as u16,
+                size: 1200,
+                arrived: true,
+                departure,
+                arrival: Some(arrival),
+                ecn: Ecn::default(),
+            });
+            if batch.len() == 3 {
+                let now = departure + Duration::from_millis(120);
+                e.on_reports(now, &batch);
+                batch.clear();
+                saw_over |= e.detector.usage() == Usage::Over;
+            }
+        }
+        assert!(saw_over, "no overuse from a queue growing 3 ms per packet");
+        assert!(e.delay_target < 1_000_000.0, "{}", e.delay_target);
+    }
+
+    #[test]
+    fn a_steady_path_with_jitter_is_not_overuse() {
+        use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+        let t0 = Instant::now();
+        let mut e = SubscriberEstimator::new(1_000_000.0, 50_000.0, 10_000_000.0);
+        let mut batch = Vec::new();
+        for i in 0..300u64 {
+            let departure = t0 + Duration::from_micros(i * 33_333);
+            // 20 ms of delay with ±1.5 ms of jitter, no trend.
+            let jitter = [0, 1_500, 700, 1_200, 300][(i % 5) as usize];
+            let arrival = Duration::from_micros(i * 33_333 + 20_000 + jitter);
+            batch.push(PacketReport {
+                ssrc: 1,
+                id: i,
+                rtp_sequence_number: i as u16,
+                is_twcc: true,
+                twcc_sequence_number: i as u16,
+                size: 1200,
+                arrived: true,
+                departure,
+                arrival: Some(arrival),
+                ecn: Ecn::default(),
+            });
+            if batch.len() == 3 {
+                e.on_reports(departure + Duration::from_millis(120), &batch);
+                batch.clear();
+                assert_ne!(e.detector.usage(), Usage::Over, "packet {i}");
+            }
+        }
+        assert!(e.delay_target > 1_000_000.0, "{}", e.delay_target);
+    }
 
     #[test]
     fn overuse_decreases_once_per_interval_from_the_received_rate() {
