@@ -181,6 +181,21 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
+/// Sets `desc` as `pc`'s local description and returns the SDP it ended up with.
+async fn apply_local(
+    pc: &Arc<dyn PeerConnection>,
+    desc: RTCSessionDescription,
+) -> Result<String, String> {
+    pc.set_local_description(desc)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(pc
+        .local_description()
+        .await
+        .ok_or("no local description")?
+        .sdp)
+}
+
 /// Sends `pc`'s local candidates to `handle` as they are gathered.
 fn trickle_candidates(
     janus: &Janus,
@@ -218,14 +233,7 @@ impl JanusPeer {
             build_pc(idx, true, profile, shared, &bind_ip()).await?;
         let handle = janus.attach(session).await?;
         let offer = pc.create_offer(None).await.map_err(|e| e.to_string())?;
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or("no local description")?
-            .sdp;
+        let sdp = apply_local(&pc, offer).await?;
         *invite_at.lock().unwrap() = Some(Instant::now());
         janus
             .message(
@@ -305,14 +313,7 @@ impl JanusPeer {
         .await
         .map_err(|e| e.to_string())?;
         let answer = pc.create_answer(None).await.map_err(|e| e.to_string())?;
-        pc.set_local_description(answer)
-            .await
-            .map_err(|e| e.to_string())?;
-        let sdp = pc
-            .local_description()
-            .await
-            .ok_or("no local description")?
-            .sdp;
+        let sdp = apply_local(&pc, answer).await?;
         janus
             .message(
                 session,

@@ -184,9 +184,24 @@ impl BandwidthEstimator for SubscriberEstimator {
 mod tests {
     use super::*;
 
+    /// Packet `i`, 1200 bytes, that left at `departure` and arrived at `arrival`.
+    fn arrived(i: u64, departure: Instant, arrival: Duration) -> PacketReport {
+        PacketReport {
+            ssrc: 1,
+            id: i,
+            rtp_sequence_number: i as u16,
+            is_twcc: true,
+            twcc_sequence_number: i as u16,
+            size: 1200,
+            arrived: true,
+            departure,
+            arrival: Some(arrival),
+            ecn: rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn::default(),
+        }
+    }
+
     #[test]
     fn a_growing_queue_makes_the_delay_half_decrease() {
-        use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
         let t0 = Instant::now();
         let mut e = SubscriberEstimator::new(1_000_000.0, 50_000.0, 10_000_000.0);
         // 30 packets/s of 1200 bytes; the path carries less, so each packet waits 3 ms
@@ -196,18 +211,7 @@ mod tests {
         for i in 0..150u64 {
             let departure = t0 + Duration::from_micros(i * 33_333);
             let arrival = Duration::from_micros(i * 33_333 + 20_000 + i * 3_000);
-            batch.push(PacketReport {
-                ssrc: 1,
-                id: i,
-                rtp_sequence_number: i as u16,
-                is_twcc: true,
-                twcc_sequence_number: i as u16,
-                size: 1200,
-                arrived: true,
-                departure,
-                arrival: Some(arrival),
-                ecn: Ecn::default(),
-            });
+            batch.push(arrived(i, departure, arrival));
             if batch.len() == 3 {
                 let now = departure + Duration::from_millis(120);
                 e.on_reports(now, &batch);
@@ -221,7 +225,6 @@ mod tests {
 
     #[test]
     fn a_steady_path_with_jitter_is_not_overuse() {
-        use rtc::rtcp::transport_feedbacks::cc_feedback_report::Ecn;
         let t0 = Instant::now();
         let mut e = SubscriberEstimator::new(1_000_000.0, 50_000.0, 10_000_000.0);
         let mut batch = Vec::new();
@@ -230,18 +233,7 @@ mod tests {
             // 20 ms of delay with ±1.5 ms of jitter, no trend.
             let jitter = [0, 1_500, 700, 1_200, 300][(i % 5) as usize];
             let arrival = Duration::from_micros(i * 33_333 + 20_000 + jitter);
-            batch.push(PacketReport {
-                ssrc: 1,
-                id: i,
-                rtp_sequence_number: i as u16,
-                is_twcc: true,
-                twcc_sequence_number: i as u16,
-                size: 1200,
-                arrived: true,
-                departure,
-                arrival: Some(arrival),
-                ecn: Ecn::default(),
-            });
+            batch.push(arrived(i, departure, arrival));
             if batch.len() == 3 {
                 e.on_reports(departure + Duration::from_millis(120), &batch);
                 batch.clear();

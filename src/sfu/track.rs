@@ -523,6 +523,24 @@ pub(crate) struct LegSink {
 }
 
 impl LegSink {
+    /// Takes an upward step at `clock_ms` if the hold allows (see [`may_step_up`]),
+    /// recording it; false while held.
+    pub(crate) fn try_step_up(&self, clock_ms: u64) -> bool {
+        match may_step_up(
+            clock_ms,
+            self.last_up_ms.load(Ordering::Relaxed),
+            self.last_forced_down_ms.load(Ordering::Relaxed),
+            self.up_hold_ms.load(Ordering::Relaxed),
+        ) {
+            Some(hold) => {
+                self.up_hold_ms.store(hold, Ordering::Relaxed);
+                self.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The subscriber's rendered size, if it said.
     pub(crate) fn want(&self) -> Option<(u32, u32)> {
         let w = self.want.load(Ordering::Relaxed);
@@ -952,25 +970,17 @@ pub(crate) async fn allocate(
             // track comes back anyway once the hold allows, and the feedback on it decides.
             if was_paused && (fits.is_some() || stale) {
                 let margin_ok = stale || ranked[0].rate_bps() as i64 * 6 / 5 <= remaining;
-                match may_step_up(
-                    clock_ms,
-                    sink.last_up_ms.load(Ordering::Relaxed),
-                    sink.last_forced_down_ms.load(Ordering::Relaxed),
-                    sink.up_hold_ms.load(Ordering::Relaxed),
-                ) {
-                    Some(hold) if margin_ok => {
-                        fits = Some(0);
-                        sink.up_hold_ms.store(hold, Ordering::Relaxed);
-                        sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
-                        tracing::debug!(
-                            participant = subscriber,
-                            track = %source.info.track.track_id,
-                            estimate_bps = budget_bps,
-                            stale,
-                            "bandwidth: dropped track resumed at its lowest layer"
-                        );
-                    }
-                    _ => fits = None,
+                if margin_ok && sink.try_step_up(clock_ms) {
+                    fits = Some(0);
+                    tracing::debug!(
+                        participant = subscriber,
+                        track = %source.info.track.track_id,
+                        estimate_bps = budget_bps,
+                        stale,
+                        "bandwidth: dropped track resumed at its lowest layer"
+                    );
+                } else {
+                    fits = None;
                 }
             }
             let dropped = fits.is_none();
@@ -989,26 +999,18 @@ pub(crate) async fn allocate(
             if let Some(cur) = cur
                 && fit > cur
             {
-                match may_step_up(
-                    clock_ms,
-                    sink.last_up_ms.load(Ordering::Relaxed),
-                    sink.last_forced_down_ms.load(Ordering::Relaxed),
-                    sink.up_hold_ms.load(Ordering::Relaxed),
-                ) {
-                    None => fit = cur,
-                    Some(hold) => {
-                        fit = cur + 1;
-                        sink.up_hold_ms.store(hold, Ordering::Relaxed);
-                        sink.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
-                        tracing::debug!(
-                            participant = subscriber,
-                            track = %source.info.track.track_id,
-                            from_rank = cur,
-                            to_rank = fit,
-                            estimate_bps = budget_bps,
-                            "bandwidth: leg stepped up"
-                        );
-                    }
+                if sink.try_step_up(clock_ms) {
+                    fit = cur + 1;
+                    tracing::debug!(
+                        participant = subscriber,
+                        track = %source.info.track.track_id,
+                        from_rank = cur,
+                        to_rank = fit,
+                        estimate_bps = budget_bps,
+                        "bandwidth: leg stepped up"
+                    );
+                } else {
+                    fit = cur;
                 }
             }
             sink.cap_rank.store(fit as u32, Ordering::Relaxed);
