@@ -208,9 +208,11 @@ pub struct SfuConfig {
     pub max_conferences: usize,
     /// Maximum tracks one participant may subscribe to at once.
     pub max_subscriptions_per_participant: usize,
-    /// Packets queued per subscriber leg between the forwarder and the leg's writer; a leg
-    /// that falls further behind loses packets (counted as `queue_full`).
-    pub leg_queue_packets: usize,
+    /// Deprecated and ignored: legs no longer have a queue of Sluice's own (the forwarder
+    /// hands packets straight to the subscriber connection, whose driver queue bounds a
+    /// slow leg). Still accepted so that existing files load; `serve` and `check-config`
+    /// warn about it (see [`Config::deprecations`]).
+    pub leg_queue_packets: Option<usize>,
     /// Audio louder than this (in −dBov, RFC 6464: 0 loudest, 127 silent) counts as speech.
     pub speaker_threshold_dbov: u8,
     /// Milliseconds a speaker stays announced after dropping below the threshold.
@@ -238,7 +240,7 @@ impl Default for SfuConfig {
             max_participants_per_conference: 100,
             max_conferences: 1000,
             max_subscriptions_per_participant: 200,
-            leg_queue_packets: 512,
+            leg_queue_packets: None,
             speaker_threshold_dbov: 50,
             speaker_hold_ms: 1000,
             max_active_speakers: 4,
@@ -358,6 +360,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Options that are set but no longer have an effect, each with what to do instead.
+    pub fn deprecations(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.sfu.leg_queue_packets.is_some() {
+            out.push(
+                "sfu.leg_queue_packets is deprecated and ignored: legs no longer queue packets \
+                 in Sluice (a slow subscriber's connection drops them, counted as \
+                 queue_full); remove the option"
+                    .to_string(),
+            );
+        }
+        out
+    }
+
     /// Checks value ranges and relations between options.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.sfu;
@@ -434,13 +450,6 @@ impl Config {
                     "{} / {} / {}",
                     s.bandwidth_min_kbps, s.bandwidth_initial_kbps, s.bandwidth_max_kbps
                 ),
-            });
-        }
-        if !(16..=65_536).contains(&s.leg_queue_packets) {
-            return Err(ConfigError::Invalid {
-                option: "sfu.leg_queue_packets",
-                expected: "a packet count between 16 and 65536",
-                got: s.leg_queue_packets.to_string(),
             });
         }
         let h = &self.http;
@@ -581,6 +590,15 @@ mod tests {
     }
 
     #[test]
+    fn deprecated_leg_queue_option_loads_and_is_reported() {
+        let c = Config::from_toml_str("[sfu]\nleg_queue_packets = 512\n").unwrap();
+        let d = c.deprecations();
+        assert_eq!(d.len(), 1);
+        assert!(d[0].starts_with("sfu.leg_queue_packets"), "{d:?}");
+        assert!(Config::from_toml_str("").unwrap().deprecations().is_empty());
+    }
+
+    #[test]
     fn example_config_is_valid_and_matches_defaults() {
         let text = include_str!("../deploy/sluice.example.toml");
         let c = Config::from_toml_str(text).unwrap();
@@ -588,6 +606,7 @@ mod tests {
         assert_eq!(c.sfu.bind_address, d.bind_address);
         assert_eq!(c.sfu.ice_connect_timeout_secs, d.ice_connect_timeout_secs);
         assert_eq!(c.sfu.leg_queue_packets, d.leg_queue_packets);
+        assert!(c.deprecations().is_empty(), "{:?}", c.deprecations());
         assert_eq!(c.sfu.bandwidth_initial_kbps, d.bandwidth_initial_kbps);
         assert_eq!(c.sfu.bandwidth_min_kbps, d.bandwidth_min_kbps);
         assert_eq!(c.sfu.bandwidth_max_kbps, d.bandwidth_max_kbps);

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
+            Ok(c) => {
+                for d in c.deprecations() {
+                    eprintln!("warning: {d}");
+                }
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }
@@ -54,6 +57,9 @@ fn main() -> ExitCode {
                 }
             };
             sluice::logging::init(&cfg.log);
+            for d in cfg.deprecations() {
+                tracing::warn!("{d}");
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {

@@ -7,8 +7,9 @@
 //!
 //! Each participant has exactly one peer connection that both publishes and subscribes.
 //! A publisher track's packets are fanned out by one forwarder task to per-subscriber
-//! *legs*; each leg has its own bounded queue and writer task that rewrites the packet for
-//! what that leg negotiated (see [`rewrite`]).
+//! *legs*: for each, the forwarder rewrites a copy of the packet for what that leg
+//! negotiated (see [`rewrite`]) and hands it to the subscriber's connection without
+//! waiting.
 
 pub mod bwe;
 pub mod codec;

@@ -660,7 +660,6 @@ impl Participant {
                 &*self.pc,
                 source,
                 inner.stats.clone(),
-                inner.config.leg_queue_packets,
                 self.join_clock.clone(),
             )
             .await?;

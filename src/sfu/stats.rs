@@ -26,7 +26,8 @@ impl MediaKind {
 /// Why a forwarded packet did not reach a subscriber leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// The leg's queue was full: its writer fell behind.
+    /// The subscriber connection's send queue was full (its driver fell behind), so the
+    /// packet was dropped for that leg.
     QueueFull = 0,
     /// webrtc refused the write (track unbound, connection closing).
     WriteFailed = 1,

@@ -3,11 +3,10 @@
 //! ```text
 //! publisher PC ──► TrackRemote::poll ──► forwarder task (one per published track)
 //!                                         │ for each attached LegSink whose layer matches:
-//!                                         │   try_send((arrival, packet.clone()))  (never waits)
+//!                                         │   clone, LegRewriter::rewrite, write_rtp polled
+//!                                         │   once (never waits; full: drop + count)
 //!                                         ▼
-//!                             bounded queue per leg ──► writer task (one per leg):
-//!                                                         LegRewriter::rewrite, write_rtp
-//!                                                         ──► subscriber PC
+//!                               subscriber PC's driver channel ──► subscriber PC
 //! subscriber PC ──► TrackLocal::poll (PLI/FIR) ──► rtcp task (one per leg)
 //!                                                  ──► KeyframeThrottle ──► publisher PLI
 //! ```
@@ -29,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -370,8 +368,9 @@ impl PublishedTrack {
         self.legs.store(Arc::new(Vec::new()));
     }
 
-    /// Fans one packet out to the attached legs. Never waits: a full leg queue drops the
-    /// packet for that leg only, and counts it.
+    /// Fans one packet out to the attached legs. Never waits: a leg whose connection's
+    /// queue is full loses the packet (and only that leg), counted as `queue_full`; see
+    /// [`LegSink::write`].
     #[inline]
     pub(crate) fn forward(&self, pkt: rtp::Packet, now: Instant) {
         self.stats.record_in(self.info.kind, pkt.payload.len());
@@ -423,9 +422,7 @@ impl PublishedTrack {
                 sink.selected_ssrc.store(ssrc, Ordering::Relaxed);
                 sink.target_ssrc.store(ssrc, Ordering::Relaxed);
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = sink.tx.try_send((now, pkt.clone())) {
-                self.stats.record_drop(DropReason::QueueFull);
-            }
+            sink.write(&pkt, now, &self.stats, self.info.kind);
         }
     }
 
@@ -499,9 +496,20 @@ impl PublishedTrack {
     }
 }
 
+/// What writing to a leg needs beyond the packet: the negotiated parameters and the
+/// rewriter's continuity state. Only the source's forwarder task writes, so the lock
+/// around it is uncontended on the packet path (activation sets `params` once).
+struct LegWriter {
+    params: Option<Arc<LegParams>>,
+    rewriter: LegRewriter,
+}
+
 /// The forwarder's handle on one subscriber leg.
 pub(crate) struct LegSink {
-    tx: mpsc::Sender<(Instant, rtp::Packet)>,
+    /// The leg's send track: the forwarder hands packets to webrtc through it directly.
+    local: Arc<TrackLocalStaticRTP>,
+    writer: Mutex<LegWriter>,
+    join_clock: Arc<super::participant::JoinClock>,
     /// The source SSRC (simulcast layer) this leg receives now; 0 before the first.
     pub(crate) selected_ssrc: AtomicU32,
     /// The layer it should receive; the forwarder switches at its next keyframe.
@@ -523,6 +531,44 @@ pub(crate) struct LegSink {
 }
 
 impl LegSink {
+    /// Rewrites a copy of `pkt` for this leg and hands it to webrtc without waiting.
+    ///
+    /// `write_rtp` locks the track's context (free unless a renegotiation binds it at
+    /// that moment) and sends to the subscriber connection's bounded driver channel. The
+    /// future is polled once: when the channel is full (the subscriber's connection is
+    /// behind) or the context is busy, it is dropped, which cancels the send, and the
+    /// packet is lost for this leg only and counted as `queue_full`. The forwarder never
+    /// waits on a leg, and no task or queue of Sluice's sits between it and webrtc.
+    #[inline]
+    fn write(&self, pkt: &rtp::Packet, arrival: Instant, stats: &Stats, kind: MediaKind) {
+        let mut out = pkt.clone();
+        {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let LegWriter { params, rewriter } = &mut *w;
+            // Attached only after activation, which sets the parameters first.
+            let Some(p) = params.as_deref() else {
+                return;
+            };
+            rewriter.rewrite(&mut out, p, arrival);
+        }
+        let len = out.payload.len();
+        let fut = std::pin::pin!(self.local.write_rtp(out));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match fut.poll(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => {
+                stats.record_out(kind, len);
+                stats.forward_latency.observe(arrival.elapsed());
+                if !self.join_clock.done.load(Ordering::Relaxed)
+                    && !self.join_clock.done.swap(true, Ordering::Relaxed)
+                {
+                    stats.join_duration.observe(self.join_clock.at.elapsed());
+                }
+            }
+            std::task::Poll::Ready(Err(_)) => stats.record_drop(DropReason::WriteFailed),
+            std::task::Poll::Pending => stats.record_drop(DropReason::QueueFull),
+        }
+    }
+
     /// Takes an upward step at `clock_ms` if the hold allows (see [`may_step_up`]),
     /// recording it; false while held.
     pub(crate) fn try_step_up(&self, clock_ms: u64) -> bool {
@@ -554,7 +600,6 @@ pub(crate) struct Leg {
     pub(crate) sink: Arc<LegSink>,
     pub(crate) sender: Arc<dyn RtpSender>,
     pub(crate) ssrc: u32,
-    params_tx: watch::Sender<Option<Arc<LegParams>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     active: AtomicBool,
 }
@@ -566,7 +611,6 @@ impl Leg {
         pc: &dyn PeerConnection,
         source: Arc<PublishedTrack>,
         stats: Arc<Stats>,
-        queue_len: usize,
         join_clock: Arc<super::participant::JoinClock>,
     ) -> Result<Arc<Leg>, SfuError> {
         let ssrc = loop {
@@ -611,10 +655,21 @@ impl Leg {
             .sender()
             .await?
             .ok_or_else(|| SfuError::WebRtc("new transceiver without a sender".into()))?;
-        let (tx, rx) = mpsc::channel(queue_len);
-        let (params_tx, params_rx) = watch::channel(None);
+        let rewriter = {
+            let rw = LegRewriter::new(source.codec.clock_rate);
+            if source.video_codec == VideoCodec::Vp8 {
+                rw.with_vp8_continuity()
+            } else {
+                rw
+            }
+        };
         let sink = Arc::new(LegSink {
-            tx,
+            local: local.clone(),
+            writer: Mutex::new(LegWriter {
+                params: None,
+                rewriter,
+            }),
+            join_clock,
             selected_ssrc: AtomicU32::new(0),
             target_ssrc: AtomicU32::new(0),
             paused: AtomicBool::new(false),
@@ -625,22 +680,6 @@ impl Leg {
             last_forced_down_ms: AtomicU64::new(0),
             up_hold_ms: AtomicU64::new(0),
         });
-        let writer = tokio::spawn(write_loop(
-            rx,
-            params_rx,
-            local.clone(),
-            stats.clone(),
-            source.info.kind,
-            {
-                let rw = LegRewriter::new(source.codec.clock_rate);
-                if source.video_codec == VideoCodec::Vp8 {
-                    rw.with_vp8_continuity()
-                } else {
-                    rw
-                }
-            },
-            join_clock,
-        ));
         let rtcp = tokio::spawn(rtcp_loop(
             local,
             Arc::downgrade(&source),
@@ -652,8 +691,7 @@ impl Leg {
             sink,
             sender,
             ssrc,
-            params_tx,
-            tasks: Mutex::new(vec![writer, rtcp]),
+            tasks: Mutex::new(vec![rtcp]),
             active: AtomicBool::new(false),
         }))
     }
@@ -708,7 +746,11 @@ impl Leg {
             &leg_exts,
             mid.as_deref(),
         );
-        self.params_tx.send_replace(Some(Arc::new(leg_params)));
+        self.sink
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .params = Some(Arc::new(leg_params));
         if !self.source.attach(self.sink.clone()) {
             return Ok(false);
         }
@@ -1017,42 +1059,6 @@ pub(crate) async fn allocate(
             remaining -= ranked[fit].rate_bps() as i64;
         }
         retarget_sink(source, sink, now).await;
-    }
-}
-
-/// Per-leg writer: rewrites each packet for the leg and hands it to webrtc.
-async fn write_loop(
-    mut rx: mpsc::Receiver<(Instant, rtp::Packet)>,
-    mut params_rx: watch::Receiver<Option<Arc<LegParams>>>,
-    local: Arc<TrackLocalStaticRTP>,
-    stats: Arc<Stats>,
-    kind: MediaKind,
-    mut rewriter: LegRewriter,
-    join_clock: Arc<super::participant::JoinClock>,
-) {
-    let mut params: Option<Arc<LegParams>> = params_rx.borrow_and_update().clone();
-    while let Some((arrival, mut pkt)) = rx.recv().await {
-        if params_rx.has_changed().unwrap_or(false) {
-            params = params_rx.borrow_and_update().clone();
-        }
-        // Packets reach the queue only after activation, which sets the parameters first.
-        let Some(p) = params.as_deref() else {
-            continue;
-        };
-        rewriter.rewrite(&mut pkt, p, arrival);
-        let len = pkt.payload.len();
-        match local.write_rtp(pkt).await {
-            Ok(()) => {
-                stats.record_out(kind, len);
-                stats.forward_latency.observe(arrival.elapsed());
-                if !join_clock.done.load(Ordering::Relaxed)
-                    && !join_clock.done.swap(true, Ordering::Relaxed)
-                {
-                    stats.join_duration.observe(join_clock.at.elapsed());
-                }
-            }
-            Err(_) => stats.record_drop(DropReason::WriteFailed),
-        }
     }
 }
 
