@@ -7,7 +7,7 @@ mod support;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::matrix::*;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -135,6 +135,36 @@ async fn two_participants_call_through_sluice_with_plaintext_signaling() {
     run_call(&parts, false).await;
     assert_eq!(sluice.signaling().session_count(), 2);
     assert_eq!(sluice.sfu.snapshot().participants, 2);
+
+    // A stream whose metadata says `m.screenshare` is one for the bandwidth allocator
+    // (and only while it says so).
+    let stream = parts[0].peer.sends[0].stream_id.clone();
+    let screenshares = || {
+        sluice.sfu.conferences()[0]
+            .participants
+            .iter()
+            .find(|p| p.published.iter().any(|t| t.track.stream_id == stream))
+            .map(|p| p.screenshare_streams.clone())
+    };
+    assert_eq!(screenshares(), Some(vec![]));
+    for (purpose, want) in [
+        ("m.screenshare", vec![stream.clone()]),
+        ("m.usermedia", vec![]),
+    ] {
+        let mut md = parts[0].own_metadata();
+        md[&stream]["purpose"] = json!(purpose);
+        parts[0]
+            .dc_send(
+                "m.call.sdp_stream_metadata_changed",
+                json!({"sdp_stream_metadata": md}),
+            )
+            .await;
+        let deadline = Instant::now() + LONG;
+        while screenshares().as_ref() != Some(&want) {
+            assert!(Instant::now() < deadline, "{purpose}: {:?}", screenshares());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for p in &parts {
         p.close().await;
     }

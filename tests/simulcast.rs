@@ -317,3 +317,101 @@ async fn bandwidth_estimate_steps_the_layer_down_and_back_up_without_flapping() 
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+/// Layer of the last `n` packets the subscriber got on `track_id`, if they were all one.
+fn steady_layer(p: &TestPeer, track_id: &str, n: usize) -> Option<usize> {
+    let st = p.state.lock().unwrap();
+    let got = &st.remotes.get(track_id)?.packets;
+    let tail = got.get(got.len().checked_sub(n)?..)?;
+    let l = layer(&tail[0]);
+    tail.iter().all(|r| layer(r) == l).then_some(l)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screenshare_gets_the_bandwidth_before_a_camera() {
+    let (sfu, _router, cam_a, sub, track_a) = setup().await;
+    let cam_b = TestPeer::new_simulcast(&sfu, 2).await;
+    _router.add(&cam_b);
+    cam_b.join(&sfu).await.unwrap();
+    cam_b.wait_for("connected", LONG, |s| s.connected).await;
+    cam_b.start_simulcast_sending();
+    let track_b = cam_b.track_refs()[0].clone();
+    _router
+        .wait_for("second video published", LONG, |log| {
+            log.iter()
+                .filter(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+                .count()
+                >= 2
+        })
+        .await;
+    let tracks = [track_a.clone(), track_b.clone()];
+    sfu.subscribe(CONF, &sub.id, &tracks).await.unwrap();
+    for t in &tracks {
+        sfu.set_track_size(CONF, &sub.id, t, 1280, 720)
+            .await
+            .unwrap();
+    }
+    // Let the layer rates settle (about 50 / 150 / 270 kbit/s), then leave room for one
+    // f (270) and one q (50) but not f + h (420).
+    sub.wait_for("both tracks arrive", LONG, |st| {
+        ["video-0", "video-2"]
+            .iter()
+            .all(|t| st.remotes.get(*t).is_some_and(|r| r.packets.len() >= 30))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let split = |sub: &TestPeer| {
+        (
+            steady_layer(sub, "video-0", 15),
+            steady_layer(sub, "video-2", 15),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut a, mut b);
+    loop {
+        sub.send_remb("video-0", 400_000.0).await;
+        (a, b) = split(&sub);
+        if matches!((a, b), (Some(2), Some(0)) | (Some(0), Some(2))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no f/q split under 400 kbit/s: {a:?} {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Both are cameras of the same tile size: which one got f is arbitrary. Declare the
+    // other one a screenshare: it must end up on f and the camera on q.
+    let (winner, loser, loser_track) = if a == Some(2) {
+        ("video-0", ("video-2", &cam_b), &track_b)
+    } else {
+        ("video-2", ("video-0", &cam_a), &track_a)
+    };
+    sfu.set_screenshare_streams(CONF, &loser.1.id, [loser_track.stream_id.clone()])
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        sub.send_remb("video-0", 400_000.0).await;
+        let (w, l) = (
+            steady_layer(&sub, winner, 15),
+            steady_layer(&sub, loser.0, 15),
+        );
+        if w == Some(0) && l == Some(2) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the screenshare did not take f from the camera: camera {w:?}, screenshare {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // An unknown participant is refused with a specific error.
+    let e = sfu
+        .set_screenshare_streams(CONF, "@nobody:test|X", ["s".to_string()])
+        .unwrap_err();
+    assert_eq!(e.code(), "unknown_participant", "{e}");
+    for p in [&cam_a, &cam_b, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

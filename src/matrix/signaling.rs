@@ -666,6 +666,7 @@ impl Signaling {
                 .refuse_invite(job, &msg, encrypted, refusal_for(&e))
                 .await;
         }
+        self.apply_purposes(&session);
         self.stats.invites_accepted.fetch_add(1, Ordering::Relaxed);
         self.stats.record("m.call.invite", ACCEPTED);
         info!(conference = %conference, participant = %participant, encrypted, "invite accepted");
@@ -797,6 +798,25 @@ impl Signaling {
             c["request_type"] = json!(t);
         }
         self.send_dc(s, "sluice.error", c).await;
+    }
+
+    /// Tells the media core which of the session's streams are screenshares (the
+    /// `purpose` of its stream metadata, protocol.md §5), for the bandwidth allocator.
+    fn apply_purposes(&self, s: &Session) {
+        let streams: Vec<String> = s
+            .metadata
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, v)| v.get("purpose").and_then(Value::as_str) == Some("m.screenshare"))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Err(e) = self
+            .sfu
+            .set_screenshare_streams(&s.conference, &s.participant, streams)
+        {
+            debug!(participant = %s.participant, error = %e, "stream purposes not applied");
+        }
     }
 
     /// Stream metadata of everyone but `viewer` in its conference: the streams their
@@ -1135,6 +1155,7 @@ impl Signaling {
                     .and_then(Value::as_object)
                 {
                     *s.metadata.lock().unwrap() = md.clone();
+                    self.apply_purposes(s);
                 }
                 let desc = content
                     .get("description")
@@ -1170,6 +1191,7 @@ impl Signaling {
                     .and_then(Value::as_object)
                 {
                     *s.metadata.lock().unwrap() = md.clone();
+                    self.apply_purposes(s);
                     self.broadcast_metadata(&s.conference).await;
                 } else {
                     self.send_error(

@@ -101,6 +101,11 @@ impl Conference {
         }
     }
 
+    /// The participants currently announced as active speakers, loudest first.
+    pub(crate) fn speaker_order(&self) -> Vec<ParticipantId> {
+        self.speakers.lock().unwrap().participants()
+    }
+
     pub(crate) fn participants(&self) -> Vec<Arc<Participant>> {
         self.slots
             .lock()

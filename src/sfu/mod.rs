@@ -325,6 +325,9 @@ pub struct ParticipantInfo {
     pub estimate_source: &'static str,
     /// Tracks it publishes.
     pub published: Vec<TrackInfo>,
+    /// Stream ids it declared as screenshares (see [`Sfu::set_screenshare_streams`]),
+    /// sorted.
+    pub screenshare_streams: Vec<String>,
     /// Tracks it receives.
     pub subscriptions: Vec<SubscriptionInfo>,
 }
@@ -576,6 +579,21 @@ impl Sfu {
         p.set_track_size(track, width, height).await
     }
 
+    /// Declares which of the participant's streams (by stream id, the SDP `msid` stream)
+    /// are screenshares; the rest are cameras. Replaces the earlier set and applies to
+    /// tracks published later too. The bandwidth allocator serves a subscriber's
+    /// screenshare legs before its camera legs.
+    pub fn set_screenshare_streams(
+        &self,
+        conference: &str,
+        participant: &str,
+        streams: impl IntoIterator<Item = String>,
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.set_screenshare_streams(streams.into_iter().collect());
+        Ok(())
+    }
+
     /// Sends a text message on the participant's data channel.
     pub async fn send_data(
         &self,
@@ -718,6 +736,7 @@ impl Sfu {
                             .filter(|t| t.publisher == p.id)
                             .cloned()
                             .collect(),
+                        screenshare_streams: p.screenshare_streams(),
                         subscriptions: p.subscriptions(),
                     })
                     .collect();

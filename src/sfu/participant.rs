@@ -13,7 +13,7 @@ use super::{
 };
 use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -68,6 +68,8 @@ pub(crate) struct Participant {
     neg: tokio::sync::Mutex<Negotiation>,
     legs: Mutex<HashMap<TrackRef, Arc<Leg>>>,
     published: Mutex<Vec<Arc<PublishedTrack>>>,
+    /// Stream ids the client declared as screenshares (applies to tracks published later).
+    screenshare_streams: Mutex<HashSet<String>>,
     dc: Mutex<Option<Arc<dyn DataChannel>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     gate: Mutex<CandidateGate>,
@@ -287,6 +289,7 @@ impl Participant {
             neg: tokio::sync::Mutex::new(Negotiation::default()),
             legs: Mutex::new(HashMap::new()),
             published: Mutex::new(Vec::new()),
+            screenshare_streams: Mutex::new(HashSet::new()),
             dc: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             gate: Mutex::new(CandidateGate::default()),
@@ -412,8 +415,33 @@ impl Participant {
         v
     }
 
-    /// Fits this subscriber's legs into its bandwidth estimate (see `track::allocate`).
-    pub(crate) async fn allocate(&self, now: Instant) {
+    /// Replaces the set of this publisher's stream ids that are screenshares, and marks
+    /// its published tracks accordingly.
+    pub(crate) fn set_screenshare_streams(&self, streams: HashSet<String>) {
+        let mut screenshares = self.screenshare_streams.lock().unwrap();
+        for t in self.published.lock().unwrap().iter() {
+            t.screenshare
+                .store(streams.contains(&t.info.track.stream_id), Ordering::Relaxed);
+        }
+        *screenshares = streams;
+    }
+
+    /// The stream ids declared as screenshares, sorted.
+    pub(crate) fn screenshare_streams(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .screenshare_streams
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Fits this subscriber's legs into its bandwidth estimate (see `track::allocate`);
+    /// `speakers` are the conference's active speakers, loudest first.
+    pub(crate) async fn allocate(&self, now: Instant, speakers: &[ParticipantId]) {
         let legs: Vec<Arc<Leg>> = self.legs.lock().unwrap().values().cloned().collect();
         if legs.is_empty() {
             return;
@@ -429,6 +457,7 @@ impl Participant {
             self.estimates.is_stale(now),
             now,
             clock_ms,
+            speakers,
         )
         .await;
     }
@@ -758,10 +787,18 @@ impl Participant {
         let Some(conf) = self.conference.upgrade() else {
             return false;
         };
+        // Lock order: screenshare_streams, then published (as in set_screenshare_streams),
+        // so a purpose change cannot miss a track being published.
+        let screenshares = self.screenshare_streams.lock().unwrap();
+        track.screenshare.store(
+            screenshares.contains(&track.info.track.stream_id),
+            Ordering::Relaxed,
+        );
         if self.removed.load(Ordering::Acquire) || !conf.add_track(track.clone()) {
             return false;
         }
         self.published.lock().unwrap().push(track.clone());
+        drop(screenshares);
         info!(
             conference = %self.conference_id, participant = %self.id,
             stream = %track.info.track.stream_id, track = %track.info.track.track_id,

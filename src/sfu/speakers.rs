@@ -89,6 +89,19 @@ pub(crate) fn detect(
     Some(current)
 }
 
+impl SpeakerState {
+    /// The participants among the current speakers, loudest first, each once.
+    pub(crate) fn participants(&self) -> Vec<ParticipantId> {
+        let mut out: Vec<ParticipantId> = Vec::with_capacity(self.announced.len());
+        for (p, _) in &self.announced {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
+}
+
 /// Runs the detector for every conference until the SFU is dropped.
 pub(crate) async fn run(inner: Weak<Inner>) {
     let mut tick = tokio::time::interval(PERIOD);
@@ -109,8 +122,9 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             for t in c.tracks() {
                 t.update_rates(PERIOD);
             }
+            let speakers = c.speaker_order();
             for p in c.participants() {
-                p.allocate(now).await;
+                p.allocate(now, &speakers).await;
             }
         }
     }

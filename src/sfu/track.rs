@@ -195,6 +195,9 @@ pub(crate) struct PublishedTrack {
     keyframe_interval: Duration,
     stats: Arc<Stats>,
     closed: AtomicBool,
+    /// The publisher declared this track's stream a screenshare (`purpose:
+    /// m.screenshare` in its stream metadata): the allocator serves it before cameras.
+    pub(crate) screenshare: AtomicBool,
     /// Id of the RFC 6464 audio-level extension on the publisher's connection (0: none).
     audio_level_id: u8,
     /// Smoothed loudness 0..127 (127 − dBov), as f32 bits; written only by the forwarder.
@@ -248,6 +251,7 @@ impl PublishedTrack {
             keyframe_interval,
             stats,
             closed: AtomicBool::new(false),
+            screenshare: AtomicBool::new(false),
         }
     }
 
@@ -906,6 +910,22 @@ pub(crate) fn may_step_up(
     })
 }
 
+/// The order in which the allocator serves video legs (smallest key first): screenshares
+/// (`screenshare`), then the video of active speakers by their rank (`speaker`, 0 the
+/// loudest), then the rest; within each, larger rendered tiles (`want`) first, and a leg
+/// with no stated size as if it were the largest.
+pub(crate) fn video_priority(
+    screenshare: bool,
+    speaker: Option<usize>,
+    want: Option<(u32, u32)>,
+) -> (bool, usize, std::cmp::Reverse<u64>) {
+    (
+        !screenshare,
+        speaker.unwrap_or(usize::MAX),
+        std::cmp::Reverse(want.map_or(u64::MAX, |(w, h)| w as u64 * h as u64)),
+    )
+}
+
 /// The hold after the estimate forced a leg below its preferred layer at `clock_ms`:
 /// doubled when that came within two holds of the last upward step (a failed step up).
 pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64 {
@@ -922,7 +942,8 @@ pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64
 }
 
 /// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
-/// no cap): audio first, then video by rendered size (largest tiles first), each simulcast
+/// no cap): audio first, then video in [`video_priority`] order (screenshares, then the
+/// active speakers' video, loudest first, then by rendered size), each simulcast
 /// leg at the highest layer up to its size preference that fits what is left, stepping
 /// down first and dropping the track (until it fits again) only when even its lowest
 /// layer does not; upward steps one layer at a time, a hold apart (see [`may_step_up`]).
@@ -936,6 +957,7 @@ pub(crate) async fn allocate(
     stale: bool,
     now: Instant,
     clock_ms: u64,
+    speakers: &[super::ParticipantId],
 ) {
     let mut remaining = budget_bps as i64;
     let mut video: Vec<&Arc<Leg>> = Vec::new();
@@ -947,7 +969,11 @@ pub(crate) async fn allocate(
         }
     }
     video.sort_by_key(|l| {
-        std::cmp::Reverse(l.sink.want().map_or(u64::MAX, |(w, h)| w as u64 * h as u64))
+        video_priority(
+            l.source.screenshare.load(Ordering::Relaxed),
+            speakers.iter().position(|p| *p == l.source.info.publisher),
+            l.sink.want(),
+        )
     });
     for leg in video {
         let (source, sink) = (&leg.source, &leg.sink);
@@ -1151,6 +1177,44 @@ mod tests {
         assert_eq!(note_forced_down(60_000, 20_000, base), base);
         // An upward step that was not followed by a forced one: back to the base hold.
         assert_eq!(may_step_up(80_000, 40_000, 30_000, h), Some(base));
+    }
+
+    #[test]
+    fn screenshares_then_speakers_then_larger_tiles_get_the_bandwidth_first() {
+        let big = Some((1280, 720));
+        let small = Some((320, 180));
+        let mut legs = [
+            ("small camera", video_priority(false, None, small)),
+            ("big camera", video_priority(false, None, big)),
+            (
+                "second speaker, small",
+                video_priority(false, Some(1), small),
+            ),
+            (
+                "loudest speaker, small",
+                video_priority(false, Some(0), small),
+            ),
+            ("camera of unknown size", video_priority(false, None, None)),
+            ("small screenshare", video_priority(true, None, small)),
+            (
+                "speaker's big screenshare",
+                video_priority(true, Some(0), big),
+            ),
+        ];
+        legs.sort_by_key(|(_, k)| *k);
+        let order: Vec<&str> = legs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            order,
+            [
+                "speaker's big screenshare",
+                "small screenshare",
+                "loudest speaker, small",
+                "second speaker, small",
+                "camera of unknown size",
+                "big camera",
+                "small camera",
+            ]
+        );
     }
 
     #[test]
