@@ -37,14 +37,35 @@ pub enum Profile {
     /// Audio plus three-layer simulcast video (180p/360p/720p at ~150/500/1700 kbit/s,
     /// 1,200-byte packets, a keyframe every 2 s); subscribers ask for 1280×720.
     Video,
+    /// Audio plus a screenshare: one VP8 stream (no simulcast) of 1920×1080 at 5 frames/s
+    /// sent in bursts, 8 packets a frame and a 60-packet keyframe every 10 s (about
+    /// 440 kbit/s, 1,200-byte packets), in a stream of its own declared
+    /// `purpose: m.screenshare`; subscribers ask for 1920×1080.
+    Screenshare,
+}
+
+/// The screenshare profile's stream: frames per second, packets per frame and per
+/// keyframe, frames between keyframes, and the size its keyframes announce.
+pub(crate) const SCREEN: (u32, u32, u32, u32, (u16, u16)) = (5, 8, 60, 50, (1920, 1080));
+
+/// Average packets per second of the screenshare stream.
+pub(crate) fn screen_pps() -> f64 {
+    let (fps, delta, key, every, _) = SCREEN;
+    fps as f64 * ((every - 1) * delta + key) as f64 / every as f64
+}
+
+/// Whether a track id is a load participant's screenshare.
+pub(crate) fn is_screen_track(track_id: &str) -> bool {
+    track_id.starts_with("lt-screen-")
 }
 
 impl Profile {
-    /// Parses `audio` or `video`.
+    /// Parses `audio`, `video` or `screenshare`.
     pub fn parse(s: &str) -> Option<Profile> {
         match s {
             "audio" => Some(Profile::Audio),
             "video" => Some(Profile::Video),
+            "screenshare" => Some(Profile::Screenshare),
             _ => None,
         }
     }
@@ -307,6 +328,11 @@ const LAYERS: [(&str, u16, u16, u32); 3] = [
     ("f", 1280, 720, 177),
 ];
 
+/// The stream id of participant `idx`'s screenshare (a stream of its own, as browsers do).
+pub(crate) fn screen_stream_id(idx: u32) -> String {
+    format!("lt-screen-stream-{idx}")
+}
+
 /// What [`build_pc`] returns: the connection, its send tracks, its local candidates (as
 /// `{candidate, sdpMid, sdpMLineIndex}`), its tasks, and when its invite went out.
 pub(crate) type BuiltPc = (
@@ -365,16 +391,27 @@ pub(crate) async fn build_pc(
     let mut sends = Vec::new();
     if publish {
         let stream_id = format!("lt-stream-{idx}");
-        // (kind, track id, (rid, ssrc) per encoding, codec).
+        // (kind, stream id, track id, (rid, ssrc) per encoding, codec).
         let mut tracks = vec![(
             RtpCodecKind::Audio,
+            stream_id.clone(),
             format!("lt-audio-{idx}"),
             vec![(String::new(), 0x4000_0000 + idx * 16)],
             opus(),
         )];
+        if profile == Profile::Screenshare {
+            tracks.push((
+                RtpCodecKind::Video,
+                screen_stream_id(idx),
+                format!("lt-screen-{idx}"),
+                vec![(String::new(), 0x5000_0000 + idx * 16 + 8)],
+                vp8(),
+            ));
+        }
         if profile == Profile::Video {
             tracks.push((
                 RtpCodecKind::Video,
+                stream_id.clone(),
                 format!("lt-video-{idx}"),
                 LAYERS
                     .iter()
@@ -384,7 +421,7 @@ pub(crate) async fn build_pc(
                 vp8(),
             ));
         }
-        for (kind, track_id, encodings, c) in tracks {
+        for (kind, stream_id, track_id, encodings, c) in tracks {
             let codings = encodings
                 .iter()
                 .map(|(rid, ssrc)| RTCRtpEncodingParameters {
@@ -466,19 +503,25 @@ impl Participant {
 
     fn metadata(&self) -> Value {
         let mut md = serde_json::Map::new();
-        if !self.sends.is_empty() {
-            let mut tracks = serde_json::Map::new();
-            for (_, kind, _, _, id, _) in &self.sends {
-                let k = if *kind == RtpCodecKind::Audio {
-                    "audio"
-                } else {
-                    "video"
-                };
-                tracks.insert(id.clone(), json!({"kind": k}));
-            }
-            let stream = self.stream_id.clone();
-            md.insert(stream, json!({"user_id": self.account.user_id, "device_id": self.account.device_id,
-                "purpose": "m.usermedia", "audio_muted": false, "video_muted": false, "tracks": tracks}));
+        for (_, kind, _, _, id, _) in &self.sends {
+            let k = if *kind == RtpCodecKind::Audio {
+                "audio"
+            } else {
+                "video"
+            };
+            let (stream, purpose) = if is_screen_track(id) {
+                (
+                    id.replacen("lt-screen-", "lt-screen-stream-", 1),
+                    "m.screenshare",
+                )
+            } else {
+                (self.stream_id.clone(), "m.usermedia")
+            };
+            let e = md.entry(stream).or_insert_with(|| {
+                json!({"user_id": self.account.user_id, "device_id": self.account.device_id,
+                    "purpose": purpose, "audio_muted": false, "video_muted": false, "tracks": {}})
+            });
+            e["tracks"][id.as_str()] = json!({"kind": k});
         }
         Value::Object(md)
     }
@@ -547,13 +590,21 @@ pub(crate) fn start_sending(
     shared: Arc<Shared>,
     stream_base: u32,
 ) {
-    for (i, (local, kind, ssrcs, pt, _, sender)) in sends.iter().enumerate() {
+    for (i, (local, kind, ssrcs, pt, track_id, sender)) in sends.iter().enumerate() {
+        let screen = is_screen_track(track_id);
         let streams: Vec<(u32, u32, Duration, usize)> = if *kind == RtpCodecKind::Audio {
             vec![(
                 ssrcs[0],
                 stream_base + i as u32 * 4,
                 Duration::from_millis(20),
                 80,
+            )]
+        } else if screen {
+            vec![(
+                ssrcs[0],
+                stream_base + i as u32 * 4,
+                Duration::from_micros(1_000_000 / SCREEN.0 as u64),
+                1200,
             )]
         } else {
             LAYERS
@@ -603,7 +654,9 @@ pub(crate) fn start_sending(
                             payload: Bytes::from(mid.into_bytes()),
                         });
                     }
-                    if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id") {
+                    if let Some(id) = id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+                        && !screen
+                    {
                         exts.push(rtp::header::Extension {
                             id,
                             payload: Bytes::from_static(LAYERS[layer].0.as_bytes()),
@@ -613,53 +666,77 @@ pub(crate) fn start_sending(
                 let mut tick = tokio::time::interval(interval);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 let mut seq: u32 = 0;
+                let mut frame: u32 = 0;
                 let per_frame = (interval.as_micros() as u32 * 90 / 1000).max(1);
                 let mut buf = vec![0u8; len];
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
-                    let mut p = rtp::Packet::default();
-                    p.header.version = 2;
-                    p.header.payload_type = pt;
-                    p.header.ssrc = ssrc;
-                    p.header.sequence_number = seq as u16;
-                    p.header.marker = true;
-                    if !exts.is_empty() {
-                        p.header.extension = true;
-                        p.header.extension_profile = 0xBEDE;
-                        p.header.extensions = exts.clone();
-                    }
-                    let mut at = 0;
-                    if video {
-                        p.header.timestamp = seq.wrapping_mul(per_frame);
-                        // VP8: descriptor (S, picture id), then a keyframe header every
-                        // ~2 s carrying the layer's size, else an interframe byte.
-                        let key =
-                            seq.is_multiple_of((2_000_000 / interval.as_micros() as u32).max(1));
-                        let (_, w, h, _) = LAYERS[layer];
-                        let pic = (seq & 0x7FFF) as u16 | 0x8000;
-                        buf[..4].copy_from_slice(&[0x90, 0x80, (pic >> 8) as u8, pic as u8]);
-                        if key {
-                            buf[4..10].copy_from_slice(&[0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a]);
-                            buf[10..12].copy_from_slice(&w.to_le_bytes());
-                            buf[12..14].copy_from_slice(&h.to_le_bytes());
-                            at = 14;
-                        } else {
-                            buf[4] = 0x51;
-                            at = 5;
-                        }
+                    // One packet per frame, except a screenshare: a burst per frame.
+                    let key = if screen {
+                        frame.is_multiple_of(SCREEN.3)
                     } else {
-                        p.header.timestamp = seq.wrapping_mul(960);
+                        frame.is_multiple_of((2_000_000 / interval.as_micros() as u32).max(1))
+                    };
+                    let burst = match (screen, key) {
+                        (false, _) => 1,
+                        (true, true) => SCREEN.2,
+                        (true, false) => SCREEN.1,
+                    };
+                    for part in 0..burst {
+                        let mut p = rtp::Packet::default();
+                        p.header.version = 2;
+                        p.header.payload_type = pt;
+                        p.header.ssrc = ssrc;
+                        p.header.sequence_number = seq as u16;
+                        p.header.marker = part + 1 == burst;
+                        if !exts.is_empty() {
+                            p.header.extension = true;
+                            p.header.extension_profile = 0xBEDE;
+                            p.header.extensions = exts.clone();
+                        }
+                        let mut at = 0;
+                        if video {
+                            p.header.timestamp = frame.wrapping_mul(per_frame);
+                            // VP8: descriptor (S on a frame's first packet, picture id), then
+                            // on a keyframe's first packet a header carrying the size, else an
+                            // interframe byte.
+                            let (w, h) = if screen {
+                                SCREEN.4
+                            } else {
+                                (LAYERS[layer].1, LAYERS[layer].2)
+                            };
+                            let pic = (frame & 0x7FFF) as u16 | 0x8000;
+                            let s_bit = if part == 0 { 0x10 } else { 0 };
+                            buf[..4].copy_from_slice(&[
+                                0x80 | s_bit,
+                                0x80,
+                                (pic >> 8) as u8,
+                                pic as u8,
+                            ]);
+                            if key && part == 0 {
+                                buf[4..10].copy_from_slice(&[0x50, 0x01, 0x00, 0x9d, 0x01, 0x2a]);
+                                buf[10..12].copy_from_slice(&w.to_le_bytes());
+                                buf[12..14].copy_from_slice(&h.to_le_bytes());
+                                at = 14;
+                            } else {
+                                buf[4] = 0x51;
+                                at = 5;
+                            }
+                        } else {
+                            p.header.timestamp = seq.wrapping_mul(960);
+                        }
+                        buf[at..at + 4].copy_from_slice(MAGIC);
+                        buf[at + 4..at + 8].copy_from_slice(&stream.to_be_bytes());
+                        buf[at + 8..at + 12].copy_from_slice(&seq.to_be_bytes());
+                        buf[at + 12..at + 20].copy_from_slice(&shared.now_us().to_be_bytes());
+                        p.payload = Bytes::copy_from_slice(&buf);
+                        // Fails until the track is bound (the first negotiation done).
+                        if local.write_rtp(p).await.is_ok() {
+                            shared.sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        seq = seq.wrapping_add(1);
                     }
-                    buf[at..at + 4].copy_from_slice(MAGIC);
-                    buf[at + 4..at + 8].copy_from_slice(&stream.to_be_bytes());
-                    buf[at + 8..at + 12].copy_from_slice(&seq.to_be_bytes());
-                    buf[at + 12..at + 20].copy_from_slice(&shared.now_us().to_be_bytes());
-                    p.payload = Bytes::copy_from_slice(&buf);
-                    // Fails until the track is bound (the first negotiation done).
-                    if local.write_rtp(p).await.is_ok() {
-                        shared.sent.fetch_add(1, Ordering::Relaxed);
-                    }
-                    seq = seq.wrapping_add(1);
+                    frame = frame.wrapping_add(1);
                 }
             });
             tasks.lock().unwrap().push(task);
@@ -721,7 +798,10 @@ async fn join(
                             for (tid, t) in s["tracks"].as_object().into_iter().flatten() {
                                 if subscribed.insert(tid.clone()) {
                                     let mut e = json!({"stream_id": sid, "track_id": tid});
-                                    if t["kind"] == "video" {
+                                    if is_screen_track(tid) {
+                                        e["width"] = json!(SCREEN.4.0);
+                                        e["height"] = json!(SCREEN.4.1);
+                                    } else if t["kind"] == "video" {
                                         e["width"] = json!(1280);
                                         e["height"] = json!(720);
                                     }

@@ -3,7 +3,8 @@
 //! SRTP protect per subscriber (the subscriber's context) → `sendmmsg`, with webrtc-rs's own
 //! SRTP implementation (AEAD AES-128-GCM, what webrtc-rs peers negotiate), the same packet
 //! sizes and rates as `call`'s profiles, and the same fan-out (audio and the 720p layer to
-//! every other participant of the room; the 180p/360p layers are received and dropped).
+//! every other participant of the room; the 180p/360p layers are received and dropped;
+//! the screenshare stream at its average rate, not in bursts).
 //! No ICE, DTLS, RTCP or header rewriting: Sluice's CPU per packet divided by this is the
 //! price of everything else.
 
@@ -82,6 +83,18 @@ fn streams(o: &FloorOptions) -> Vec<Stream> {
                 len: 80,
                 interval: Duration::from_millis(20),
             });
+            if o.profile == Profile::Screenshare {
+                // The average rate of the screenshare stream (the floor sends it evenly,
+                // not in bursts), forwarded to everyone.
+                out.push(Stream {
+                    ssrc: base + 8,
+                    room,
+                    publisher,
+                    forwarded: true,
+                    len: 1200,
+                    interval: Duration::from_secs_f64(1.0 / crate::call::screen_pps()),
+                });
+            }
             if o.profile == Profile::Video {
                 for (l, pps) in [16u64, 52, 177].into_iter().enumerate() {
                     out.push(Stream {

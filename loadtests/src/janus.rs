@@ -274,61 +274,65 @@ impl JanusPeer {
     ) -> Result<Arc<JanusPeer>, String> {
         let (pc, _, cand_rx, tasks, invite_at) =
             build_pc(idx, false, profile, shared.clone(), &bind_ip()).await?;
-        let handle = janus.attach(session).await?;
-        *invite_at.lock().unwrap() = Some(Instant::now());
-        // The 720p layer, which Sluice's subscribers get in the video profile. Janus
-        // numbers the substreams of this offer (rids listed q;h;f) from f: substream 0
-        // is f (measured: 2, its default, forwards q).
-        let streams: Vec<Value> = feeds
-            .iter()
-            .map(|f| json!({"feed": f, "substream": 0, "temporal": 2}))
-            .collect();
-        // A feed exists once its publisher's connection is up: retry until then.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let e = loop {
+        // A lone publisher (the only one in its room) has no feeds to subscribe to; Janus
+        // refuses a subscriber join without streams.
+        if !feeds.is_empty() {
+            let handle = janus.attach(session).await?;
+            *invite_at.lock().unwrap() = Some(Instant::now());
+            // The 720p layer, which Sluice's subscribers get in the video profile. Janus
+            // numbers the substreams of this offer (rids listed q;h;f) from f: substream 0
+            // is f (measured: 2, its default, forwards q).
+            let streams: Vec<Value> = feeds
+                .iter()
+                .map(|f| json!({"feed": f, "substream": 0, "temporal": 2}))
+                .collect();
+            // A feed exists once its publisher's connection is up: retry until then.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let e = loop {
+                janus
+                    .message(
+                        session,
+                        handle,
+                        json!({"request": "join", "room": room, "ptype": "subscriber",
+                            "streams": streams}),
+                        None,
+                    )
+                    .await?;
+                match janus
+                    .wait_jsep(session, handle, Duration::from_secs(20))
+                    .await
+                {
+                    Ok(e) => break e,
+                    Err(err) if err.contains("No such feed") && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Err(err) => return Err(err),
+                }
+            };
+            let offer = e["jsep"]["sdp"].as_str().ok_or("janus offer without sdp")?;
+            pc.set_remote_description(
+                RTCSessionDescription::offer(offer.to_owned()).map_err(|e| e.to_string())?,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let answer = pc.create_answer(None).await.map_err(|e| e.to_string())?;
+            let sdp = apply_local(&pc, answer).await?;
             janus
                 .message(
                     session,
                     handle,
-                    json!({"request": "join", "room": room, "ptype": "subscriber",
-                        "streams": streams}),
-                    None,
+                    json!({"request": "start"}),
+                    Some(json!({"type": "answer", "sdp": sdp})),
                 )
                 .await?;
-            match janus
-                .wait_jsep(session, handle, Duration::from_secs(20))
-                .await
-            {
-                Ok(e) => break e,
-                Err(err) if err.contains("No such feed") && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-                Err(err) => return Err(err),
-            }
-        };
-        let offer = e["jsep"]["sdp"].as_str().ok_or("janus offer without sdp")?;
-        pc.set_remote_description(
-            RTCSessionDescription::offer(offer.to_owned()).map_err(|e| e.to_string())?,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let answer = pc.create_answer(None).await.map_err(|e| e.to_string())?;
-        let sdp = apply_local(&pc, answer).await?;
-        janus
-            .message(
-                session,
-                handle,
-                json!({"request": "start"}),
-                Some(json!({"type": "answer", "sdp": sdp})),
-            )
-            .await?;
-        trickle_candidates(janus, session, handle, cand_rx, &tasks);
-        shared.invite_to_answer_ms.lock().unwrap().push(
-            invite_at
-                .lock()
-                .unwrap()
-                .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
-        );
+            trickle_candidates(janus, session, handle, cand_rx, &tasks);
+            shared.invite_to_answer_ms.lock().unwrap().push(
+                invite_at
+                    .lock()
+                    .unwrap()
+                    .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0),
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let mut all_tasks = vec![tasks];
         let mut publisher = None;

@@ -176,10 +176,10 @@ fn micro(iterations: u64) -> Vec<Result> {
 
 const USAGE: &str = "usage: sluice-loadtest micro [--iterations N] [--json FILE]\n\
        sluice-loadtest floor [--rooms N] [--participants M] [--publishers K]\n\
-           [--profile audio|video] [--duration SECS] [--json FILE]\n\
+           [--profile audio|video|screenshare] [--duration SECS] [--json FILE]\n\
        sluice-loadtest call --homeserver URL --sluice-user USER --sluice-device DEVICE\n\
            [--sluice-pid PID] [--rooms N] [--participants M] [--publishers K]\n\
-           [--profile audio|video] [--duration SECS] [--warmup SECS] [--ramp PER_SEC]\n\
+           [--profile audio|video|screenshare] [--duration SECS] [--warmup SECS] [--ramp PER_SEC]\n\
            [--json FILE] [--plot FILE.png]\n\
        sluice-loadtest call --janus URL [--sluice-pid JANUS_PID] [same layout options]";
 
@@ -228,8 +228,9 @@ fn call_main(args: &[String]) -> ExitCode {
                 "--warmup" => o.warmup = Duration::from_secs_f64(num("--warmup")?),
                 "--ramp" => o.ramp_per_sec = num("--ramp")?,
                 "--profile" => {
-                    o.profile = Profile::parse(v)
-                        .ok_or(format!("--profile expects audio or video, got {v:?}"))?
+                    o.profile = Profile::parse(v).ok_or(format!(
+                        "--profile expects audio, video or screenshare, got {v:?}"
+                    ))?
                 }
                 "--json" => json_path = Some(v.clone()),
                 "--plot" => plot_path = Some(v.clone()),

@@ -11,14 +11,17 @@ use sluice_loadtest::call::{CallOptions, Profile, run};
 use sluice_loadtest::matrix::Account;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_video_call_load_run_reports_every_figure() {
+/// A Sluice in this process, signed in to the test homeserver and synced.
+async fn start_sluice() -> (Sfu, Focus, MatrixConfig, String) {
     let hs = std::env::var("SLUICE_TEST_HOMESERVER")
         .expect("SLUICE_TEST_HOMESERVER is not set: run the suite with scripts/test");
     let name = format!(
         "ltsfu{}x{}",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     );
     let sfu_account = Account::register(&hs, &name, "sfu-pw").await.unwrap();
     let store = std::env::temp_dir().join(format!("sluice-lt-store-{name}"));
@@ -27,7 +30,7 @@ async fn a_short_video_call_load_run_reports_every_figure() {
         user_id: sfu_account.user_id.clone(),
         password: Secret("sfu-pw".into()),
         device_id: "SLUICELT".into(),
-        store_path: store.clone(),
+        store_path: store,
         ..MatrixConfig::default()
     };
     let sfu_cfg = SfuConfig {
@@ -41,7 +44,27 @@ async fn a_short_video_call_load_run_reports_every_figure() {
         assert!(Instant::now() < deadline, "Sluice never synced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (sfu, focus, cfg, hs)
+}
 
+/// Waits until every participant has left Sluice, then stops it.
+async fn stop_sluice(sfu: Sfu, focus: Focus, cfg: MatrixConfig) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sfu.snapshot().participants != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "participants left in Sluice: {:?}",
+            sfu.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    focus.stop().await;
+    let _ = std::fs::remove_dir_all(&cfg.store_path);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_video_call_load_run_reports_every_figure() {
+    let (sfu, focus, cfg, hs) = start_sluice().await;
     let report: Value = run(CallOptions {
         homeserver: hs,
         sluice_user: cfg.user_id.clone(),
@@ -103,15 +126,68 @@ async fn a_short_video_call_load_run_reports_every_figure() {
         "every second of the timeline has traffic and latency: {timeline:?}"
     );
     // Everyone hung up: Sluice holds nothing.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while sfu.snapshot().participants != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "participants left in Sluice: {:?}",
-            sfu.snapshot()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    focus.stop().await;
-    let _ = std::fs::remove_dir_all(store);
+    stop_sluice(sfu, focus, cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_screenshare_load_run_delivers_the_screen_to_every_listener() {
+    let (sfu, focus, cfg, hs) = start_sluice().await;
+    // Meanwhile: Sluice learns from the presenter's metadata that its screen stream is a
+    // screenshare.
+    let watch = {
+        let sfu = sfu.clone();
+        tokio::spawn(async move {
+            loop {
+                let declared: Vec<String> = sfu
+                    .conferences()
+                    .iter()
+                    .flat_map(|c| c.participants.iter())
+                    .flat_map(|p| p.screenshare_streams.iter().cloned())
+                    .collect();
+                if !declared.is_empty() {
+                    return declared;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let report: Value = run(CallOptions {
+        homeserver: hs,
+        sluice_user: cfg.user_id.clone(),
+        sluice_device: cfg.device_id.clone(),
+        rooms: 1,
+        participants: 3,
+        publishers: 1,
+        profile: Profile::Screenshare,
+        ramp_per_sec: 10.0,
+        duration: Duration::from_secs(4),
+        warmup: Duration::from_secs(3),
+        sluice_pid: Some(std::process::id()),
+        progress: false,
+        janus: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["profile"], "screenshare");
+    assert_eq!(report["participants_joined"], 3, "{report:#}");
+    // One presenter's audio and screen reach both listeners: 4 streams (2 without the
+    // screen).
+    assert!(
+        report["received_streams"].as_u64().unwrap() >= 4,
+        "{report:#}"
+    );
+    // Per listener: audio 50/s and the screen about 46/s (bursts of 8 and 60): about 770
+    // packets over 4 s for the two; audio alone would be 400.
+    let received = report["received_packets"].as_u64().unwrap();
+    assert!(received > 600, "{report:#}");
+    assert!(report["loss_ratio"].as_f64().unwrap() < 0.05, "{report:#}");
+    let declared = tokio::time::timeout(Duration::from_secs(1), watch)
+        .await
+        .expect("Sluice never saw a screenshare stream")
+        .unwrap();
+    assert!(
+        declared.iter().all(|s| s.starts_with("lt-screen-stream-")),
+        "{declared:?}"
+    );
+    stop_sluice(sfu, focus, cfg).await;
 }
