@@ -327,16 +327,18 @@ fn steady_layer(p: &TestPeer, track_id: &str, n: usize) -> Option<usize> {
     tail.iter().all(|r| layer(r) == l).then_some(l)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_screenshare_gets_the_bandwidth_before_a_camera() {
-    let (sfu, _router, cam_a, sub, track_a) = setup().await;
+/// Two simulcast cameras (idx 0 and 2, each with a microphone that is not sending yet) and
+/// a subscriber to both videos at 1280x720 whose estimate (REMB 400 kbit/s) fits one f
+/// (about 270 kbit/s) and one q (50), not f + h. Returns once the legs split f/q.
+async fn two_cameras_under_400k() -> (Sfu, Arc<Router>, [Arc<TestPeer>; 2], Arc<TestPeer>) {
+    let (sfu, router, cam_a, sub, track_a) = setup().await;
     let cam_b = TestPeer::new_simulcast(&sfu, 2).await;
-    _router.add(&cam_b);
+    router.add(&cam_b);
     cam_b.join(&sfu).await.unwrap();
     cam_b.wait_for("connected", LONG, |s| s.connected).await;
     cam_b.start_simulcast_sending();
     let track_b = cam_b.track_refs()[0].clone();
-    _router
+    router
         .wait_for("second video published", LONG, |log| {
             log.iter()
                 .filter(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
@@ -344,73 +346,95 @@ async fn a_screenshare_gets_the_bandwidth_before_a_camera() {
                 >= 2
         })
         .await;
-    let tracks = [track_a.clone(), track_b.clone()];
+    let tracks = [track_a, track_b];
     sfu.subscribe(CONF, &sub.id, &tracks).await.unwrap();
     for t in &tracks {
         sfu.set_track_size(CONF, &sub.id, t, 1280, 720)
             .await
             .unwrap();
     }
-    // Let the layer rates settle (about 50 / 150 / 270 kbit/s), then leave room for one
-    // f (270) and one q (50) but not f + h (420).
     sub.wait_for("both tracks arrive", LONG, |st| {
         ["video-0", "video-2"]
             .iter()
             .all(|t| st.remotes.get(*t).is_some_and(|r| r.packets.len() >= 30))
     })
     .await;
+    // Let the layer rates settle.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let split = |sub: &TestPeer| {
-        (
-            steady_layer(sub, "video-0", 15),
-            steady_layer(sub, "video-2", 15),
-        )
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut a, mut b);
+    wait_for_split(&sub, "video-0", "video-2", Duration::from_secs(30), true).await;
+    (sfu, router, [cam_a, cam_b], sub)
+}
+
+/// Keeps the subscriber's estimate at 400 kbit/s until `first` receives only f and
+/// `second` only q (or, with `either`, one f and the other q); panics after `timeout`.
+/// Returns the track that got f.
+async fn wait_for_split(
+    sub: &TestPeer,
+    first: &str,
+    second: &str,
+    timeout: Duration,
+    either: bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
     loop {
         sub.send_remb("video-0", 400_000.0).await;
-        (a, b) = split(&sub);
-        if matches!((a, b), (Some(2), Some(0)) | (Some(0), Some(2))) {
-            break;
+        let (a, b) = (steady_layer(sub, first, 15), steady_layer(sub, second, 15));
+        match (a, b) {
+            (Some(2), Some(0)) => return first.to_owned(),
+            (Some(0), Some(2)) if either => return second.to_owned(),
+            _ => {}
         }
         assert!(
             Instant::now() < deadline,
-            "no f/q split under 400 kbit/s: {a:?} {b:?}"
+            "{first} on {a:?} and {second} on {b:?}, not f and q"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_screenshare_gets_the_bandwidth_before_a_camera() {
+    let (sfu, _router, cams, sub) = two_cameras_under_400k().await;
     // Both are cameras of the same tile size: which one got f is arbitrary. Declare the
     // other one a screenshare: it must end up on f and the camera on q.
-    let (winner, loser, loser_track) = if a == Some(2) {
-        ("video-0", ("video-2", &cam_b), &track_b)
+    let winner = steady_layer(&sub, "video-0", 15)
+        .filter(|l| *l == 2)
+        .map_or("video-2", |_| "video-0");
+    let (loser, loser_peer) = if winner == "video-0" {
+        ("video-2", &cams[1])
     } else {
-        ("video-2", ("video-0", &cam_a), &track_a)
+        ("video-0", &cams[0])
     };
-    sfu.set_screenshare_streams(CONF, &loser.1.id, [loser_track.stream_id.clone()])
+    let stream = loser_peer.track_refs()[0].stream_id.clone();
+    sfu.set_screenshare_streams(CONF, &loser_peer.id, [stream])
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        sub.send_remb("video-0", 400_000.0).await;
-        let (w, l) = (
-            steady_layer(&sub, winner, 15),
-            steady_layer(&sub, loser.0, 15),
-        );
-        if w == Some(0) && l == Some(2) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the screenshare did not take f from the camera: camera {w:?}, screenshare {l:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_split(&sub, loser, winner, Duration::from_secs(40), false).await;
     // An unknown participant is refused with a specific error.
     let e = sfu
         .set_screenshare_streams(CONF, "@nobody:test|X", ["s".to_string()])
         .unwrap_err();
     assert_eq!(e.code(), "unknown_participant", "{e}");
-    for p in [&cam_a, &cam_b, &sub] {
+    for p in cams.iter().chain([&sub]) {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_speakers_video_gets_the_bandwidth_first() {
+    let (sfu, _router, cams, sub) = two_cameras_under_400k().await;
+    // Camera b speaks (level 10 −dBov), a is silent (127): b's video gets f. Then the
+    // other way round. Whichever got f before speech, one of the two phases moves it.
+    let [a, b] = &cams;
+    a.audio_level.store(127, Ordering::Relaxed);
+    b.audio_level.store(10, Ordering::Relaxed);
+    a.start_audio_sending();
+    b.start_audio_sending();
+    wait_for_split(&sub, "video-2", "video-0", Duration::from_secs(40), false).await;
+    a.audio_level.store(10, Ordering::Relaxed);
+    b.audio_level.store(127, Ordering::Relaxed);
+    wait_for_split(&sub, "video-0", "video-2", Duration::from_secs(40), false).await;
+    for p in cams.iter().chain([&sub]) {
         p.close().await;
     }
     sfu.shutdown(HangupReason::UserHangup).await;

@@ -471,11 +471,48 @@ impl TestPeer {
                 .await
                 .unwrap();
             sends.push(SendTrack {
-                stream_id,
+                stream_id: stream_id.clone(),
                 track_id,
                 kind: RtpCodecKind::Video,
                 ssrc: 0x2000_0000 + (idx as u32) * 16,
                 pt: vp8_pt,
+                local,
+                sender,
+            });
+            // A microphone in the same stream, sent only on `start_audio_sending`.
+            let track_id = format!("audio-{idx}");
+            let ssrc = 0x1000_0000 + (idx as u32) * 16;
+            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                stream_id.clone(),
+                track_id.clone(),
+                track_id.clone(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: codec(
+                        "audio/opus",
+                        48000,
+                        2,
+                        "minptime=10;useinbandfec=1",
+                        opus_pt,
+                    )
+                    .rtp_codec,
+                    ..Default::default()
+                }],
+            )));
+            let sender = pc
+                .add_track(local.clone() as Arc<dyn TrackLocal>)
+                .await
+                .unwrap();
+            sends.push(SendTrack {
+                stream_id,
+                track_id,
+                kind: RtpCodecKind::Audio,
+                ssrc,
+                pt: opus_pt,
                 local,
                 sender,
             });
@@ -612,9 +649,23 @@ impl TestPeer {
         self.state.lock().unwrap().connected
     }
 
-    /// Sends `kind`'s stream continuously (audio 50 pps, video 60 pps) until `stop`.
+    /// Sends every send track's stream continuously (audio 50 pps, video 60 pps) until
+    /// `stop`.
     pub fn start_sending(self: &Arc<Self>) {
+        self.start_streams(false);
+    }
+
+    /// Sends only the audio (with its level) of a simulcast peer, whose video goes with
+    /// [`TestPeer::start_simulcast_sending`].
+    pub fn start_audio_sending(self: &Arc<Self>) {
+        self.start_streams(true);
+    }
+
+    fn start_streams(self: &Arc<Self>, only_audio: bool) {
         for (i, s) in self.sends.iter().enumerate() {
+            if only_audio && s.kind != RtpCodecKind::Audio {
+                continue;
+            }
             let local = s.local.clone();
             let stop = self.stop.clone();
             let sent = self.sent.clone();
