@@ -16,7 +16,8 @@
 //!
 //! `micro`: benchmarks of the per-packet decisions of the forwarding
 //! path (header rewriting, VP8 continuity after a simulcast switch, keyframe detection,
-//! layer choice, keyframe throttling), each over a fixed number of iterations, reported as
+//! layer choice, keyframe throttling) and of the bandwidth allocator (one allocation tick
+//! over 25 simulcast legs), each over a fixed number of iterations, reported as
 //! nanoseconds per operation (table and JSON). Run it on a release build:
 //!
 //! ```text
@@ -32,6 +33,7 @@
 
 use bytes::Bytes;
 use rtc::rtp;
+use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
 use sluice::sfu::codec::{VideoCodec, is_keyframe_start};
 use sluice::sfu::rewrite::{LegParams, LegRewriter};
 use sluice::sfu::rtcp::KeyframeThrottle;
@@ -171,6 +173,49 @@ fn micro(iterations: u64) -> Vec<Result> {
     out.push(bench("keyframe throttle check", iterations, |_| {
         black_box(throttle.try_acquire(now));
     }));
+
+    // One subscriber's allocation tick over 25 simulcast legs (a 5x5 gallery): order the
+    // legs (2 screenshares, 3 speakers, the rest by tile size), then choose each one's
+    // layer against what is left of an estimate that swings between 1 and 6 Mbit/s over
+    // the ticks, so legs step down, wait out holds, step up and get dropped.
+    // (screenshare, speaker rank, tile size): the inputs of `video_priority`.
+    type Inputs = (bool, Option<usize>, Option<(u32, u32)>);
+    let legs: Vec<(StepState, Inputs)> = (0..25)
+        .map(|i| {
+            let size = [(1280, 720), (640, 360), (320, 180)][i % 3];
+            (
+                StepState::default(),
+                (i < 2, (2..5).contains(&i).then_some(i - 2), Some(size)),
+            )
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..legs.len()).collect();
+    let mut cur: Vec<Option<usize>> = vec![Some(2); legs.len()];
+    let rates = [50_000u64, 150_000, 270_000];
+    let ticks = (iterations / 25).max(1000);
+    let mut tick = 0u64;
+    let alloc = bench("allocation tick, 25 simulcast legs", ticks, |_| {
+        // 250 ms per tick (the clock keeps going through the warm-up); the estimate is
+        // a triangle wave over 40 s.
+        tick += 1;
+        let clock_ms = tick * 250;
+        let phase = (tick % 160) as i64;
+        let budget = 1_000_000 + 5_000_000 * (80 - (phase - 80).abs()) / 80;
+        order.sort_by_key(|&j| {
+            let (s, sp, w) = legs[j].1;
+            video_priority(s, sp, w)
+        });
+        let mut remaining = budget;
+        for &j in &order {
+            let d = plan_leg(&legs[j].0, &rates, 2, cur[j], remaining, false, clock_ms);
+            if let Some(r) = d.step.rank() {
+                remaining -= rates[r] as i64;
+                cur[j] = Some(r);
+            }
+        }
+        black_box(remaining);
+    });
+    out.push(alloc);
     out
 }
 

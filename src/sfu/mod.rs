@@ -11,6 +11,7 @@
 //! negotiated (see [`rewrite`]) and hands it to the subscriber's connection without
 //! waiting.
 
+pub mod alloc;
 pub mod bwe;
 pub mod codec;
 mod conference;

@@ -408,7 +408,7 @@ impl Participant {
                 track: t.clone(),
                 layer: leg.layer_rid(),
                 paused: leg.sink.paused.load(Ordering::Relaxed)
-                    || leg.sink.bw_paused.load(Ordering::Relaxed),
+                    || leg.sink.step.bw_paused.load(Ordering::Relaxed),
             })
             .collect();
         v.sort_by(|a, b| a.track.track_id.cmp(&b.track.track_id));

@@ -11,6 +11,7 @@
 //!                                                  ──► KeyframeThrottle ──► publisher PLI
 //! ```
 
+use super::alloc;
 use super::codec::{self, VideoCodec};
 use super::rewrite::{LegParams, LegRewriter};
 use super::rtcp::{KeyframeThrottle, is_keyframe_request};
@@ -402,7 +403,7 @@ impl PublishedTrack {
         // Computed at most once per packet, and only while some leg waits to switch.
         let mut keyframe: Option<bool> = None;
         for sink in legs.iter() {
-            if sink.paused.load(Ordering::Relaxed) || sink.bw_paused.load(Ordering::Relaxed) {
+            if sink.paused.load(Ordering::Relaxed) || sink.step.bw_paused.load(Ordering::Relaxed) {
                 continue;
             }
             let selected = sink.selected_ssrc.load(Ordering::Relaxed);
@@ -520,18 +521,10 @@ pub(crate) struct LegSink {
     pub(crate) target_ssrc: AtomicU32,
     /// Forward nothing (the subscriber's tile is 0x0).
     pub(crate) paused: AtomicBool,
-    /// Forward nothing: not even the lowest layer fits the subscriber's bandwidth.
-    pub(crate) bw_paused: AtomicBool,
     /// The subscriber's rendered size, `width << 16 | height`; 0: no preference.
     pub(crate) want: AtomicU32,
-    /// Highest layer rank (0 = lowest) the bandwidth allocator allows; `u32::MAX`: no cap.
-    pub(crate) cap_rank: AtomicU32,
-    /// When the allocator last stepped this leg up (ms since the SFU's clock origin).
-    pub(crate) last_up_ms: AtomicU64,
-    /// When the estimate last forced this leg below its preferred layer (same clock).
-    pub(crate) last_forced_down_ms: AtomicU64,
-    /// The current hold between upward steps, ms (0: [`UPGRADE_HOLD`]).
-    pub(crate) up_hold_ms: AtomicU64,
+    /// The bandwidth allocator's state for this leg (see [`alloc::plan_leg`]).
+    pub(crate) step: alloc::StepState,
 }
 
 impl LegSink {
@@ -570,24 +563,6 @@ impl LegSink {
             }
             std::task::Poll::Ready(Err(_)) => stats.record_drop(DropReason::WriteFailed),
             std::task::Poll::Pending => stats.record_drop(DropReason::QueueFull),
-        }
-    }
-
-    /// Takes an upward step at `clock_ms` if the hold allows (see [`may_step_up`]),
-    /// recording it; false while held.
-    pub(crate) fn try_step_up(&self, clock_ms: u64) -> bool {
-        match may_step_up(
-            clock_ms,
-            self.last_up_ms.load(Ordering::Relaxed),
-            self.last_forced_down_ms.load(Ordering::Relaxed),
-            self.up_hold_ms.load(Ordering::Relaxed),
-        ) {
-            Some(hold) => {
-                self.up_hold_ms.store(hold, Ordering::Relaxed);
-                self.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
-                true
-            }
-            None => false,
         }
     }
 
@@ -677,12 +652,8 @@ impl Leg {
             selected_ssrc: AtomicU32::new(0),
             target_ssrc: AtomicU32::new(0),
             paused: AtomicBool::new(false),
-            bw_paused: AtomicBool::new(false),
             want: AtomicU32::new(0),
-            cap_rank: AtomicU32::new(u32::MAX),
-            last_up_ms: AtomicU64::new(0),
-            last_forced_down_ms: AtomicU64::new(0),
-            up_hold_ms: AtomicU64::new(0),
+            step: alloc::StepState::default(),
         });
         let rtcp = tokio::spawn(rtcp_loop(
             local,
@@ -825,7 +796,7 @@ pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: 
     let Some(mut want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
         return false;
     };
-    let cap = sink.cap_rank.load(Ordering::Relaxed);
+    let cap = sink.step.cap_rank.load(Ordering::Relaxed);
     if cap != u32::MAX && source.is_simulcast() {
         let ranked = source.live_ranked(now);
         if let Some(pos) = ranked.iter().position(|l| l.ssrc == want)
@@ -868,85 +839,13 @@ async fn resume(source: &PublishedTrack, sink: &LegSink) {
     source.request_keyframe(target).await;
 }
 
-/// Upward layer steps of one leg are at least this far apart (no flapping).
-pub(crate) const UPGRADE_HOLD: Duration = Duration::from_secs(5);
-
-/// A leg keeps at least its lowest layer this long after an upward step or a resume.
-pub(crate) const MIN_KEPT_AFTER_UP: Duration = Duration::from_secs(3);
-
-/// The longest the hold between upward steps grows to after failed upward steps.
-pub(crate) const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
-
-/// One leg's upward-step decision, from its step history (ms on the SFU clock, 0 never):
-/// `Some(new_hold_ms)` when the leg may step up now, `None` while held.
-///
-/// Upward steps are at least a hold after the previous upward step and after the last
-/// time the estimate forced the leg down. The hold starts at [`UPGRADE_HOLD`]; it
-/// doubles (up to [`MAX_UPGRADE_HOLD`]) each time the estimate forces the leg back down
-/// within two holds of an upward step (see [`note_forced_down`]), and returns to
-/// [`UPGRADE_HOLD`] once an upward step was not followed by a forced one down. Without
-/// probing, the upward step is what tests a grown estimate; the growing hold bounds how
-/// often a path that cannot carry the layer is tried.
-pub(crate) fn may_step_up(
-    clock_ms: u64,
-    last_up: u64,
-    last_forced_down: u64,
-    hold_ms: u64,
-) -> Option<u64> {
-    let hold = if hold_ms == 0 {
-        UPGRADE_HOLD.as_millis() as u64
-    } else {
-        hold_ms
-    };
-    let since = last_up.max(last_forced_down);
-    if since != 0 && clock_ms.saturating_sub(since) < hold {
-        return None;
-    }
-    // The previous upward step held (no forced step down since): back to the base hold.
-    Some(if last_forced_down < last_up {
-        UPGRADE_HOLD.as_millis() as u64
-    } else {
-        hold
-    })
-}
-
-/// The order in which the allocator serves video legs (smallest key first): screenshares
-/// (`screenshare`), then the video of active speakers by their rank (`speaker`, 0 the
-/// loudest), then the rest; within each, larger rendered tiles (`want`) first, and a leg
-/// with no stated size as if it were the largest.
-pub(crate) fn video_priority(
-    screenshare: bool,
-    speaker: Option<usize>,
-    want: Option<(u32, u32)>,
-) -> (bool, usize, std::cmp::Reverse<u64>) {
-    (
-        !screenshare,
-        speaker.unwrap_or(usize::MAX),
-        std::cmp::Reverse(want.map_or(u64::MAX, |(w, h)| w as u64 * h as u64)),
-    )
-}
-
-/// The hold after the estimate forced a leg below its preferred layer at `clock_ms`:
-/// doubled when that came within two holds of the last upward step (a failed step up).
-pub(crate) fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64 {
-    let hold = if hold_ms == 0 {
-        UPGRADE_HOLD.as_millis() as u64
-    } else {
-        hold_ms
-    };
-    if last_up != 0 && clock_ms.saturating_sub(last_up) < 2 * hold {
-        (2 * hold).min(MAX_UPGRADE_HOLD.as_millis() as u64)
-    } else {
-        hold
-    }
-}
-
 /// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
-/// no cap): audio first, then video in [`video_priority`] order (screenshares, then the
+/// no cap): audio first, then video in [`alloc::video_priority`] order (screenshares, then the
 /// active speakers' video, loudest first, then by rendered size), each simulcast
 /// leg at the highest layer up to its size preference that fits what is left, stepping
 /// down first and dropping the track (until it fits again) only when even its lowest
-/// layer does not; upward steps one layer at a time, a hold apart (see [`may_step_up`]).
+/// layer does not; upward steps one layer at a time, a hold apart (see
+/// [`alloc::plan_leg`]).
 /// A dropped track also comes back when the estimate is `stale` (no feedback: with
 /// nothing sent, a send-side estimate cannot recover on its own).
 /// Then re-targets every leg (sizes, stalls, caps).
@@ -969,7 +868,7 @@ pub(crate) async fn allocate(
         }
     }
     video.sort_by_key(|l| {
-        video_priority(
+        alloc::video_priority(
             l.source.screenshare.load(Ordering::Relaxed),
             speakers.iter().position(|p| *p == l.source.info.publisher),
             l.sink.want(),
@@ -980,66 +879,32 @@ pub(crate) async fn allocate(
         if !source.is_simulcast() {
             remaining -= source.rate_of(0) as i64;
         } else if budget_bps == 0 {
-            sink.cap_rank.store(u32::MAX, Ordering::Relaxed);
-            sink.bw_paused.store(false, Ordering::Relaxed);
+            sink.step.cap_rank.store(u32::MAX, Ordering::Relaxed);
+            sink.step.bw_paused.store(false, Ordering::Relaxed);
         } else {
             let ranked = source.live_ranked(now);
             let pref = source
                 .preferred_layer(sink.want(), now, LAYER_STALL)
                 .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
                 .unwrap_or(ranked.len().saturating_sub(1));
-            let mut fits = (0..=pref)
-                .rev()
-                .find(|i| ranked[*i].rate_bps() as i64 <= remaining);
-            let was_paused = sink.bw_paused.load(Ordering::Relaxed);
-            // A track that just came back (or stepped up) keeps at least its lowest layer
-            // for a while: the feedback on it is what can move the estimate, and an
-            // estimate near that layer's rate would otherwise drop and resume it every
-            // tick, which left the estimate at its floor with no clean feedback at all.
-            if fits.is_none() && !was_paused {
-                let last_up = sink.last_up_ms.load(Ordering::Relaxed);
-                if last_up != 0
-                    && clock_ms.saturating_sub(last_up) < MIN_KEPT_AFTER_UP.as_millis() as u64
-                {
-                    fits = Some(0);
-                }
-            }
+            let rates: Vec<u64> = ranked.iter().map(|l| l.rate_bps()).collect();
             let target = sink.target_ssrc.load(Ordering::Relaxed);
             let cur = ranked.iter().position(|l| l.ssrc == target);
-            // Step down first; drop the track only when even its lowest layer does not fit.
-            let forced_down = match (fits, cur) {
-                (None, _) => !was_paused,
-                (Some(f), Some(c)) => f < pref && f < c,
-                (Some(_), None) => false,
-            };
-            if forced_down {
-                let hold = note_forced_down(
-                    clock_ms,
-                    sink.last_up_ms.load(Ordering::Relaxed),
-                    sink.up_hold_ms.load(Ordering::Relaxed),
-                );
-                sink.up_hold_ms.store(hold, Ordering::Relaxed);
-                sink.last_forced_down_ms
-                    .store(clock_ms.max(1), Ordering::Relaxed);
+            let d = alloc::plan_leg(&sink.step, &rates, pref, cur, remaining, stale, clock_ms);
+            if let Some(hold) = d.forced_down_hold_ms {
                 tracing::debug!(
                     participant = subscriber,
                     track = %source.info.track.track_id,
                     from_rank = ?cur,
-                    to_rank = ?fits,
+                    to_rank = ?d.step.rank(),
                     estimate_bps = budget_bps,
                     upgrade_hold_ms = hold,
                     "bandwidth: leg stepped down (none: track dropped)"
                 );
             }
-            // A dropped track comes back like any upward step (a hold after it was
-            // dropped), and only with a margin over its lowest layer, so a budget close
-            // to that layer's rate does not toggle it every tick.
-            // A stale estimate (no feedback, because nothing is sent) cannot grow: the
-            // track comes back anyway once the hold allows, and the feedback on it decides.
-            if was_paused && (fits.is_some() || stale) {
-                let margin_ok = stale || ranked[0].rate_bps() as i64 * 6 / 5 <= remaining;
-                if margin_ok && sink.try_step_up(clock_ms) {
-                    fits = Some(0);
+            match d.step {
+                alloc::Step::Dropped => continue,
+                alloc::Step::Resumed => {
                     tracing::debug!(
                         participant = subscriber,
                         track = %source.info.track.track_id,
@@ -1047,42 +912,26 @@ pub(crate) async fn allocate(
                         stale,
                         "bandwidth: dropped track resumed at its lowest layer"
                     );
-                } else {
-                    fits = None;
+                    // Resumed at the lowest layer: the next step up waits for the hold.
+                    retarget_sink(source, sink, now).await;
+                    resume(source, sink).await;
+                    remaining -= rates.first().copied().unwrap_or(0) as i64;
+                    continue;
+                }
+                alloc::Step::Layer(fit) => {
+                    if let Some(from) = d.stepped_up_from {
+                        tracing::debug!(
+                            participant = subscriber,
+                            track = %source.info.track.track_id,
+                            from_rank = from,
+                            to_rank = fit,
+                            estimate_bps = budget_bps,
+                            "bandwidth: leg stepped up"
+                        );
+                    }
+                    remaining -= rates.get(fit).copied().unwrap_or(0) as i64;
                 }
             }
-            let dropped = fits.is_none();
-            if sink.bw_paused.swap(dropped, Ordering::Relaxed) && !dropped {
-                // Resumed at the lowest layer: the next step up waits for the hold.
-                sink.cap_rank.store(0, Ordering::Relaxed);
-                retarget_sink(source, sink, now).await;
-                resume(source, sink).await;
-                remaining -= ranked[0].rate_bps() as i64;
-                continue;
-            }
-            if dropped {
-                continue;
-            }
-            let mut fit = fits.unwrap_or(0);
-            if let Some(cur) = cur
-                && fit > cur
-            {
-                if sink.try_step_up(clock_ms) {
-                    fit = cur + 1;
-                    tracing::debug!(
-                        participant = subscriber,
-                        track = %source.info.track.track_id,
-                        from_rank = cur,
-                        to_rank = fit,
-                        estimate_bps = budget_bps,
-                        "bandwidth: leg stepped up"
-                    );
-                } else {
-                    fit = cur;
-                }
-            }
-            sink.cap_rank.store(fit as u32, Ordering::Relaxed);
-            remaining -= ranked[fit].rate_bps() as i64;
         }
         retarget_sink(source, sink, now).await;
     }
@@ -1150,71 +999,6 @@ mod tests {
         assert_eq!(choose_layer(&all, Some((1920, 1080))), Some(3));
         assert_eq!(choose_layer(&all, None), Some(3));
         assert_eq!(choose_layer(&[], None), None);
-    }
-
-    #[test]
-    fn failed_upward_steps_lengthen_the_hold_and_a_lasting_one_resets_it() {
-        let base = UPGRADE_HOLD.as_millis() as u64;
-        // Never stepped up: may step now, at the base hold.
-        assert_eq!(may_step_up(1_000, 0, 0, 0), Some(base));
-        // Stepped up at 10 s: held until 15 s.
-        assert_eq!(may_step_up(14_000, 10_000, 0, base), None);
-        assert_eq!(may_step_up(15_000, 10_000, 0, base), Some(base));
-        // Forced down 3 s after the step up: the hold doubles, then doubles again, capped.
-        let hold = note_forced_down(13_000, 10_000, base);
-        assert_eq!(hold, 2 * base);
-        assert_eq!(may_step_up(22_000, 10_000, 13_000, hold), None);
-        assert_eq!(may_step_up(23_000, 10_000, 13_000, hold), Some(2 * base));
-        // Forced down without a step up before: held for one hold from then.
-        assert_eq!(may_step_up(3_000, 0, 1_000, base), None);
-        assert_eq!(may_step_up(6_000, 0, 1_000, base), Some(base));
-        let mut h = hold;
-        for _ in 0..5 {
-            h = note_forced_down(20_500, 20_000, h);
-        }
-        assert_eq!(h, MAX_UPGRADE_HOLD.as_millis() as u64);
-        // A forced step down long after the last step up is not a failed step up.
-        assert_eq!(note_forced_down(60_000, 20_000, base), base);
-        // An upward step that was not followed by a forced one: back to the base hold.
-        assert_eq!(may_step_up(80_000, 40_000, 30_000, h), Some(base));
-    }
-
-    #[test]
-    fn screenshares_then_speakers_then_larger_tiles_get_the_bandwidth_first() {
-        let big = Some((1280, 720));
-        let small = Some((320, 180));
-        let mut legs = [
-            ("small camera", video_priority(false, None, small)),
-            ("big camera", video_priority(false, None, big)),
-            (
-                "second speaker, small",
-                video_priority(false, Some(1), small),
-            ),
-            (
-                "loudest speaker, small",
-                video_priority(false, Some(0), small),
-            ),
-            ("camera of unknown size", video_priority(false, None, None)),
-            ("small screenshare", video_priority(true, None, small)),
-            (
-                "speaker's big screenshare",
-                video_priority(true, Some(0), big),
-            ),
-        ];
-        legs.sort_by_key(|(_, k)| *k);
-        let order: Vec<&str> = legs.iter().map(|(n, _)| *n).collect();
-        assert_eq!(
-            order,
-            [
-                "speaker's big screenshare",
-                "small screenshare",
-                "loudest speaker, small",
-                "second speaker, small",
-                "camera of unknown size",
-                "big camera",
-                "small camera",
-            ]
-        );
     }
 
     #[test]

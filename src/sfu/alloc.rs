@@ -1,0 +1,413 @@
+//! The bandwidth allocator's per-leg decisions, free of webrtc and of the async work
+//! that carries them out (keyframe requests, resuming a leg): the upward-step hold, the
+//! order in which a subscriber's video legs are served, and one leg's layer choice
+//! ([`plan_leg`]). `track::allocate` runs them every 250 ms per subscriber; being pure
+//! (atomics in, a [`Decision`] out), they are unit-tested here and benchmarked by
+//! `sluice-loadtest micro`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upward layer steps of one leg are at least this far apart (no flapping).
+pub const UPGRADE_HOLD: Duration = Duration::from_secs(5);
+
+/// A leg keeps at least its lowest layer this long after an upward step or a resume.
+pub const MIN_KEPT_AFTER_UP: Duration = Duration::from_secs(3);
+
+/// The longest the hold between upward steps grows to after failed upward steps.
+pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
+
+/// One leg's upward-step decision, from its step history (ms on the SFU clock, 0 never):
+/// `Some(new_hold_ms)` when the leg may step up now, `None` while held.
+///
+/// Upward steps are at least a hold after the previous upward step and after the last
+/// time the estimate forced the leg down. The hold starts at [`UPGRADE_HOLD`]; it
+/// doubles (up to [`MAX_UPGRADE_HOLD`]) each time the estimate forces the leg back down
+/// within two holds of an upward step (see [`note_forced_down`]), and returns to
+/// [`UPGRADE_HOLD`] once an upward step was not followed by a forced one down. Without
+/// probing, the upward step is what tests a grown estimate; the growing hold bounds how
+/// often a path that cannot carry the layer is tried.
+pub fn may_step_up(
+    clock_ms: u64,
+    last_up: u64,
+    last_forced_down: u64,
+    hold_ms: u64,
+) -> Option<u64> {
+    let hold = if hold_ms == 0 {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold_ms
+    };
+    let since = last_up.max(last_forced_down);
+    if since != 0 && clock_ms.saturating_sub(since) < hold {
+        return None;
+    }
+    // The previous upward step held (no forced step down since): back to the base hold.
+    Some(if last_forced_down < last_up {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold
+    })
+}
+
+/// The order in which the allocator serves video legs (smallest key first): screenshares
+/// (`screenshare`), then the video of active speakers by their rank (`speaker`, 0 the
+/// loudest), then the rest; within each, larger rendered tiles (`want`) first, and a leg
+/// with no stated size as if it were the largest.
+pub fn video_priority(
+    screenshare: bool,
+    speaker: Option<usize>,
+    want: Option<(u32, u32)>,
+) -> (bool, usize, std::cmp::Reverse<u64>) {
+    (
+        !screenshare,
+        speaker.unwrap_or(usize::MAX),
+        std::cmp::Reverse(want.map_or(u64::MAX, |(w, h)| w as u64 * h as u64)),
+    )
+}
+
+/// The hold after the estimate forced a leg below its preferred layer at `clock_ms`:
+/// doubled when that came within two holds of the last upward step (a failed step up).
+pub fn note_forced_down(clock_ms: u64, last_up: u64, hold_ms: u64) -> u64 {
+    let hold = if hold_ms == 0 {
+        UPGRADE_HOLD.as_millis() as u64
+    } else {
+        hold_ms
+    };
+    if last_up != 0 && clock_ms.saturating_sub(last_up) < 2 * hold {
+        (2 * hold).min(MAX_UPGRADE_HOLD.as_millis() as u64)
+    } else {
+        hold
+    }
+}
+
+/// A leg's allocation state: what the allocator decided and when it last stepped.
+/// Atomics, because the forwarder reads `bw_paused` per packet and the admin API reads
+/// it too; only the allocator writes.
+#[derive(Debug)]
+pub struct StepState {
+    /// Forward nothing: not even the lowest layer fits the subscriber's bandwidth.
+    pub bw_paused: AtomicBool,
+    /// Highest layer rank (0 = lowest) the allocator allows; `u32::MAX`: no cap.
+    pub cap_rank: AtomicU32,
+    /// When the allocator last stepped this leg up (ms since the subscriber's clock
+    /// origin; 0 never).
+    pub last_up_ms: AtomicU64,
+    /// When the estimate last forced this leg below its preferred layer (same clock).
+    pub last_forced_down_ms: AtomicU64,
+    /// The current hold between upward steps, ms (0: [`UPGRADE_HOLD`]).
+    pub up_hold_ms: AtomicU64,
+}
+
+impl Default for StepState {
+    fn default() -> Self {
+        Self {
+            bw_paused: AtomicBool::new(false),
+            cap_rank: AtomicU32::new(u32::MAX),
+            last_up_ms: AtomicU64::new(0),
+            last_forced_down_ms: AtomicU64::new(0),
+            up_hold_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StepState {
+    /// Takes an upward step at `clock_ms` if the hold allows (see [`may_step_up`]),
+    /// recording it; false while held.
+    pub fn try_step_up(&self, clock_ms: u64) -> bool {
+        match may_step_up(
+            clock_ms,
+            self.last_up_ms.load(Ordering::Relaxed),
+            self.last_forced_down_ms.load(Ordering::Relaxed),
+            self.up_hold_ms.load(Ordering::Relaxed),
+        ) {
+            Some(hold) => {
+                self.up_hold_ms.store(hold, Ordering::Relaxed);
+                self.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What a leg receives after one allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing: not even its lowest layer fits (the track is dropped).
+    Dropped,
+    /// It was dropped and comes back now, at its lowest layer.
+    Resumed,
+    /// The layer of this rank (0 = lowest) at most.
+    Layer(usize),
+}
+
+impl Step {
+    /// The layer rank the leg may receive, if any.
+    pub fn rank(self) -> Option<usize> {
+        match self {
+            Step::Dropped => None,
+            Step::Resumed => Some(0),
+            Step::Layer(r) => Some(r),
+        }
+    }
+}
+
+/// One leg's allocation, with what the caller logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// What the leg receives now.
+    pub step: Step,
+    /// Set when the estimate forced the leg below where it was (or dropped it): the
+    /// hold before its next upward step, ms.
+    pub forced_down_hold_ms: Option<u64>,
+    /// Set when the leg stepped up one layer: the rank it came from.
+    pub stepped_up_from: Option<usize>,
+}
+
+/// Chooses one simulcast leg's layer and records the choice in `st`.
+///
+/// `rates` are the live layers' bitrates (bits/s), lowest layer first; `pref` the rank
+/// the subscriber's tile size asks for; `cur` the rank of the layer it is switching to
+/// or receives (None: none yet); `remaining` the estimate left after the legs served
+/// before it (may be negative). The leg gets the highest layer up to `pref` that fits
+/// `remaining`, stepping down at once and dropping the track only when even the lowest
+/// layer does not fit; upward steps go one layer at a time, a hold apart
+/// ([`may_step_up`]); a dropped track comes back like an upward step and only with a 20 %
+/// margin over its lowest layer, or whatever the estimate says when it is `stale` (no
+/// feedback: with nothing sent, a send-side estimate cannot recover on its own). After
+/// an upward step or a resume the leg keeps at least its lowest layer for
+/// [`MIN_KEPT_AFTER_UP`], so the feedback on it can move the estimate.
+pub fn plan_leg(
+    st: &StepState,
+    rates: &[u64],
+    pref: usize,
+    cur: Option<usize>,
+    remaining: i64,
+    stale: bool,
+    clock_ms: u64,
+) -> Decision {
+    let pref = pref.min(rates.len().saturating_sub(1));
+    let mut fits = (0..=pref)
+        .rev()
+        .find(|i| rates.get(*i).is_some_and(|r| *r as i64 <= remaining));
+    let was_paused = st.bw_paused.load(Ordering::Relaxed);
+    // A track that just came back (or stepped up) keeps at least its lowest layer for a
+    // while: the feedback on it is what can move the estimate, and an estimate near that
+    // layer's rate would otherwise drop and resume it every tick, which left the estimate
+    // at its floor with no clean feedback at all.
+    if fits.is_none() && !was_paused {
+        let last_up = st.last_up_ms.load(Ordering::Relaxed);
+        if last_up != 0 && clock_ms.saturating_sub(last_up) < MIN_KEPT_AFTER_UP.as_millis() as u64 {
+            fits = Some(0);
+        }
+    }
+    // Step down first; drop the track only when even its lowest layer does not fit.
+    let forced_down = match (fits, cur) {
+        (None, _) => !was_paused,
+        (Some(f), Some(c)) => f < pref && f < c,
+        (Some(_), None) => false,
+    };
+    let mut forced_down_hold_ms = None;
+    if forced_down {
+        let hold = note_forced_down(
+            clock_ms,
+            st.last_up_ms.load(Ordering::Relaxed),
+            st.up_hold_ms.load(Ordering::Relaxed),
+        );
+        st.up_hold_ms.store(hold, Ordering::Relaxed);
+        st.last_forced_down_ms
+            .store(clock_ms.max(1), Ordering::Relaxed);
+        forced_down_hold_ms = Some(hold);
+    }
+    // A dropped track comes back like any upward step (a hold after it was dropped), and
+    // only with a margin over its lowest layer, so a budget close to that layer's rate
+    // does not toggle it every tick.
+    if was_paused && (fits.is_some() || stale) {
+        let margin_ok = stale
+            || rates
+                .first()
+                .is_some_and(|r| *r as i64 * 6 / 5 <= remaining);
+        fits = (margin_ok && st.try_step_up(clock_ms)).then_some(0);
+    }
+    let dropped = fits.is_none();
+    let step = if st.bw_paused.swap(dropped, Ordering::Relaxed) && !dropped {
+        st.cap_rank.store(0, Ordering::Relaxed);
+        Step::Resumed
+    } else if dropped {
+        Step::Dropped
+    } else {
+        let mut fit = fits.unwrap_or(0);
+        let mut stepped_up_from = None;
+        if let Some(cur) = cur
+            && fit > cur
+        {
+            if st.try_step_up(clock_ms) {
+                fit = cur + 1;
+                stepped_up_from = Some(cur);
+            } else {
+                fit = cur;
+            }
+        }
+        st.cap_rank.store(fit as u32, Ordering::Relaxed);
+        return Decision {
+            step: Step::Layer(fit),
+            forced_down_hold_ms,
+            stepped_up_from,
+        };
+    };
+    Decision {
+        step,
+        forced_down_hold_ms,
+        stepped_up_from: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_upward_steps_lengthen_the_hold_and_a_lasting_one_resets_it() {
+        let base = UPGRADE_HOLD.as_millis() as u64;
+        // Never stepped up: may step now, at the base hold.
+        assert_eq!(may_step_up(1_000, 0, 0, 0), Some(base));
+        // Stepped up at 10 s: held until 15 s.
+        assert_eq!(may_step_up(14_000, 10_000, 0, base), None);
+        assert_eq!(may_step_up(15_000, 10_000, 0, base), Some(base));
+        // Forced down 3 s after the step up: the hold doubles, then doubles again, capped.
+        let hold = note_forced_down(13_000, 10_000, base);
+        assert_eq!(hold, 2 * base);
+        assert_eq!(may_step_up(22_000, 10_000, 13_000, hold), None);
+        assert_eq!(may_step_up(23_000, 10_000, 13_000, hold), Some(2 * base));
+        // Forced down without a step up before: held for one hold from then.
+        assert_eq!(may_step_up(3_000, 0, 1_000, base), None);
+        assert_eq!(may_step_up(6_000, 0, 1_000, base), Some(base));
+        let mut h = hold;
+        for _ in 0..5 {
+            h = note_forced_down(20_500, 20_000, h);
+        }
+        assert_eq!(h, MAX_UPGRADE_HOLD.as_millis() as u64);
+        // A forced step down long after the last step up is not a failed step up.
+        assert_eq!(note_forced_down(60_000, 20_000, base), base);
+        // An upward step that was not followed by a forced one: back to the base hold.
+        assert_eq!(may_step_up(80_000, 40_000, 30_000, h), Some(base));
+    }
+
+    #[test]
+    fn screenshares_then_speakers_then_larger_tiles_get_the_bandwidth_first() {
+        let big = Some((1280, 720));
+        let small = Some((320, 180));
+        let mut legs = [
+            ("small camera", video_priority(false, None, small)),
+            ("big camera", video_priority(false, None, big)),
+            (
+                "second speaker, small",
+                video_priority(false, Some(1), small),
+            ),
+            (
+                "loudest speaker, small",
+                video_priority(false, Some(0), small),
+            ),
+            ("camera of unknown size", video_priority(false, None, None)),
+            ("small screenshare", video_priority(true, None, small)),
+            (
+                "speaker's big screenshare",
+                video_priority(true, Some(0), big),
+            ),
+        ];
+        legs.sort_by_key(|(_, k)| *k);
+        let order: Vec<&str> = legs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            order,
+            [
+                "speaker's big screenshare",
+                "small screenshare",
+                "loudest speaker, small",
+                "second speaker, small",
+                "camera of unknown size",
+                "big camera",
+                "small camera",
+            ]
+        );
+    }
+
+    const RATES: [u64; 3] = [50_000, 150_000, 270_000];
+
+    fn plan(st: &StepState, cur: Option<usize>, remaining: i64, stale: bool, t: u64) -> Decision {
+        plan_leg(st, &RATES, 2, cur, remaining, stale, t)
+    }
+
+    #[test]
+    fn steps_down_at_once_and_up_one_layer_a_hold_later() {
+        let st = StepState::default();
+        let d = plan(&st, Some(2), 1_000_000, false, 1_000);
+        assert_eq!(d.step, Step::Layer(2));
+        assert_eq!(d.forced_down_hold_ms, None);
+        // Only h fits: straight down to it, and the hold starts.
+        let d = plan(&st, Some(2), 200_000, false, 2_000);
+        assert_eq!(d.step, Step::Layer(1));
+        assert_eq!(d.forced_down_hold_ms, Some(UPGRADE_HOLD.as_millis() as u64));
+        assert_eq!(st.cap_rank.load(Ordering::Relaxed), 1);
+        // Room again, but within the hold: stays.
+        let d = plan(&st, Some(1), 1_000_000, false, 6_999);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(1), None));
+        // After it: one layer up.
+        let d = plan(&st, Some(1), 1_000_000, false, 7_000);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(2), Some(1)));
+        assert_eq!(st.cap_rank.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_dropped_track_resumes_only_with_a_margin_or_a_stale_estimate() {
+        let st = StepState::default();
+        let d = plan(&st, Some(0), 30_000, false, 1_000);
+        assert_eq!(d.step, Step::Dropped);
+        assert!(d.forced_down_hold_ms.is_some());
+        assert!(st.bw_paused.load(Ordering::Relaxed));
+        // q fits but without the 20 % margin (55 k < 60 k): still dropped, even after the
+        // hold.
+        assert_eq!(plan(&st, Some(0), 55_000, false, 7_000).step, Step::Dropped);
+        // With the margin, after the hold: back at the lowest layer.
+        let d = plan(&st, Some(0), 70_000, false, 7_000);
+        assert_eq!(d.step, Step::Resumed);
+        assert!(!st.bw_paused.load(Ordering::Relaxed));
+        assert_eq!(st.cap_rank.load(Ordering::Relaxed), 0);
+
+        // A stale estimate brings it back whatever it says, once the hold allows.
+        let st = StepState::default();
+        assert_eq!(plan(&st, Some(0), 0, false, 1_000).step, Step::Dropped);
+        assert_eq!(plan(&st, Some(0), 0, true, 2_000).step, Step::Dropped);
+        assert_eq!(plan(&st, Some(0), 0, true, 6_000).step, Step::Resumed);
+    }
+
+    #[test]
+    fn a_resumed_track_keeps_its_lowest_layer_for_a_while() {
+        let st = StepState::default();
+        assert_eq!(plan(&st, Some(0), 0, false, 1_000).step, Step::Dropped);
+        assert_eq!(plan(&st, Some(0), 0, true, 6_000).step, Step::Resumed);
+        // The estimate is still below q: kept for MIN_KEPT_AFTER_UP, then dropped.
+        let kept = MIN_KEPT_AFTER_UP.as_millis() as u64;
+        assert_eq!(
+            plan(&st, Some(0), 0, false, 6_000 + kept - 1).step,
+            Step::Layer(0)
+        );
+        assert_eq!(
+            plan(&st, Some(0), 0, false, 6_000 + kept).step,
+            Step::Dropped
+        );
+    }
+
+    #[test]
+    fn no_layers_is_no_panic() {
+        let st = StepState::default();
+        assert_eq!(
+            plan_leg(&st, &[], 2, None, 1_000, false, 1).step,
+            Step::Dropped
+        );
+        assert_eq!(
+            plan_leg(&st, &[], 0, None, 0, true, 10_000).step,
+            Step::Resumed
+        );
+    }
+}
