@@ -47,6 +47,27 @@ async fn start_sluice() -> (Sfu, Focus, MatrixConfig, String) {
     (sfu, focus, cfg, hs)
 }
 
+/// A 4-second run (after 3 s of warm-up) of one room of 3 with `publishers` of them
+/// publishing `profile`. Sluice runs in this process, so the CPU figures include the
+/// participants' own.
+fn options(hs: String, cfg: &MatrixConfig, publishers: usize, profile: Profile) -> CallOptions {
+    CallOptions {
+        homeserver: hs,
+        sluice_user: cfg.user_id.clone(),
+        sluice_device: cfg.device_id.clone(),
+        rooms: 1,
+        participants: 3,
+        publishers,
+        profile,
+        ramp_per_sec: 10.0,
+        duration: Duration::from_secs(4),
+        warmup: Duration::from_secs(3),
+        sluice_pid: Some(std::process::id()),
+        progress: false,
+        janus: None,
+    }
+}
+
 /// Waits until every participant has left Sluice, then stops it.
 async fn stop_sluice(sfu: Sfu, focus: Focus, cfg: MatrixConfig) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -65,24 +86,7 @@ async fn stop_sluice(sfu: Sfu, focus: Focus, cfg: MatrixConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_video_call_load_run_reports_every_figure() {
     let (sfu, focus, cfg, hs) = start_sluice().await;
-    let report: Value = run(CallOptions {
-        homeserver: hs,
-        sluice_user: cfg.user_id.clone(),
-        sluice_device: cfg.device_id.clone(),
-        rooms: 1,
-        participants: 3,
-        publishers: 2,
-        profile: Profile::Video,
-        ramp_per_sec: 10.0,
-        duration: Duration::from_secs(4),
-        warmup: Duration::from_secs(3),
-        // Sluice runs in this process: its CPU here includes the participants' own.
-        sluice_pid: Some(std::process::id()),
-        progress: false,
-        janus: None,
-    })
-    .await
-    .unwrap();
+    let report: Value = run(options(hs, &cfg, 2, Profile::Video)).await.unwrap();
 
     assert_eq!(report["participants_joined"], 3, "{report:#}");
     assert_eq!(report["join_failures"].as_array().unwrap().len(), 0);
@@ -151,23 +155,9 @@ async fn a_short_screenshare_load_run_delivers_the_screen_to_every_listener() {
             }
         })
     };
-    let report: Value = run(CallOptions {
-        homeserver: hs,
-        sluice_user: cfg.user_id.clone(),
-        sluice_device: cfg.device_id.clone(),
-        rooms: 1,
-        participants: 3,
-        publishers: 1,
-        profile: Profile::Screenshare,
-        ramp_per_sec: 10.0,
-        duration: Duration::from_secs(4),
-        warmup: Duration::from_secs(3),
-        sluice_pid: Some(std::process::id()),
-        progress: false,
-        janus: None,
-    })
-    .await
-    .unwrap();
+    let report: Value = run(options(hs, &cfg, 1, Profile::Screenshare))
+        .await
+        .unwrap();
     assert_eq!(report["profile"], "screenshare");
     assert_eq!(report["participants_joined"], 3, "{report:#}");
     // One presenter's audio and screen reach both listeners: 4 streams (2 without the

@@ -443,9 +443,28 @@ impl TestPeer {
             .unwrap();
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let mut sends = Vec::new();
+        let stream_id = format!("stream-{idx}");
+        let opus = || {
+            codec(
+                "audio/opus",
+                48000,
+                2,
+                "minptime=10;useinbandfec=1",
+                opus_pt,
+            )
+        };
+        let vp8 = || codec("video/VP8", 90000, 0, "", vp8_pt);
+        let one = |ssrc: u32, c: RTCRtpCodecParameters| {
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: c.rtp_codec,
+                ..Default::default()
+            }]
+        };
         if simulcast {
-            let stream_id = format!("stream-{idx}");
-            let track_id = format!("video-{idx}");
             let codings = LAYERS
                 .iter()
                 .enumerate()
@@ -455,118 +474,44 @@ impl TestPeer {
                         ssrc: Some(0x2000_0000 + (idx as u32) * 16 + l as u32),
                         ..Default::default()
                     },
-                    codec: codec("video/VP8", 90000, 0, "", vp8_pt).rtp_codec,
+                    codec: vp8().rtp_codec,
                     ..Default::default()
                 })
                 .collect();
-            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                stream_id.clone(),
-                track_id.clone(),
-                track_id.clone(),
-                RtpCodecKind::Video,
-                codings,
-            )));
-            let sender = pc
-                .add_track(local.clone() as Arc<dyn TrackLocal>)
-                .await
-                .unwrap();
-            sends.push(SendTrack {
-                stream_id: stream_id.clone(),
-                track_id,
-                kind: RtpCodecKind::Video,
-                ssrc: 0x2000_0000 + (idx as u32) * 16,
-                pt: vp8_pt,
-                local,
-                sender,
-            });
-            // A microphone in the same stream, sent only on `start_audio_sending`.
-            let track_id = format!("audio-{idx}");
-            let ssrc = 0x1000_0000 + (idx as u32) * 16;
-            let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                stream_id.clone(),
-                track_id.clone(),
-                track_id.clone(),
-                RtpCodecKind::Audio,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec: codec(
-                        "audio/opus",
-                        48000,
-                        2,
-                        "minptime=10;useinbandfec=1",
-                        opus_pt,
-                    )
-                    .rtp_codec,
-                    ..Default::default()
-                }],
-            )));
-            let sender = pc
-                .add_track(local.clone() as Arc<dyn TrackLocal>)
-                .await
-                .unwrap();
-            sends.push(SendTrack {
-                stream_id,
-                track_id,
-                kind: RtpCodecKind::Audio,
-                ssrc,
-                pt: opus_pt,
-                local,
-                sender,
-            });
-        } else if publish {
-            for (kind, mime, clock, channels, fmtp, pt, name) in [
-                (
-                    RtpCodecKind::Audio,
-                    "audio/opus",
-                    48000,
-                    2,
-                    "minptime=10;useinbandfec=1",
-                    opus_pt,
-                    "audio",
-                ),
-                (
+            let video = format!("video-{idx}");
+            sends.push(
+                add_send(
+                    &pc,
+                    &stream_id,
+                    &video,
                     RtpCodecKind::Video,
-                    "video/VP8",
-                    90000,
-                    0,
-                    "",
+                    codings,
                     vp8_pt,
-                    "video",
-                ),
+                )
+                .await,
+            );
+            // A microphone in the same stream, sent only on `start_audio_sending`.
+            let ssrc = 0x1000_0000 + (idx as u32) * 16;
+            let audio = format!("audio-{idx}");
+            sends.push(
+                add_send(
+                    &pc,
+                    &stream_id,
+                    &audio,
+                    RtpCodecKind::Audio,
+                    one(ssrc, opus()),
+                    opus_pt,
+                )
+                .await,
+            );
+        } else if publish {
+            for (kind, c, pt, name) in [
+                (RtpCodecKind::Audio, opus(), opus_pt, "audio"),
+                (RtpCodecKind::Video, vp8(), vp8_pt, "video"),
             ] {
                 let ssrc = 0x1000_0000 + (idx as u32) * 16 + kind as u32;
-                let stream_id = format!("stream-{idx}");
                 let track_id = format!("{name}-{idx}");
-                let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-                    stream_id.clone(),
-                    track_id.clone(),
-                    track_id.clone(),
-                    kind,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(ssrc),
-                            ..Default::default()
-                        },
-                        codec: codec(mime, clock, channels, fmtp, pt).rtp_codec,
-                        ..Default::default()
-                    }],
-                )));
-                let sender = pc
-                    .add_track(local.clone() as Arc<dyn TrackLocal>)
-                    .await
-                    .unwrap();
-                sends.push(SendTrack {
-                    stream_id,
-                    track_id,
-                    kind,
-                    ssrc,
-                    pt,
-                    local,
-                    sender,
-                });
+                sends.push(add_send(&pc, &stream_id, &track_id, kind, one(ssrc, c), pt).await);
             }
         }
         let dc = pc.create_data_channel("datachannel", None).await.unwrap();
@@ -1104,3 +1049,36 @@ pub fn alive_tasks() -> usize {
 
 pub mod browser;
 pub mod matrix;
+
+/// Adds a send track (`codings`: its encodings, the first one's SSRC is the track's) to
+/// `pc`.
+async fn add_send(
+    pc: &Arc<dyn PeerConnection>,
+    stream_id: &str,
+    track_id: &str,
+    kind: RtpCodecKind,
+    codings: Vec<RTCRtpEncodingParameters>,
+    pt: u8,
+) -> SendTrack {
+    let ssrc = codings[0].rtp_coding_parameters.ssrc.unwrap_or(0);
+    let local = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id.to_owned(),
+        track_id.to_owned(),
+        track_id.to_owned(),
+        kind,
+        codings,
+    )));
+    let sender = pc
+        .add_track(local.clone() as Arc<dyn TrackLocal>)
+        .await
+        .unwrap();
+    SendTrack {
+        stream_id: stream_id.to_owned(),
+        track_id: track_id.to_owned(),
+        kind,
+        ssrc,
+        pt,
+        local,
+        sender,
+    }
+}
