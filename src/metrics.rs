@@ -185,6 +185,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_temporal_layer_packets_skipped_total",
+        "Packets left out of subscriber legs that receive fewer temporal layers (frames per second) than the publisher sends.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_hangups_total",
         "Participants removed, by hangup reason.",
         MetricType::COUNTER,
@@ -243,6 +249,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         "Subscriber legs by the simulcast layer they receive (RID class q, h, f, other).",
         MetricType::GAUGE,
         &["layer"],
+    ),
+    (
+        "sluice_leg_temporal_layers",
+        "Subscriber legs receiving fewer temporal layers (frames per second) than the publisher sends, by the highest temporal layer they receive.",
+        MetricType::GAUGE,
+        &["temporal_layer"],
     ),
     (
         "sluice_bandwidth_estimate_bits",
@@ -488,6 +500,13 @@ impl Collector for CoreCollector {
             )],
         );
         push(
+            "sluice_temporal_layer_packets_skipped_total",
+            vec![counter(
+                &[],
+                st.temporal_layer_skipped.load(Ordering::Relaxed),
+            )],
+        );
+        push(
             "sluice_hangups_total",
             HangupReason::ALL
                 .iter()
@@ -541,6 +560,14 @@ impl Collector for CoreCollector {
                 .iter()
                 .zip(alloc.layers)
                 .map(|(l, n)| gauge(&[("layer", l)], n as f64))
+                .collect(),
+        );
+        push(
+            "sluice_leg_temporal_layers",
+            ["0", "1", "2"]
+                .iter()
+                .zip(alloc.temporal_layers)
+                .map(|(l, n)| gauge(&[("temporal_layer", l)], n as f64))
                 .collect(),
         );
         let estimates: Vec<f64> = alloc.estimates.iter().map(|e| *e as f64).collect();

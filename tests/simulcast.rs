@@ -439,3 +439,156 @@ async fn the_active_speakers_video_gets_the_bandwidth_first() {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+/// Temporal layer id of a packet of [`TestPeer::start_svc_sending`]'s stream.
+fn tid(r: &Received) -> u8 {
+    r.kind - 20
+}
+
+/// The 15-bit VP9 picture id of such a packet.
+fn vp9_picture_id(p: &[u8]) -> u32 {
+    u16::from_be_bytes([p[1] & 0x7F, p[2]]) as u32
+}
+
+/// Frames (by number) whose every packet arrived, and whether a frame arrived in part.
+fn frames(got: &[Received]) -> (std::collections::BTreeMap<u32, u8>, Vec<u32>) {
+    let mut count: std::collections::BTreeMap<u32, (u8, usize)> = Default::default();
+    for r in got {
+        count.entry(r.seq).or_insert((tid(r), 0)).1 += 1;
+    }
+    let mut whole = std::collections::BTreeMap::new();
+    let mut partial = vec![];
+    for (f, (t, n)) in count {
+        if n == SVC_PACKETS[t as usize] {
+            whole.insert(f, t);
+        } else {
+            partial.push(f);
+        }
+    }
+    (whole, partial)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vp9_leg_drops_temporal_layers_to_fit_and_takes_them_back() {
+    // One VP9 stream (no simulcast) with three temporal layers: about 180 kbit/s for T0,
+    // 300 with T1, 420 with T2. Behind 250 kbit/s the leg can only have T0.
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_vp9(&sfu, 0, true).await;
+    router.add(&publisher);
+    publisher.join(&sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    publisher.start_svc_sending();
+    let sub = TestPeer::new_vp9(&sfu, 1, false).await;
+    router.add(&sub);
+    sub.join(&sfu).await.unwrap();
+    sub.wait_for("connected", LONG, |s| s.connected).await;
+    router
+        .wait_for("video published", LONG, |log| {
+            log.iter()
+                .any(|e| matches!(&e.kind, SfuEventKind::TrackPublished(t) if t.track.track_id == "video-0"))
+        })
+        .await;
+    let track = publisher
+        .track_refs()
+        .into_iter()
+        .find(|t| t.track_id == "video-0")
+        .unwrap();
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sub.wait_for("all three temporal layers", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().any(|p| p.kind == 22))
+    })
+    .await;
+    // Let the per-layer rates settle, then squeeze the leg until it gets only T0.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        sub.send_remb("video-0", 250_000.0).await;
+        let got = packets(&sub);
+        if got.len() > 60 && got[got.len() - 60..].iter().all(|r| tid(r) == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leg still gets temporal layers above 0 behind 250 kbit/s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let squeezed = packets(&sub).len();
+    let info = sfu
+        .conferences()
+        .into_iter()
+        .flat_map(|c| c.participants)
+        .find(|p| p.id == sub.id)
+        .unwrap();
+    assert_eq!(info.subscriptions[0].temporal_layer, Some(0), "{info:?}");
+    assert_eq!(sfu.allocation_detail().temporal_layers, [1, 0, 0]);
+    assert!(sfu.stats().temporal_layer_skipped.load(Ordering::Relaxed) > 0);
+
+    // The limit lifts: the leg climbs back to every layer, one step a hold apart.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        sub.send_remb("video-0", 5_000_000.0).await;
+        let got = packets(&sub);
+        if got[squeezed..].iter().filter(|r| tid(r) == 2).count() >= 15 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leg did not get T2 back once the limit lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got = packets(&sub);
+    // T1 came back before T2 (one rung at a time).
+    let first_t1 = got[squeezed..].iter().position(|r| tid(r) == 1).unwrap();
+    let first_t2 = got[squeezed..].iter().position(|r| tid(r) == 2).unwrap();
+    assert!(first_t1 < first_t2, "T2 came back before T1");
+
+    // One leg, one SSRC, sequence numbers without a gap though packets were left out.
+    assert!(got.iter().all(|r| r.ssrc == got[0].ssrc));
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].rtp_seq,
+            w[0].rtp_seq.wrapping_add(1),
+            "gap in the leg's sequence numbers"
+        );
+        // The picture ids are the publisher's (non-flexible mode: receivers place the
+        // missing pictures by them).
+        assert_eq!(vp9_picture_id(&w[1].payload), w[1].seq & 0x7FFF);
+    }
+    // Only whole frames, and every frame's references arrived (a T0 frame refers to the
+    // previous T0; T2 after T0 and T1 after T0 to that T0; T2 after T1 to that T1).
+    let (whole, partial) = frames(&got);
+    let first = *whole.keys().next().unwrap();
+    let last = *whole.keys().last().unwrap();
+    // The publisher may be mid-frame when the capture ends.
+    assert!(
+        partial.iter().all(|f| *f == first || *f >= last),
+        "frames forwarded in part: {partial:?}"
+    );
+    for (&f, &t) in &whole {
+        let reference = match (f % 4, t) {
+            (0, _) => f.checked_sub(4),
+            (1, _) | (2, _) => Some(f - (f % 4)),
+            (3, _) => Some(f - 1),
+            _ => unreachable!(),
+        };
+        if let Some(r) = reference
+            && r >= first
+        {
+            assert!(
+                whole.contains_key(&r),
+                "frame {f} (T{t}) arrived without its reference {r}"
+            );
+        }
+    }
+    for p in [&publisher, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

@@ -140,6 +140,145 @@ pub fn av1_keyframe_start(p: &[u8]) -> bool {
     p.first().is_some_and(|h| h & 0x08 != 0 && h & 0x80 == 0)
 }
 
+/// Where one packet sits in a stream's temporal scalability structure: what temporal-layer
+/// dropping (a leg that gets fewer frames per second than the publisher sends) decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Temporal {
+    /// Temporal layer id (0 = base layer; higher layers depend on lower ones only).
+    pub tid: u8,
+    /// Spatial layer id (0 = base; Sluice forwards every spatial layer).
+    pub sid: u8,
+    /// The first packet of a picture (of its base spatial layer): a leg changes the
+    /// temporal layers it receives only here, so it never gets part of a frame.
+    pub picture_start: bool,
+}
+
+/// The temporal and spatial ids of a VP9 packet from its payload descriptor's layer
+/// indices (RFC 9628 §4.2: the L bit); None without them (nothing can be dropped).
+pub fn vp9_temporal(p: &[u8]) -> Option<Temporal> {
+    let b0 = *p.first()?;
+    if b0 & 0x20 == 0 {
+        return None;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        i += if *p.get(1)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    let l = *p.get(i)?;
+    let (tid, sid) = (l >> 5, (l >> 1) & 0x07);
+    Some(Temporal {
+        tid,
+        sid,
+        picture_start: b0 & 0x08 != 0 && sid == 0,
+    })
+}
+
+/// The URI of the AV1 dependency descriptor header extension.
+pub const DEPENDENCY_DESCRIPTOR_EXTENSION: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+
+/// The layers of each frame dependency template, from the last template dependency
+/// structure a stream's dependency descriptors carried (AV1 RTP spec, appendix A.4).
+/// Written only by the stream's forwarder; atomics so the packet path needs no lock.
+#[derive(Debug)]
+pub struct DdTemplates {
+    /// `template_id_offset` of the structure.
+    offset: std::sync::atomic::AtomicU8,
+    /// Per template index: `0x80 | sid << 4 | tid`, 0 for no such template.
+    layers: [std::sync::atomic::AtomicU8; 64],
+}
+
+impl Default for DdTemplates {
+    fn default() -> Self {
+        Self {
+            offset: std::sync::atomic::AtomicU8::new(0),
+            layers: std::array::from_fn(|_| std::sync::atomic::AtomicU8::new(0)),
+        }
+    }
+}
+
+/// Reads bits most significant first, as the dependency descriptor is written.
+struct Bits<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl Bits<'_> {
+    fn read(&mut self, n: usize) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            v = (v << 1) | ((byte >> (7 - self.pos % 8)) & 1) as u32;
+            self.pos += 1;
+        }
+        Some(v)
+    }
+}
+
+impl DdTemplates {
+    /// The temporal position of the frame a dependency descriptor `dd` (the extension's
+    /// payload) describes. A descriptor that carries a template dependency structure (a
+    /// keyframe's) replaces the stored templates first. None when the descriptor is
+    /// truncated or names a template no structure defined.
+    pub fn temporal(&self, dd: &[u8]) -> Option<Temporal> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let b0 = *dd.first()?;
+        if dd.len() < 3 {
+            return None;
+        }
+        let start = b0 & 0x80 != 0;
+        let template_id = b0 & 0x3F;
+        if dd.len() > 3 && dd[3] & 0x80 != 0 {
+            self.read_structure(&dd[3..]);
+        }
+        let offset = self.offset.load(Relaxed);
+        let idx = (template_id as usize + 64 - offset as usize) % 64;
+        let l = self.layers[idx].load(Relaxed);
+        if l & 0x80 == 0 {
+            return None;
+        }
+        let (tid, sid) = (l & 0x0F, (l >> 4) & 0x07);
+        Some(Temporal {
+            tid,
+            sid,
+            picture_start: start && sid == 0,
+        })
+    }
+
+    /// Reads `template_dependency_structure()` up to its template layers; `ext` starts
+    /// at the extended descriptor fields (the structure-present flag first).
+    fn read_structure(&self, ext: &[u8]) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut b = Bits { data: ext, pos: 0 };
+        // Five flags: structure present, active decode targets, custom dtis, fdiffs,
+        // chains.
+        let Some(_) = b.read(5) else { return };
+        let (Some(offset), Some(_dt_cnt_minus_one)) = (b.read(6), b.read(5)) else {
+            return;
+        };
+        let mut layers = [0u8; 64];
+        let (mut tid, mut sid) = (0u8, 0u8);
+        for slot in layers.iter_mut() {
+            *slot = 0x80 | (sid.min(7) << 4) | tid.min(15);
+            match b.read(2) {
+                Some(1) => tid = tid.saturating_add(1),
+                Some(2) => {
+                    tid = 0;
+                    sid = sid.saturating_add(1);
+                }
+                Some(3) => break,
+                // A truncated structure: keep what the last complete one said.
+                None => return,
+                _ => {}
+            }
+        }
+        self.offset.store(offset as u8, Relaxed);
+        for (to, l) in self.layers.iter().zip(layers) {
+            to.store(l, Relaxed);
+        }
+    }
+}
+
 /// Whether the packet starts a keyframe in `codec`.
 pub fn is_keyframe_start(codec: VideoCodec, payload: &[u8]) -> bool {
     match codec {
@@ -196,6 +335,89 @@ mod tests {
         // L present, spatial id 1: not the base layer.
         assert!(!vp9_keyframe_start(&[0x28, 0x02]));
         assert!(vp9_keyframe_start(&[0x28, 0x00]));
+    }
+
+    #[test]
+    fn vp9_layer_indices() {
+        // I (15-bit picture id), L, B; TID 2, U, SID 0; TL0PICIDX.
+        let p = [0xA8, 0x80, 0x05, (2 << 5) | 0x10, 7, 0xAA];
+        assert_eq!(
+            vp9_temporal(&p),
+            Some(Temporal {
+                tid: 2,
+                sid: 0,
+                picture_start: true
+            })
+        );
+        // 7-bit picture id, not the beginning of a frame, spatial layer 1.
+        let p = [0xA0, 0x05, (1 << 5) | (1 << 1), 7];
+        assert_eq!(
+            vp9_temporal(&p),
+            Some(Temporal {
+                tid: 1,
+                sid: 1,
+                picture_start: false
+            })
+        );
+        // The beginning of a spatial layer 1 frame does not start the picture.
+        assert!(!vp9_temporal(&[0x28, 1 << 1, 0]).unwrap().picture_start);
+        // No layer indices, or truncated: nothing to go by.
+        assert_eq!(vp9_temporal(&[0x88, 0x80, 0x05]), None);
+        assert_eq!(vp9_temporal(&[0xA8, 0x80]), None);
+        assert_eq!(vp9_temporal(&[]), None);
+    }
+
+    /// Writes bits most significant first.
+    fn bits(fields: &[(u32, usize)]) -> Vec<u8> {
+        let mut out = vec![];
+        let mut n = 0;
+        for &(v, width) in fields {
+            for i in (0..width).rev() {
+                if n % 8 == 0 {
+                    out.push(0);
+                }
+                let bit = ((v >> i) & 1) as u8;
+                *out.last_mut().unwrap() |= bit << (7 - n % 8);
+                n += 1;
+            }
+        }
+        out
+    }
+
+    /// A dependency descriptor: the mandatory fields, then (with `offset`) an L1T3
+    /// template structure whose templates are T0, T0, T1, T2, T2.
+    fn dd(start: bool, template: u32, frame: u32, offset: Option<u32>) -> Vec<u8> {
+        let mut f = vec![(start as u32, 1), (1, 1), (template, 6), (frame, 16)];
+        if let Some(off) = offset {
+            f.extend([(1, 1), (0, 4), (off, 6), (2, 5)]);
+            f.extend([(0, 2), (1, 2), (1, 2), (0, 2), (3, 2)]);
+            f.push((0, 24)); // the rest of the structure, not read
+        }
+        bits(&f)
+    }
+
+    #[test]
+    fn av1_dependency_descriptor_layers() {
+        let t = DdTemplates::default();
+        // No structure seen yet: unknown.
+        assert_eq!(t.temporal(&dd(true, 3, 1, None)), None);
+        // A keyframe's descriptor brings the structure (offset 62: ids wrap past 63).
+        let key = t.temporal(&dd(true, 62, 1, Some(62))).unwrap();
+        assert_eq!((key.tid, key.sid, key.picture_start), (0, 0, true));
+        let tids: Vec<u8> = [62, 63, 0, 1, 2]
+            .iter()
+            .map(|id| t.temporal(&dd(true, *id, 2, None)).unwrap().tid)
+            .collect();
+        assert_eq!(tids, vec![0, 0, 1, 2, 2]);
+        assert!(!t.temporal(&dd(false, 1, 3, None)).unwrap().picture_start);
+        // An id outside the structure, and a truncated descriptor.
+        assert_eq!(t.temporal(&dd(true, 10, 4, None)), None);
+        assert_eq!(t.temporal(&[0x80, 0]), None);
+        // A truncated structure leaves the last complete one in place.
+        let mut cut = dd(true, 62, 5, Some(0));
+        cut.truncate(5);
+        t.temporal(&cut);
+        assert_eq!(t.temporal(&dd(true, 1, 6, None)).unwrap().tid, 2);
     }
 
     #[test]

@@ -310,6 +310,9 @@ pub struct AllocationDetail {
     pub sources: [usize; 3],
     /// Legs receiving each simulcast layer, by RID class (q/h/f/other).
     pub layers: [usize; 4],
+    /// Legs receiving fewer temporal layers than the publisher sends, by the highest
+    /// temporal layer they receive (0, 1, 2).
+    pub temporal_layers: [usize; 3],
 }
 
 /// A participant as the admin API shows it.
@@ -341,6 +344,10 @@ pub struct SubscriptionInfo {
     /// The RID of the simulcast layer the subscriber receives now (None: the only stream,
     /// or nothing received yet).
     pub layer: Option<String>,
+    /// The highest temporal layer id the subscriber receives when that is fewer than
+    /// the publisher sends (a lower frame rate: the allocator's step below a layer's full
+    /// rate); None: all of them.
+    pub temporal_layer: Option<u8>,
     /// Paused: the subscriber's tile is 0x0, or not even the lowest layer fits its
     /// bandwidth estimate.
     pub paused: bool,
@@ -685,6 +692,9 @@ impl Sfu {
                     _ => 2,
                 }] += 1;
                 for s in p.subscriptions() {
+                    if let Some(t) = s.temporal_layer {
+                        d.temporal_layers[(t as usize).min(2)] += 1;
+                    }
                     let i = match s.layer.as_deref() {
                         Some("q" | "l" | "low" | "0") => 0,
                         Some("h" | "m" | "mid" | "1") => 1,

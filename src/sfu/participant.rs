@@ -407,6 +407,7 @@ impl Participant {
             .map(|(t, leg)| super::SubscriptionInfo {
                 track: t.clone(),
                 layer: leg.layer_rid(),
+                temporal_layer: leg.sink.temporal_layer(),
                 paused: leg.sink.paused.load(Ordering::Relaxed)
                     || leg.sink.step.bw_paused.load(Ordering::Relaxed),
             })

@@ -184,6 +184,55 @@ impl Vp8Continuity {
     }
 }
 
+/// How many left-out packets a leg remembers to place late (reordered) packets among.
+const LEFT_OUT_WINDOW: usize = 32;
+
+/// The source sequence numbers of the packets a leg left out (temporal-layer dropping),
+/// newest last in a ring, so a late packet still gets the number it would have had.
+#[derive(Debug, Default)]
+struct LeftOut {
+    seqs: [u16; LEFT_OUT_WINDOW],
+    /// Where the next one goes (the oldest, once full).
+    head: usize,
+    len: usize,
+    /// Older ones were forgotten.
+    overflowed: bool,
+}
+
+impl LeftOut {
+    fn push(&mut self, seq: u16) {
+        self.seqs[self.head] = seq;
+        self.head = (self.head + 1) % LEFT_OUT_WINDOW;
+        if self.len < LEFT_OUT_WINDOW {
+            self.len += 1;
+        } else {
+            self.overflowed = true;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+        self.head = 0;
+        self.overflowed = false;
+    }
+
+    /// How many left-out packets come after `seq`, or None when `seq` is older than the
+    /// window remembers (it cannot be placed).
+    fn after(&self, seq: u16) -> Option<u16> {
+        if self.overflowed && (self.seqs[self.head].wrapping_sub(seq) as i16) > 0 {
+            return None;
+        }
+        let start = (self.head + LEFT_OUT_WINDOW - self.len) % LEFT_OUT_WINDOW;
+        let n = (0..self.len)
+            .filter(|i| {
+                let d = self.seqs[(start + i) % LEFT_OUT_WINDOW];
+                (d.wrapping_sub(seq) as i16) > 0
+            })
+            .count();
+        Some(n as u16)
+    }
+}
+
 /// Sequence number and timestamp state of one leg.
 #[derive(Debug)]
 pub struct LegRewriter {
@@ -196,6 +245,9 @@ pub struct LegRewriter {
     last_out_seq: u16,
     last_out_ts: u32,
     last_out_at: Option<Instant>,
+    /// Highest source sequence number of the current source seen (sent or left out).
+    highest_in: u16,
+    left_out: LeftOut,
 }
 
 impl LegRewriter {
@@ -211,7 +263,26 @@ impl LegRewriter {
             last_out_seq: 0,
             last_out_ts: 0,
             last_out_at: None,
+            highest_in: 0,
+            left_out: LeftOut::default(),
         }
+    }
+
+    /// Leaves the packet with header `h` out of the leg (a temporal layer the leg does not
+    /// receive) so that the leg's sequence numbers stay contiguous: the packets after it
+    /// move up one. A late packet of a left-out frame (older than one already seen) is
+    /// not counted: its number was already passed over and stays a gap.
+    pub fn skip(&mut self, h: &rtp::header::Header) {
+        if !self.started || h.ssrc != self.source_ssrc {
+            return;
+        }
+        let seq = h.sequence_number;
+        if (seq.wrapping_sub(self.highest_in) as i16) <= 0 {
+            return;
+        }
+        self.highest_in = seq;
+        self.seq_offset = self.seq_offset.wrapping_sub(1);
+        self.left_out.push(seq);
     }
 
     /// Also keeps VP8 picture ids and TL0PICIDX continuous across source switches.
@@ -226,7 +297,12 @@ impl LegRewriter {
     /// switch or a publisher restarting its stream), the offsets are recomputed so that the
     /// leg's sequence numbers continue without a gap and its timestamps advance by the wall
     /// time elapsed.
-    pub fn rewrite(&mut self, pkt: &mut rtp::Packet, params: &LegParams, now: Instant) {
+    ///
+    /// Returns false, leaving the packet as it was, when it cannot be placed on the leg:
+    /// a late packet older than the window of packets left out before it (see
+    /// [`LegRewriter::skip`]).
+    #[must_use]
+    pub fn rewrite(&mut self, pkt: &mut rtp::Packet, params: &LegParams, now: Instant) -> bool {
         let h = &mut pkt.header;
         if !self.started {
             self.started = true;
@@ -235,8 +311,12 @@ impl LegRewriter {
             self.ts_offset = 0;
             self.last_out_seq = h.sequence_number.wrapping_sub(1);
             self.last_out_ts = h.timestamp;
+            self.highest_in = h.sequence_number;
+            self.left_out.clear();
         } else if h.ssrc != self.source_ssrc {
             self.source_ssrc = h.ssrc;
+            self.highest_in = h.sequence_number;
+            self.left_out.clear();
             let next_seq = self.last_out_seq.wrapping_add(1);
             self.seq_offset = next_seq.wrapping_sub(h.sequence_number);
             let elapsed = self
@@ -251,11 +331,22 @@ impl LegRewriter {
                 v.on_switch(&pkt.payload);
             }
         }
+        let h = &mut pkt.header;
+        let mut seq_offset = self.seq_offset;
+        if (h.sequence_number.wrapping_sub(self.highest_in) as i16) > 0 {
+            self.highest_in = h.sequence_number;
+        } else if self.left_out.len > 0 {
+            // Late: the packets left out after it had not moved it up.
+            match self.left_out.after(h.sequence_number) {
+                Some(n) => seq_offset = seq_offset.wrapping_add(n),
+                None => return false,
+            }
+        }
         if let Some(v) = &mut self.vp8 {
             v.apply(&mut pkt.payload);
         }
         let h = &mut pkt.header;
-        let out_seq = h.sequence_number.wrapping_add(self.seq_offset);
+        let out_seq = h.sequence_number.wrapping_add(seq_offset);
         let out_ts = h.timestamp.wrapping_add(self.ts_offset);
         // Only a newer packet moves the reference point; a reordered or retransmitted older
         // one keeps its own place.
@@ -303,6 +394,7 @@ impl LegRewriter {
             h.extension_profile = 0;
             h.extensions_padding = 0;
         }
+        true
     }
 }
 
@@ -367,7 +459,7 @@ mod tests {
             1000,
             &[(1, b"0"), (3, b"\x85"), (4, b"\x00\x01"), (5, b"\x01")],
         );
-        rw.rewrite(&mut pkt, &p, Instant::now());
+        assert!(rw.rewrite(&mut pkt, &p, Instant::now()));
         assert_eq!(pkt.header.ssrc, 0xAAAA);
         assert_eq!(pkt.header.payload_type, 96);
         let ids: Vec<(u8, Bytes)> = pkt
@@ -406,7 +498,7 @@ mod tests {
         let mut parsed = Packet::unmarshal(&mut Bytes::from(wire)).unwrap();
         assert!(parsed.header.extensions_padding > 0);
         let mut rw = LegRewriter::new(48_000);
-        rw.rewrite(&mut parsed, &params(), Instant::now());
+        assert!(rw.rewrite(&mut parsed, &params(), Instant::now()));
         let out = parsed.marshal().unwrap();
         assert_eq!(out.len(), parsed.marshal_size());
         let back = Packet::unmarshal(&mut out.clone()).unwrap();
@@ -429,7 +521,7 @@ mod tests {
             let p = LegParams::new(1, 96, &[(3, level.clone())], &[(3, level.clone())], None);
             let mut rw = LegRewriter::new(90_000);
             let mut pkt = packet(5, 1, 1, &[(3, payload)]);
-            rw.rewrite(&mut pkt, &p, Instant::now());
+            assert!(rw.rewrite(&mut pkt, &p, Instant::now()));
             pkt.header
                 .set_extension(5, Bytes::from_static(&[0, 7]))
                 .unwrap();
@@ -448,7 +540,7 @@ mod tests {
         let p = LegParams::new(1, 96, &[], &[], None);
         let mut rw = LegRewriter::new(90_000);
         let mut pkt = packet(5, 1, 1, &[(3, b"\x85")]);
-        rw.rewrite(&mut pkt, &p, Instant::now());
+        assert!(rw.rewrite(&mut pkt, &p, Instant::now()));
         assert!(pkt.header.extensions.is_empty());
         assert!(!pkt.header.extension);
     }
@@ -461,7 +553,7 @@ mod tests {
         let mut out = vec![];
         for (i, seq) in [65_534u16, 65_535, 0, 1].into_iter().enumerate() {
             let mut pkt = packet(0x1111, seq, 3000 * i as u32, &[]);
-            rw.rewrite(&mut pkt, &p, t);
+            assert!(rw.rewrite(&mut pkt, &p, t));
             out.push(pkt.header.sequence_number);
         }
         assert_eq!(out, vec![65_534, 65_535, 0, 1]);
@@ -473,16 +565,16 @@ mod tests {
         let mut rw = LegRewriter::new(90_000);
         let t0 = Instant::now();
         let mut a = packet(0x1111, 500, 90_000, &[]);
-        rw.rewrite(&mut a, &p, t0);
+        assert!(rw.rewrite(&mut a, &p, t0));
         let mut a2 = packet(0x1111, 501, 93_000, &[]);
-        rw.rewrite(&mut a2, &p, t0);
+        assert!(rw.rewrite(&mut a2, &p, t0));
         // New source with unrelated numbering, 100 ms later.
         let mut b = packet(0x2222, 40_000, 7, &[]);
-        rw.rewrite(&mut b, &p, t0 + Duration::from_millis(100));
+        assert!(rw.rewrite(&mut b, &p, t0 + Duration::from_millis(100)));
         assert_eq!(b.header.sequence_number, 502);
         assert_eq!(b.header.timestamp, 93_000 + 9_000);
         let mut b2 = packet(0x2222, 40_001, 3007, &[]);
-        rw.rewrite(&mut b2, &p, t0 + Duration::from_millis(133));
+        assert!(rw.rewrite(&mut b2, &p, t0 + Duration::from_millis(133)));
         assert_eq!(b2.header.sequence_number, 503);
         assert_eq!(b2.header.timestamp, 93_000 + 9_000 + 3_000);
     }
@@ -494,13 +586,72 @@ mod tests {
         let t = Instant::now();
         for seq in [10u16, 12, 11, 13] {
             let mut pkt = packet(0x1111, seq, seq as u32, &[]);
-            rw.rewrite(&mut pkt, &p, t);
+            assert!(rw.rewrite(&mut pkt, &p, t));
             assert_eq!(pkt.header.sequence_number, seq);
         }
         // A switch after the reordering continues from the highest, not the last seen.
         let mut pkt = packet(0x3333, 1, 1, &[]);
-        rw.rewrite(&mut pkt, &p, t);
+        assert!(rw.rewrite(&mut pkt, &p, t));
         assert_eq!(pkt.header.sequence_number, 14);
+    }
+
+    /// Rewrites source packets `seqs` of SSRC 1 in that order, skipping those in `left_out`;
+    /// the leg's numbers of the packets sent (None: could not be placed).
+    fn leg_numbers(rw: &mut LegRewriter, seqs: &[u16], left_out: &[u16]) -> Vec<Option<u16>> {
+        let p = params();
+        let t = Instant::now();
+        let mut out = vec![];
+        for &seq in seqs {
+            let mut pkt = packet(1, seq, seq as u32, &[]);
+            if left_out.contains(&seq) {
+                rw.skip(&pkt.header);
+            } else {
+                out.push(
+                    rw.rewrite(&mut pkt, &p, t)
+                        .then_some(pkt.header.sequence_number),
+                );
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn left_out_packets_leave_no_gap() {
+        let mut rw = LegRewriter::new(90_000);
+        // 0, 2 and 3 belong to frames of a temporal layer the leg does not receive; the
+        // numbers wrap on the way.
+        let seqs = [65_534, 65_535, 0, 1, 2, 3, 4];
+        let out = leg_numbers(&mut rw, &seqs, &[0, 2, 3]);
+        assert_eq!(out, vec![Some(65_534), Some(65_535), Some(0), Some(1)]);
+        // A source switch after left-out packets continues from the last number sent.
+        let mut pkt = packet(9, 500, 1, &[]);
+        assert!(rw.rewrite(&mut pkt, &params(), Instant::now()));
+        assert_eq!(pkt.header.sequence_number, 2);
+    }
+
+    #[test]
+    fn a_late_packet_gets_the_number_it_would_have_had() {
+        let mut rw = LegRewriter::new(90_000);
+        // 11 arrives after 12 and 13; 12 was left out before 11 arrived.
+        let out = leg_numbers(&mut rw, &[10, 12, 13, 11, 14], &[12]);
+        assert_eq!(out, vec![Some(10), Some(12), Some(11), Some(13)]);
+        // A late packet of a left-out frame changes nothing: its number is a gap.
+        let mut rw = LegRewriter::new(90_000);
+        let out = leg_numbers(&mut rw, &[20, 22, 21, 23], &[21]);
+        assert_eq!(out, vec![Some(20), Some(22), Some(23)]);
+    }
+
+    #[test]
+    fn a_packet_older_than_the_left_out_window_is_not_placed() {
+        let mut rw = LegRewriter::new(90_000);
+        // 1 is missing; 2..=41 are left out (more than the window); then 1 arrives.
+        let mut seqs: Vec<u16> = vec![0];
+        seqs.extend(2..=41);
+        seqs.push(42);
+        seqs.push(1);
+        let left: Vec<u16> = (2..=41).collect();
+        let out = leg_numbers(&mut rw, &seqs, &left);
+        assert_eq!(out, vec![Some(0), Some(2), None]);
     }
 
     fn vp8(pic: u16, tl0: u8) -> Bytes {
@@ -519,7 +670,7 @@ mod tests {
         for (ssrc, pic, tl0) in [(1, 100, 7), (1, 101, 8), (2, 5000, 200), (2, 5001, 201)] {
             let mut pkt = packet(ssrc, pic, pic as u32, &[]);
             pkt.payload = vp8(pic, tl0);
-            rw.rewrite(&mut pkt, &p, t);
+            assert!(rw.rewrite(&mut pkt, &p, t));
             let ids = vp8_ids(&pkt.payload);
             out.push((
                 read_pic(&pkt.payload, ids.pic.unwrap()),
@@ -537,10 +688,10 @@ mod tests {
         let t = Instant::now();
         let mut first = packet(1, 1, 1, &[]);
         first.payload = Bytes::from(vec![0x90, 0x80, 0x7F, 0x01]); // 7-bit id 127
-        rw.rewrite(&mut first, &p, t);
+        assert!(rw.rewrite(&mut first, &p, t));
         let mut next = packet(2, 9, 9, &[]);
         next.payload = Bytes::from(vec![0x90, 0x80, 0x10, 0x01]); // other source, id 16
-        rw.rewrite(&mut next, &p, t);
+        assert!(rw.rewrite(&mut next, &p, t));
         assert_eq!(next.payload[2], 0x00, "127 + 1 wraps to 0 in 7 bits");
     }
 
@@ -551,7 +702,7 @@ mod tests {
         let mut pkt = packet(1, 1, 1, &[]);
         pkt.payload = vp8(10, 1);
         let before = pkt.payload.as_ptr();
-        rw.rewrite(&mut pkt, &p, Instant::now());
+        assert!(rw.rewrite(&mut pkt, &p, Instant::now()));
         assert_eq!(pkt.payload.as_ptr(), before);
     }
 
@@ -562,7 +713,7 @@ mod tests {
         let p = LegParams::new(1, 111, &source, &leg, None);
         let mut rw = LegRewriter::new(48_000);
         let mut pkt = packet(5, 1, 1, &[(3, b"\x85")]);
-        rw.rewrite(&mut pkt, &p, Instant::now());
+        assert!(rw.rewrite(&mut pkt, &p, Instant::now()));
         assert_eq!(pkt.header.extensions[0].id, 200);
         assert_eq!(pkt.header.extension_profile, PROFILE_TWO_BYTE);
     }

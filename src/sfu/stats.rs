@@ -33,6 +33,10 @@ pub enum DropReason {
     WriteFailed = 1,
     /// Not the track's media: RTX, padding or FEC on the publisher's hop (never forwarded).
     NotMedia = 2,
+    /// A reordered packet arrived after more packets had been left out of the leg
+    /// (temporal-layer dropping) than the leg remembers, so it has no place in the leg's
+    /// numbering.
+    Late = 3,
 }
 
 impl DropReason {
@@ -42,14 +46,16 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::WriteFailed => "write_failed",
             DropReason::NotMedia => "not_media",
+            DropReason::Late => "late",
         }
     }
 
     /// Every reason, for exporting.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::QueueFull,
         DropReason::WriteFailed,
         DropReason::NotMedia,
+        DropReason::Late,
     ];
 }
 
@@ -130,13 +136,16 @@ pub struct Stats {
     bytes_in: [AtomicU64; 2],
     packets_out: [AtomicU64; 2],
     bytes_out: [AtomicU64; 2],
-    dropped: [AtomicU64; 3],
+    dropped: [AtomicU64; 4],
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers.
     pub keyframe_requests_sent: AtomicU64,
     /// Keyframe requests coalesced by the throttle.
     pub keyframe_requests_suppressed: AtomicU64,
+    /// Packets left out of a leg that receives fewer temporal layers (frames per second)
+    /// than the publisher sends.
+    pub temporal_layer_skipped: AtomicU64,
     /// Data-channel messages refused for size or encoding.
     pub data_channel_messages_refused: AtomicU64,
     /// NACKs received from subscribers (answered by webrtc's NACK responder).
@@ -170,6 +179,7 @@ impl Default for Stats {
             keyframe_requests_received: AtomicU64::new(0),
             keyframe_requests_sent: AtomicU64::new(0),
             keyframe_requests_suppressed: AtomicU64::new(0),
+            temporal_layer_skipped: AtomicU64::new(0),
             data_channel_messages_refused: AtomicU64::new(0),
             nacks_received: AtomicU64::new(0),
             retransmits_suppressed: AtomicU64::new(0),

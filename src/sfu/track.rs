@@ -26,7 +26,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -61,6 +61,30 @@ pub struct LayerState {
     bytes_seen: AtomicU64,
     /// Smoothed bitrate (bits/s), updated by the housekeeping task.
     rate_bps: AtomicU64,
+    /// The same per temporal layer id (ids above the last count as the last), for
+    /// packets whose temporal layer is known.
+    tid_bytes: [AtomicU64; TEMPORAL_LAYERS],
+    tid_bytes_seen: [AtomicU64; TEMPORAL_LAYERS],
+    tid_rate_bps: [AtomicU64; TEMPORAL_LAYERS],
+}
+
+/// Temporal layers Sluice tells apart per stream (L1T3 is what browsers send).
+pub const TEMPORAL_LAYERS: usize = 4;
+
+/// A leg's temporal-layer target meaning "every layer the publisher sends".
+pub(crate) const ALL_TEMPORAL: u8 = u8::MAX;
+
+/// One step of a track's quality ladder for the allocator: a simulcast layer (its rank
+/// among the live layers, low to high) with its temporal layers up to `tid` (frames per
+/// second), and what that costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rung {
+    /// Rank of the simulcast layer among the live ones.
+    pub(crate) layer: usize,
+    /// Highest temporal layer id forwarded; [`ALL_TEMPORAL`] on a layer's top rung.
+    pub(crate) tid: u8,
+    /// Bitrate of this rung, bits/s.
+    pub(crate) rate: u64,
 }
 
 impl LayerState {
@@ -74,6 +98,28 @@ impl LayerState {
             bytes: AtomicU64::new(0),
             bytes_seen: AtomicU64::new(0),
             rate_bps: AtomicU64::new(0),
+            tid_bytes: Default::default(),
+            tid_bytes_seen: Default::default(),
+            tid_rate_bps: Default::default(),
+        }
+    }
+
+    /// The rungs of this layer (rank `layer`): one per temporal layer it carries, each
+    /// with the temporal layers below it, or a single one when it has none.
+    fn rungs(&self, layer: usize, out: &mut Vec<Rung>) {
+        let rates: [u64; TEMPORAL_LAYERS] =
+            std::array::from_fn(|t| self.tid_rate_bps[t].load(Ordering::Relaxed));
+        let count = rates.iter().rposition(|r| *r > 0).map_or(1, |t| t + 1);
+        let total = self.rate_bps();
+        let mut sum = 0;
+        for (t, r) in rates.iter().enumerate().take(count) {
+            sum += r;
+            let top = t + 1 == count;
+            out.push(Rung {
+                layer,
+                tid: if top { ALL_TEMPORAL } else { t as u8 },
+                rate: if top { sum.max(total) } else { sum },
+            });
         }
     }
 
@@ -84,20 +130,21 @@ impl LayerState {
 
     /// Folds the bytes received over `elapsed` into the smoothed rate.
     fn update_rate(&self, elapsed: Duration) {
-        let total = self.bytes.load(Ordering::Relaxed);
-        let delta = total.saturating_sub(self.bytes_seen.swap(total, Ordering::Relaxed));
         let secs = elapsed.as_secs_f64();
         if secs <= 0.0 {
             return;
         }
-        let now = delta as f64 * 8.0 / secs;
-        let old = self.rate_bps.load(Ordering::Relaxed) as f64;
-        let rate = if old == 0.0 {
-            now
-        } else {
-            0.7 * old + 0.3 * now
-        };
-        self.rate_bps.store(rate as u64, Ordering::Relaxed);
+        smooth(&self.bytes, &self.bytes_seen, &self.rate_bps, secs, 0.0);
+        // A temporal layer the publisher stopped sending decays out of the ladder.
+        for t in 0..TEMPORAL_LAYERS {
+            smooth(
+                &self.tid_bytes[t],
+                &self.tid_bytes_seen[t],
+                &self.tid_rate_bps[t],
+                secs,
+                1000.0,
+            );
+        }
     }
 
     /// Records the size a keyframe announced.
@@ -111,6 +158,24 @@ impl LayerState {
         let s = self.size.load(Ordering::Relaxed);
         (s != 0).then_some((s >> 16, s & 0xFFFF))
     }
+}
+
+/// Folds the bytes counted since the last call (over `secs`) into a smoothed rate; a
+/// rate below `floor` bits/s is 0.
+fn smooth(bytes: &AtomicU64, seen: &AtomicU64, rate_bps: &AtomicU64, secs: f64, floor: f64) {
+    let total = bytes.load(Ordering::Relaxed);
+    let delta = total.saturating_sub(seen.swap(total, Ordering::Relaxed));
+    let now = delta as f64 * 8.0 / secs;
+    let old = rate_bps.load(Ordering::Relaxed) as f64;
+    let rate = if old == 0.0 {
+        now
+    } else {
+        0.7 * old + 0.3 * now
+    };
+    rate_bps.store(
+        if rate < floor { 0 } else { rate as u64 },
+        Ordering::Relaxed,
+    );
 }
 
 /// Rank of a simulcast RID by the usual naming when sizes are unknown (low → high).
@@ -201,6 +266,10 @@ pub(crate) struct PublishedTrack {
     pub(crate) screenshare: AtomicBool,
     /// Id of the RFC 6464 audio-level extension on the publisher's connection (0: none).
     audio_level_id: u8,
+    /// Id of the AV1 dependency descriptor extension on the publisher's connection (0:
+    /// none), and the frame templates its descriptors defined.
+    dd_id: u8,
+    dd: codec::DdTemplates,
     /// Smoothed loudness 0..127 (127 − dBov), as f32 bits; written only by the forwarder.
     loudness: AtomicU32,
     /// When the last audio-level value arrived (ms since `epoch`).
@@ -229,6 +298,12 @@ impl PublishedTrack {
             .iter()
             .find(|(id, uri)| uri == AUDIO_LEVEL_EXTENSION && (1..=255).contains(id))
             .map_or(0, |(id, _)| *id as u8);
+        let dd_id = source_exts
+            .iter()
+            .find(|(id, uri)| {
+                uri == codec::DEPENDENCY_DESCRIPTOR_EXTENSION && (1..=255).contains(id)
+            })
+            .map_or(0, |(id, _)| *id as u8);
         let video_codec = if info.kind == MediaKind::Video {
             VideoCodec::from_mime(&codec.mime_type)
         } else {
@@ -236,6 +311,12 @@ impl PublishedTrack {
         };
         Self {
             audio_level_id,
+            dd_id: if info.kind == MediaKind::Video {
+                dd_id
+            } else {
+                0
+            },
+            dd: codec::DdTemplates::default(),
             video_codec,
             loudness: AtomicU32::new(0f32.to_bits()),
             level_at_ms: AtomicU64::new(0),
@@ -328,6 +409,32 @@ impl PublishedTrack {
         alive
     }
 
+    /// The live layers (low to high, as [`PublishedTrack::live_ranked`]) and the quality
+    /// ladder over them: each layer's temporal steps, lowest first.
+    pub(crate) fn ladder(&self, now: Instant) -> (Vec<Arc<LayerState>>, Vec<Rung>) {
+        let ranked = self.live_ranked(now);
+        let mut rungs = Vec::with_capacity(ranked.len() * TEMPORAL_LAYERS);
+        for (i, l) in ranked.iter().enumerate() {
+            l.rungs(i, &mut rungs);
+        }
+        (ranked, rungs)
+    }
+
+    /// Where the packet sits in the temporal structure: from its dependency descriptor
+    /// when the publisher sends one, else from a VP9 payload descriptor.
+    #[inline]
+    fn temporal(&self, pkt: &rtp::Packet) -> Option<codec::Temporal> {
+        if self.dd_id != 0
+            && let Some(ext) = pkt.header.extensions.iter().find(|e| e.id == self.dd_id)
+        {
+            return self.dd.temporal(&ext.payload);
+        }
+        match self.video_codec {
+            VideoCodec::Vp9 => codec::vp9_temporal(&pkt.payload),
+            _ => None,
+        }
+    }
+
     /// Updates every layer's smoothed bitrate from the bytes of the last `elapsed`.
     pub(crate) fn update_rates(&self, elapsed: Duration) {
         for l in self.layers.load().iter() {
@@ -389,10 +496,19 @@ impl PublishedTrack {
         let ssrc = pkt.header.ssrc;
         let layers = self.layers.load();
         let single = layers.len() <= 1;
+        let temporal = if self.info.kind == MediaKind::Video {
+            self.temporal(&pkt)
+        } else {
+            None
+        };
         if let Some(l) = layers.iter().find(|l| l.ssrc == ssrc) {
             l.last_ms.store(self.now_ms(now), Ordering::Relaxed);
             l.bytes
                 .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+            if let Some(t) = temporal {
+                l.tid_bytes[(t.tid as usize).min(TEMPORAL_LAYERS - 1)]
+                    .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+            }
             if self.video_codec == VideoCodec::Vp8
                 && let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload)
             {
@@ -426,6 +542,15 @@ impl PublishedTrack {
                 }
                 sink.selected_ssrc.store(ssrc, Ordering::Relaxed);
                 sink.target_ssrc.store(ssrc, Ordering::Relaxed);
+            }
+            if let Some(t) = temporal
+                && !sink.keeps(t)
+            {
+                sink.skip(&pkt);
+                self.stats
+                    .temporal_layer_skipped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
             }
             sink.write(&pkt, now, &self.stats, self.info.kind);
         }
@@ -509,6 +634,20 @@ struct LegWriter {
     rewriter: LegRewriter,
 }
 
+/// The highest temporal layer a leg receives from the packet at `t` on, given what it
+/// received (`cur`) and what the allocator wants (`target`): changes only where a
+/// picture starts, so no frame is cut; down at once; up only at a base-layer (tid 0)
+/// picture, which references no frame of a higher layer, so every frame forwarded after
+/// it has its references whatever the layer pattern.
+#[inline]
+pub(crate) fn follow_temporal_target(cur: u8, target: u8, t: codec::Temporal) -> u8 {
+    if t.picture_start && (target < cur || (target > cur && t.tid == 0)) {
+        target
+    } else {
+        cur
+    }
+}
+
 /// The forwarder's handle on one subscriber leg.
 pub(crate) struct LegSink {
     /// The leg's send track: the forwarder hands packets to webrtc through it directly.
@@ -525,6 +664,12 @@ pub(crate) struct LegSink {
     pub(crate) want: AtomicU32,
     /// The bandwidth allocator's state for this leg (see [`alloc::plan_leg`]).
     pub(crate) step: alloc::StepState,
+    /// The highest temporal layer the leg should receive ([`ALL_TEMPORAL`]: all); set by
+    /// the allocator.
+    pub(crate) tid_target: AtomicU8,
+    /// The highest temporal layer it receives now: follows the target at picture starts
+    /// (downward at once, upward at a base-layer picture). Written only by the forwarder.
+    pub(crate) tid_cur: AtomicU8,
 }
 
 impl LegSink {
@@ -546,7 +691,10 @@ impl LegSink {
             let Some(p) = params.as_deref() else {
                 return;
             };
-            rewriter.rewrite(&mut out, p, arrival);
+            if !rewriter.rewrite(&mut out, p, arrival) {
+                stats.record_drop(DropReason::Late);
+                return;
+            }
         }
         let len = out.payload.len();
         let fut = std::pin::pin!(self.local.write_rtp(out));
@@ -563,6 +711,38 @@ impl LegSink {
             }
             std::task::Poll::Ready(Err(_)) => stats.record_drop(DropReason::WriteFailed),
             std::task::Poll::Pending => stats.record_drop(DropReason::QueueFull),
+        }
+    }
+
+    /// Whether the leg receives a packet at temporal position `t`, moving the leg's
+    /// temporal layer toward its target first when `t` starts a picture: down at any
+    /// picture, up only at a base-layer (tid 0) picture, which references no frame of a
+    /// higher layer, so every frame forwarded after it has its references.
+    #[inline]
+    fn keeps(&self, t: codec::Temporal) -> bool {
+        let cur = self.tid_cur.load(Ordering::Relaxed);
+        let next = follow_temporal_target(cur, self.tid_target.load(Ordering::Relaxed), t);
+        if next != cur {
+            self.tid_cur.store(next, Ordering::Relaxed);
+        }
+        t.tid <= next
+    }
+
+    /// Leaves `pkt` out of this leg without a gap in its sequence numbers.
+    #[inline]
+    fn skip(&self, pkt: &rtp::Packet) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rewriter
+            .skip(&pkt.header);
+    }
+
+    /// The highest temporal layer the leg receives now, when it receives fewer than all.
+    pub(crate) fn temporal_layer(&self) -> Option<u8> {
+        match self.tid_cur.load(Ordering::Relaxed) {
+            ALL_TEMPORAL => None,
+            t => Some(t),
         }
     }
 
@@ -654,6 +834,8 @@ impl Leg {
             paused: AtomicBool::new(false),
             want: AtomicU32::new(0),
             step: alloc::StepState::default(),
+            tid_target: AtomicU8::new(ALL_TEMPORAL),
+            tid_cur: AtomicU8::new(ALL_TEMPORAL),
         });
         let rtcp = tokio::spawn(rtcp_loop(
             local,
@@ -796,15 +978,23 @@ pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: 
     let Some(mut want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
         return false;
     };
+    // The allocator's cap is a rung of the track's ladder: a layer, and the temporal
+    // layers of it. Below the cap's layer, the leg gets every temporal layer.
     let cap = sink.step.cap_rank.load(Ordering::Relaxed);
-    if cap != u32::MAX && source.is_simulcast() {
-        let ranked = source.live_ranked(now);
-        if let Some(pos) = ranked.iter().position(|l| l.ssrc == want)
-            && pos > cap as usize
+    let mut tid = ALL_TEMPORAL;
+    if cap != u32::MAX {
+        let (ranked, rungs) = source.ladder(now);
+        if rungs.len() > 1
+            && let Some(pos) = ranked.iter().position(|l| l.ssrc == want)
         {
-            want = ranked[(cap as usize).min(ranked.len() - 1)].ssrc;
+            let r = rungs[(cap as usize).min(rungs.len() - 1)];
+            if pos >= r.layer {
+                want = ranked[r.layer].ssrc;
+                tid = r.tid;
+            }
         }
     }
+    sink.tid_target.store(tid, Ordering::Relaxed);
     let old = sink.target_ssrc.swap(want, Ordering::Relaxed);
     let selected = sink.selected_ssrc.load(Ordering::Relaxed);
     if old == want && selected != 0 {
@@ -876,20 +1066,33 @@ pub(crate) async fn allocate(
     });
     for leg in video {
         let (source, sink) = (&leg.source, &leg.sink);
-        if !source.is_simulcast() {
+        let (ranked, rungs) = source.ladder(now);
+        if !source.is_simulcast() && rungs.len() <= 1 {
+            // One stream without temporal layers: nothing to choose.
             remaining -= source.rate_of(0) as i64;
+            sink.step.cap_rank.store(u32::MAX, Ordering::Relaxed);
+            sink.step.bw_paused.store(false, Ordering::Relaxed);
         } else if budget_bps == 0 {
             sink.step.cap_rank.store(u32::MAX, Ordering::Relaxed);
             sink.step.bw_paused.store(false, Ordering::Relaxed);
         } else {
-            let ranked = source.live_ranked(now);
-            let pref = source
+            // The preferred layer at its full frame rate is the top rung the leg wants.
+            let pref_layer = source
                 .preferred_layer(sink.want(), now, LAYER_STALL)
                 .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
                 .unwrap_or(ranked.len().saturating_sub(1));
-            let rates: Vec<u64> = ranked.iter().map(|l| l.rate_bps()).collect();
+            let pref = rungs
+                .iter()
+                .rposition(|r| r.layer <= pref_layer)
+                .unwrap_or(0);
+            let rates: Vec<u64> = rungs.iter().map(|r| r.rate).collect();
             let target = sink.target_ssrc.load(Ordering::Relaxed);
-            let cur = ranked.iter().position(|l| l.ssrc == target);
+            let target_tid = sink.tid_target.load(Ordering::Relaxed);
+            let cur = ranked.iter().position(|l| l.ssrc == target).and_then(|lp| {
+                rungs
+                    .iter()
+                    .position(|r| r.layer == lp && r.tid >= target_tid)
+            });
             let d = alloc::plan_leg(&sink.step, &rates, pref, cur, remaining, stale, clock_ms);
             if let Some(hold) = d.forced_down_hold_ms {
                 tracing::debug!(
@@ -999,6 +1202,53 @@ mod tests {
         assert_eq!(choose_layer(&all, Some((1920, 1080))), Some(3));
         assert_eq!(choose_layer(&all, None), Some(3));
         assert_eq!(choose_layer(&[], None), None);
+    }
+
+    #[test]
+    fn temporal_layers_change_only_where_pictures_start_and_go_up_at_base_pictures() {
+        let at = |tid, picture_start| codec::Temporal {
+            tid,
+            sid: 0,
+            picture_start,
+        };
+        // Down: not inside a picture, then at the next picture start of any layer.
+        assert_eq!(follow_temporal_target(2, 0, at(1, false)), 2);
+        assert_eq!(follow_temporal_target(2, 0, at(2, true)), 0);
+        // Up: not at a picture of a higher layer, nor inside a base-layer picture.
+        assert_eq!(follow_temporal_target(0, 2, at(2, true)), 0);
+        assert_eq!(follow_temporal_target(0, 2, at(1, true)), 0);
+        assert_eq!(follow_temporal_target(0, 2, at(0, false)), 0);
+        assert_eq!(
+            follow_temporal_target(0, ALL_TEMPORAL, at(0, true)),
+            ALL_TEMPORAL
+        );
+        assert_eq!(follow_temporal_target(1, 1, at(0, true)), 1);
+    }
+
+    #[test]
+    fn the_ladder_climbs_temporal_layers_within_each_simulcast_layer() {
+        let q = layer("q", 1, None);
+        let f = layer("f", 2, None);
+        // q carries three temporal layers, f none known.
+        for (t, r) in [180_000, 120_000, 120_000].into_iter().enumerate() {
+            q.tid_rate_bps[t].store(r, Ordering::Relaxed);
+        }
+        q.rate_bps.store(400_000, Ordering::Relaxed);
+        f.rate_bps.store(900_000, Ordering::Relaxed);
+        let mut rungs = vec![];
+        q.rungs(0, &mut rungs);
+        f.rungs(1, &mut rungs);
+        let got: Vec<(usize, u8, u64)> = rungs.iter().map(|r| (r.layer, r.tid, r.rate)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, 180_000),
+                (0, 1, 300_000),
+                // The top rung is all of the layer, at least what the layer measured.
+                (0, ALL_TEMPORAL, 420_000),
+                (1, ALL_TEMPORAL, 900_000),
+            ]
+        );
     }
 
     #[test]

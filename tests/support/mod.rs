@@ -66,6 +66,12 @@ pub fn vp8_picture_id(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[2] & 0x7F, p[3]])
 }
 
+/// Temporal layer id of each frame of [`TestPeer::start_svc_sending`]'s stream, by frame
+/// number modulo 4 (L1T3).
+pub const SVC_PATTERN: [u8; 4] = [0, 2, 1, 2];
+/// Packets per frame of that stream, by temporal layer id.
+pub const SVC_PACKETS: [usize; 3] = [3, 2, 1];
+
 /// Simulcast layers the test publisher sends: (rid, width, height).
 pub const LAYERS: [(&str, u16, u16); 3] = [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
 
@@ -385,10 +391,36 @@ impl TestPeer {
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
+        Self::build_full(id, idx, publish, simulcast, false, sink, ip).await
+    }
+
+    /// A peer whose video codec is VP9 (profile 0) instead of VP8: publishing (with
+    /// `publish`) one VP9 stream with three temporal layers (see
+    /// [`TestPeer::start_svc_sending`]) and its microphone, or only receiving.
+    pub async fn new_vp9(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
+        let id = format!("@user{idx}:test|DEV{idx}");
+        let sink = sfu_sink(sfu, &id);
+        Self::build_full(id, idx, publish, false, true, sink, "127.0.0.1").await
+    }
+
+    async fn build_full(
+        id: String,
+        idx: u8,
+        publish: bool,
+        simulcast: bool,
+        vp9: bool,
+        sink: CandidateSink,
+        ip: &str,
+    ) -> Arc<TestPeer> {
         let loopback = ip.parse::<std::net::IpAddr>().unwrap().is_loopback();
         let mut media = MediaEngine::default();
         let opus_pt = 111 - idx;
         let vp8_pt = 96 + 2 * idx;
+        let (video_mime, video_fmtp) = if vp9 {
+            ("video/VP9", "profile-id=0")
+        } else {
+            ("video/VP8", "")
+        };
         media
             .register_codec(
                 codec(
@@ -403,7 +435,7 @@ impl TestPeer {
             .unwrap();
         media
             .register_codec(
-                codec("video/VP8", 90000, 0, "", vp8_pt),
+                codec(video_mime, 90000, 0, video_fmtp, vp8_pt),
                 RtpCodecKind::Video,
             )
             .unwrap();
@@ -453,7 +485,7 @@ impl TestPeer {
                 opus_pt,
             )
         };
-        let vp8 = || codec("video/VP8", 90000, 0, "", vp8_pt);
+        let vp8 = || codec(video_mime, 90000, 0, video_fmtp, vp8_pt);
         let one = |ssrc: u32, c: RTCRtpCodecParameters| {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -734,6 +766,71 @@ impl TestPeer {
                     if local.write_rtp(p).await.is_err() {
                         return;
                     }
+                }
+                frame += 1;
+            }
+        });
+        self.tasks.lock().unwrap().push(task);
+    }
+
+    /// Sends the video track (a VP9 peer's) as one VP9 stream with three temporal layers
+    /// at 30 frames/s, in the L1T3 pattern T0 T2 T1 T2: picture id = frame number, the
+    /// layer indices and TL0PICIDX in every packet (non-flexible mode). A T0 frame is 3
+    /// packets, T1 2 and T2 1, of about 1000 bytes: about 180, 120 and 120 kbit/s. A
+    /// keyframe every 2 s and at the next T0 frame after a keyframe request. The test
+    /// marker's kind byte is 20 + the temporal layer id, its sequence the frame number.
+    pub fn start_svc_sending(self: &Arc<Self>) {
+        let s = self
+            .sends
+            .iter()
+            .find(|s| s.kind == RtpCodecKind::Video)
+            .expect("a video track");
+        let (local, pt, ssrc) = (s.local.clone(), s.pt, s.ssrc);
+        let stop = self.stop.clone();
+        let plis = self.pli_ssrcs.clone();
+        let idx = self.idx;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(33));
+            let mut frame: u32 = 0;
+            let mut seq: u16 = 0;
+            let mut key_asked = false;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                key_asked |= !std::mem::take(&mut *plis.lock().unwrap()).is_empty();
+                let tid = SVC_PATTERN[frame as usize % 4];
+                let key = tid == 0 && (frame.is_multiple_of(60) || key_asked);
+                if key {
+                    key_asked = false;
+                }
+                let n = SVC_PACKETS[tid as usize];
+                for i in 0..n {
+                    // I, P (unless a keyframe), L, B on the first, E on the last packet.
+                    let mut b0 = 0xA0u8;
+                    if !key {
+                        b0 |= 0x40;
+                    }
+                    if i == 0 {
+                        b0 |= 0x08;
+                    }
+                    if i + 1 == n {
+                        b0 |= 0x04;
+                    }
+                    let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
+                    let tl0 = (frame / 4) as u8;
+                    let mut v = vec![b0, pic[0], pic[1], tid << 5, tl0];
+                    v.extend_from_slice(&payload(idx, 20 + tid, frame, 1000));
+                    let mut p = rtp::Packet::default();
+                    p.header.version = 2;
+                    p.header.payload_type = pt;
+                    p.header.ssrc = ssrc;
+                    p.header.sequence_number = seq;
+                    p.header.timestamp = frame.wrapping_mul(3000);
+                    p.header.marker = i + 1 == n;
+                    p.payload = Bytes::from(v);
+                    if local.write_rtp(p).await.is_err() {
+                        return;
+                    }
+                    seq = seq.wrapping_add(1);
                 }
                 frame += 1;
             }
