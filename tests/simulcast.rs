@@ -470,16 +470,25 @@ fn frames(got: &[Received]) -> (std::collections::BTreeMap<u32, u8>, Vec<u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vp9_leg_drops_temporal_layers_to_fit_and_takes_them_back() {
-    // One VP9 stream (no simulcast) with three temporal layers: about 180 kbit/s for T0,
-    // 300 with T1, 420 with T2. Behind 250 kbit/s the leg can only have T0.
+    temporal_layers_step_down_and_back_up(TestVideo::Vp9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_av1_leg_drops_temporal_layers_by_its_dependency_descriptor() {
+    temporal_layers_step_down_and_back_up(TestVideo::Av1).await;
+}
+
+async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
+    // One stream (no simulcast) with three temporal layers: about 180 kbit/s for T0, 300
+    // with T1, 420 with T2. Behind 250 kbit/s the leg can only have T0.
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_vp9(&sfu, 0, true).await;
+    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
     router.add(&publisher);
     publisher.join(&sfu).await.unwrap();
     publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_svc_sending();
-    let sub = TestPeer::new_vp9(&sfu, 1, false).await;
+    publisher.start_svc_sending(video);
+    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
     router.add(&sub);
     sub.join(&sfu).await.unwrap();
     sub.wait_for("connected", LONG, |s| s.connected).await;
@@ -557,9 +566,23 @@ async fn a_vp9_leg_drops_temporal_layers_to_fit_and_takes_them_back() {
             w[0].rtp_seq.wrapping_add(1),
             "gap in the leg's sequence numbers"
         );
-        // The picture ids are the publisher's (non-flexible mode: receivers place the
-        // missing pictures by them).
-        assert_eq!(vp9_picture_id(&w[1].payload), w[1].seq & 0x7FFF);
+        if video == TestVideo::Vp9 {
+            // The picture ids are the publisher's (non-flexible mode: receivers place
+            // the missing pictures by them).
+            assert_eq!(vp9_picture_id(&w[1].payload), w[1].seq & 0x7FFF);
+        }
+    }
+    if video == TestVideo::Av1 {
+        // The dependency descriptor reaches the subscriber (remapped to its id), the
+        // same bytes the publisher sent.
+        let key = got.iter().position(|r| r.payload[0] & 0x08 != 0).unwrap();
+        let r = &got[key];
+        let dd = svc_dependency_descriptor(true, false, 0, true, r.seq);
+        assert!(
+            r.extensions.iter().any(|(_, v)| *v == dd),
+            "no dependency descriptor on the keyframe: {:?}",
+            r.extensions
+        );
     }
     // Only whole frames, and every frame's references arrived (a T0 frame refers to the
     // previous T0; T2 after T0 and T1 after T0 to that T0; T2 after T1 to that T1).

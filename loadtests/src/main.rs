@@ -34,7 +34,7 @@
 use bytes::Bytes;
 use rtc::rtp;
 use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
-use sluice::sfu::codec::{VideoCodec, is_keyframe_start};
+use sluice::sfu::codec::{DdTemplates, VideoCodec, is_keyframe_start, vp9_temporal};
 use sluice::sfu::rewrite::{LegParams, LegRewriter};
 use sluice::sfu::rtcp::KeyframeThrottle;
 use sluice::sfu::{Layer, LayerState, choose_layer};
@@ -146,6 +146,45 @@ fn micro(iterations: u64) -> Vec<Result> {
             &payloads[(i & 1) as usize],
         ));
     }));
+
+    // Temporal-layer dropping: where a packet sits (once per packet), and leaving it out
+    // of a leg (per leg that does not receive its layer).
+    let vp9: [Bytes; 2] = [
+        Bytes::from_static(&[0xA8, 0x80, 0x05, 0x00, 7, 0xAA]),
+        Bytes::from_static(&[0xA8, 0x80, 0x06, 0x40, 7, 0xAA]),
+    ];
+    out.push(bench("VP9 temporal position", iterations, |i| {
+        black_box(vp9_temporal(&vp9[(i & 1) as usize]));
+    }));
+    let dd = DdTemplates::default();
+    // An L1T3 structure (templates T0, T0, T1, T2, T2), then per-frame descriptors.
+    let key_dd = [0x80, 0x00, 0x01, 0x80, 0x02, 0x14, 0xC0, 0x00, 0x00];
+    assert!(dd.temporal(&key_dd).is_some());
+    let frame_dd: [[u8; 3]; 2] = [[0x82, 0x00, 0x02], [0x83, 0x00, 0x03]];
+    assert_eq!(dd.temporal(&frame_dd[1]).map(|t| t.tid), Some(2));
+    out.push(bench(
+        "AV1 temporal position (dependency descriptor)",
+        iterations,
+        |i| {
+            black_box(dd.temporal(&frame_dd[(i & 1) as usize]));
+        },
+    ));
+    let mut rw = LegRewriter::new(90_000);
+    let mut first = packet(1, 0, inter.clone());
+    assert!(rw.rewrite(&mut first, &params, now));
+    out.push(bench(
+        "leave a packet out of a leg (every other one)",
+        iterations,
+        |i| {
+            let mut p = packet(1, i as u16 + 1, inter.clone());
+            if i & 1 == 0 {
+                rw.skip(&p.header);
+            } else {
+                black_box(rw.rewrite(&mut p, &params, now));
+            }
+            black_box(p);
+        },
+    ));
 
     let layers: Vec<LayerState> = [("q", 320u16, 180u16), ("h", 640, 360), ("f", 1280, 720)]
         .iter()

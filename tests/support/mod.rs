@@ -66,6 +66,57 @@ pub fn vp8_picture_id(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[2] & 0x7F, p[3]])
 }
 
+/// The video codec of a test peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestVideo {
+    /// VP8 (simulcast with RIDs when asked).
+    Vp8,
+    /// VP9, temporal layers in the payload descriptor.
+    Vp9,
+    /// AV1, temporal layers in the dependency descriptor extension.
+    Av1,
+}
+
+/// The AV1 dependency descriptor header extension.
+pub const DEPENDENCY_DESCRIPTOR: &str =
+    "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension";
+
+/// Writes `(value, width)` fields most significant bit first, zero-padded to a byte.
+pub fn bit_fields(fields: &[(u32, usize)]) -> Vec<u8> {
+    let mut out = vec![];
+    let mut n = 0;
+    for &(v, width) in fields {
+        for i in (0..width).rev() {
+            if n % 8 == 0 {
+                out.push(0);
+            }
+            *out.last_mut().unwrap() |= (((v >> i) & 1) as u8) << (7 - n % 8);
+            n += 1;
+        }
+    }
+    out
+}
+
+/// The dependency descriptor of a frame of [`TestPeer::start_svc_sending`]'s AV1 stream:
+/// templates 0 (keyframe, T0), 1 (T0), 2 (T1), 3 and 4 (T2) at offset 0; a keyframe's
+/// descriptor carries the structure (its template layers; the rest is zeros, which
+/// Sluice does not read).
+pub fn svc_dependency_descriptor(first: bool, last: bool, tid: u8, key: bool, frame: u32) -> Bytes {
+    let template = if key { 0 } else { [1, 2, 3][tid as usize] };
+    let mut f = vec![
+        (first as u32, 1),
+        (last as u32, 1),
+        (template, 6),
+        (frame & 0xFFFF, 16),
+    ];
+    if key && first {
+        f.extend([(1, 1), (0, 4), (0, 6), (2, 5)]);
+        f.extend([(0, 2), (1, 2), (1, 2), (0, 2), (3, 2)]);
+        f.push((0, 32));
+    }
+    Bytes::from(bit_fields(&f))
+}
+
 /// Temporal layer id of each frame of [`TestPeer::start_svc_sending`]'s stream, by frame
 /// number modulo 4 (L1T3).
 pub const SVC_PATTERN: [u8; 4] = [0, 2, 1, 2];
@@ -391,16 +442,16 @@ impl TestPeer {
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
-        Self::build_full(id, idx, publish, simulcast, false, sink, ip).await
+        Self::build_full(id, idx, publish, simulcast, TestVideo::Vp8, sink, ip).await
     }
 
-    /// A peer whose video codec is VP9 (profile 0) instead of VP8: publishing (with
-    /// `publish`) one VP9 stream with three temporal layers (see
+    /// A peer whose video codec is `video` (VP9 or AV1) instead of VP8: publishing (with
+    /// `publish`) one stream with three temporal layers (see
     /// [`TestPeer::start_svc_sending`]) and its microphone, or only receiving.
-    pub async fn new_vp9(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
+    pub async fn new_svc(sfu: &Sfu, idx: u8, publish: bool, video: TestVideo) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
         let sink = sfu_sink(sfu, &id);
-        Self::build_full(id, idx, publish, false, true, sink, "127.0.0.1").await
+        Self::build_full(id, idx, publish, false, video, sink, "127.0.0.1").await
     }
 
     async fn build_full(
@@ -408,7 +459,7 @@ impl TestPeer {
         idx: u8,
         publish: bool,
         simulcast: bool,
-        vp9: bool,
+        video: TestVideo,
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
@@ -416,11 +467,22 @@ impl TestPeer {
         let mut media = MediaEngine::default();
         let opus_pt = 111 - idx;
         let vp8_pt = 96 + 2 * idx;
-        let (video_mime, video_fmtp) = if vp9 {
-            ("video/VP9", "profile-id=0")
-        } else {
-            ("video/VP8", "")
+        let (video_mime, video_fmtp) = match video {
+            TestVideo::Vp8 => ("video/VP8", ""),
+            TestVideo::Vp9 => ("video/VP9", "profile-id=0"),
+            TestVideo::Av1 => ("video/AV1", ""),
         };
+        if video == TestVideo::Av1 {
+            media
+                .register_header_extension(
+                    RTCRtpHeaderExtensionCapability {
+                        uri: DEPENDENCY_DESCRIPTOR.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .unwrap();
+        }
         media
             .register_codec(
                 codec(
@@ -773,23 +835,37 @@ impl TestPeer {
         self.tasks.lock().unwrap().push(task);
     }
 
-    /// Sends the video track (a VP9 peer's) as one VP9 stream with three temporal layers
-    /// at 30 frames/s, in the L1T3 pattern T0 T2 T1 T2: picture id = frame number, the
-    /// layer indices and TL0PICIDX in every packet (non-flexible mode). A T0 frame is 3
-    /// packets, T1 2 and T2 1, of about 1000 bytes: about 180, 120 and 120 kbit/s. A
-    /// keyframe every 2 s and at the next T0 frame after a keyframe request. The test
-    /// marker's kind byte is 20 + the temporal layer id, its sequence the frame number.
-    pub fn start_svc_sending(self: &Arc<Self>) {
+    /// Sends the video track (a VP9 or AV1 peer's) as one stream with three temporal
+    /// layers at 30 frames/s, in the L1T3 pattern T0 T2 T1 T2. VP9: picture id = frame
+    /// number, the layer indices and TL0PICIDX in every packet (non-flexible mode). AV1:
+    /// an aggregation header, and a dependency descriptor in every packet
+    /// ([`svc_dependency_descriptor`]). A T0 frame is 3 packets, T1 2 and T2 1, of about
+    /// 1000 bytes: about 180, 120 and 120 kbit/s. A keyframe every 2 s and at the next T0
+    /// frame after a keyframe request. The test marker's kind byte is 20 + the temporal
+    /// layer id, its sequence the frame number.
+    pub fn start_svc_sending(self: &Arc<Self>, video: TestVideo) {
         let s = self
             .sends
             .iter()
             .find(|s| s.kind == RtpCodecKind::Video)
             .expect("a video track");
         let (local, pt, ssrc) = (s.local.clone(), s.pt, s.ssrc);
+        let sender = s.sender.clone();
         let stop = self.stop.clone();
         let plis = self.pli_ssrcs.clone();
         let idx = self.idx;
         let task = tokio::spawn(async move {
+            let dd_id = sender.get_parameters().await.ok().and_then(|p| {
+                p.rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == DEPENDENCY_DESCRIPTOR)
+                    .map(|e| e.id as u8)
+            });
+            assert!(
+                video != TestVideo::Av1 || dd_id.is_some(),
+                "the dependency descriptor was not negotiated"
+            );
             let mut tick = tokio::time::interval(Duration::from_millis(33));
             let mut frame: u32 = 0;
             let mut seq: u16 = 0;
@@ -804,22 +880,49 @@ impl TestPeer {
                 }
                 let n = SVC_PACKETS[tid as usize];
                 for i in 0..n {
-                    // I, P (unless a keyframe), L, B on the first, E on the last packet.
-                    let mut b0 = 0xA0u8;
-                    if !key {
-                        b0 |= 0x40;
-                    }
-                    if i == 0 {
-                        b0 |= 0x08;
-                    }
-                    if i + 1 == n {
-                        b0 |= 0x04;
-                    }
-                    let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
-                    let tl0 = (frame / 4) as u8;
-                    let mut v = vec![b0, pic[0], pic[1], tid << 5, tl0];
+                    let (first, last) = (i == 0, i + 1 == n);
+                    let mut v = if video == TestVideo::Av1 {
+                        // Aggregation header: Z/Y (continuation) on inner packets, W=1
+                        // (one OBU element), N on a keyframe's first packet.
+                        let mut h = 0x10u8;
+                        if !first {
+                            h |= 0x80;
+                        }
+                        if !last {
+                            h |= 0x40;
+                        }
+                        if key && first {
+                            h |= 0x08;
+                        }
+                        vec![h]
+                    } else {
+                        // I, P (unless a keyframe), L, B on the first, E on the last.
+                        let mut b0 = 0xA0u8;
+                        if !key {
+                            b0 |= 0x40;
+                        }
+                        if first {
+                            b0 |= 0x08;
+                        }
+                        if last {
+                            b0 |= 0x04;
+                        }
+                        let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
+                        let tl0 = (frame / 4) as u8;
+                        vec![b0, pic[0], pic[1], tid << 5, tl0]
+                    };
                     v.extend_from_slice(&payload(idx, 20 + tid, frame, 1000));
                     let mut p = rtp::Packet::default();
+                    if let Some(id) = dd_id
+                        && video == TestVideo::Av1
+                    {
+                        p.header.extension = true;
+                        p.header.extension_profile = 0xBEDE;
+                        p.header.extensions.push(rtp::header::Extension {
+                            id,
+                            payload: svc_dependency_descriptor(first, last, tid, key, frame),
+                        });
+                    }
                     p.header.version = 2;
                     p.header.payload_type = pt;
                     p.header.ssrc = ssrc;
