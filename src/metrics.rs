@@ -185,6 +185,18 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_probe_packets_total",
+        "Probe packets requested: RTX retransmissions of recent video packets sent to probe a subscriber's path before an upward layer step.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
+        "sluice_bandwidth_probes_total",
+        "Probes before an upward layer step, by result: passed (the estimate still covered the step: taken) or failed (not taken; the hold before the next try doubles).",
+        MetricType::COUNTER,
+        &["result"],
+    ),
+    (
         "sluice_temporal_layer_packets_skipped_total",
         "Packets left out of subscriber legs that receive fewer temporal layers (frames per second) than the publisher sends.",
         MetricType::COUNTER,
@@ -498,6 +510,23 @@ impl Collector for CoreCollector {
                 &[],
                 st.keyframe_requests_suppressed.load(Ordering::Relaxed),
             )],
+        );
+        push(
+            "sluice_probe_packets_total",
+            vec![counter(&[], st.probe_packets.load(Ordering::Relaxed))],
+        );
+        push(
+            "sluice_bandwidth_probes_total",
+            vec![
+                counter(
+                    &[("result", "passed")],
+                    st.probes[0].load(Ordering::Relaxed),
+                ),
+                counter(
+                    &[("result", "failed")],
+                    st.probes[1].load(Ordering::Relaxed),
+                ),
+            ],
         );
         push(
             "sluice_temporal_layer_packets_skipped_total",

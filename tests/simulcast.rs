@@ -615,3 +615,89 @@ async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upward_step_is_probed_for_on_the_rtx_stream_first() {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_simulcast(&sfu, 0).await;
+    router.add(&publisher);
+    publisher.join(&sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    publisher.start_simulcast_sending();
+    // A subscriber that negotiates NACK and RTX, as browsers do.
+    let sub = TestPeer::new_with_rtx(&sfu, 1).await;
+    router.add(&sub);
+    sub.join(&sfu).await.unwrap();
+    sub.wait_for("connected", LONG, |s| s.connected).await;
+    router
+        .wait_for("video published", LONG, |log| {
+            log.iter()
+                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+        })
+        .await;
+    let track = publisher.track_refs()[0].clone();
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 15)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // 200 kbit/s fits h (about 150) but not f (about 270).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while steady_layer(&sub, "video-0", 15) != Some(1) {
+        sub.send_remb("video-0", 200_000.0).await;
+        assert!(Instant::now() < deadline, "the leg did not step down to h");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let squeezed = packets(&sub).len();
+    let probes_before = sfu.stats().probe_packets.load(Ordering::Relaxed);
+    // The limit lifts: the leg probes for f on its RTX stream, then steps up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first_f = loop {
+        sub.send_remb("video-0", 5_000_000.0).await;
+        if let Some(i) = first_of(&sub, 2, squeezed) {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leg did not step back up to f"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stats = sfu.stats();
+    assert!(
+        stats.probe_packets.load(Ordering::Relaxed) > probes_before,
+        "no probe before the upward step"
+    );
+    assert!(
+        stats.probes[0].load(Ordering::Relaxed) >= 1,
+        "no probe passed"
+    );
+    // The probes reached the subscriber as RTX retransmissions of packets it already had
+    // (repaired into duplicates), before the first f packet.
+    let dups: Vec<usize> = sub.state.lock().unwrap().remotes["video-0"]
+        .duplicates
+        .clone();
+    let probes_seen = dups
+        .iter()
+        .filter(|at| **at >= squeezed && **at <= first_f)
+        .count();
+    assert!(
+        probes_seen >= 10,
+        "{probes_seen} probe packets reached the subscriber before f ({dups:?})"
+    );
+    // The prober's NACKs are not counted as the subscriber's.
+    assert_eq!(stats.nacks_received.load(Ordering::Relaxed), 0);
+    for p in [&publisher, &sub] {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

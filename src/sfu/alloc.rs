@@ -17,6 +17,9 @@ pub const MIN_KEPT_AFTER_UP: Duration = Duration::from_secs(3);
 /// The longest the hold between upward steps grows to after failed upward steps.
 pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
 
+/// How long a leg probes for the extra rate of its next step before taking it.
+pub const PROBE_DURATION: Duration = Duration::from_secs(1);
+
 /// One leg's upward-step decision, from its step history (ms on the SFU clock, 0 never):
 /// `Some(new_hold_ms)` when the leg may step up now, `None` while held.
 ///
@@ -24,9 +27,10 @@ pub const MAX_UPGRADE_HOLD: Duration = Duration::from_secs(30);
 /// time the estimate forced the leg down. The hold starts at [`UPGRADE_HOLD`]; it
 /// doubles (up to [`MAX_UPGRADE_HOLD`]) each time the estimate forces the leg back down
 /// within two holds of an upward step (see [`note_forced_down`]), and returns to
-/// [`UPGRADE_HOLD`] once an upward step was not followed by a forced one down. Without
-/// probing, the upward step is what tests a grown estimate; the growing hold bounds how
-/// often a path that cannot carry the layer is tried.
+/// [`UPGRADE_HOLD`] once an upward step was not followed by a forced one down. Where the
+/// subscriber cannot be probed (no RTX), the upward step is what tests a grown estimate;
+/// the growing hold bounds how often a path that cannot carry the layer is tried. Where
+/// it can, a failed probe doubles the hold the same way (see [`plan_leg`]).
 pub fn may_step_up(
     clock_ms: u64,
     last_up: u64,
@@ -97,6 +101,9 @@ pub struct StepState {
     pub last_forced_down_ms: AtomicU64,
     /// The current hold between upward steps, ms (0: [`UPGRADE_HOLD`]).
     pub up_hold_ms: AtomicU64,
+    /// While the leg probes before an upward step: when the probe ends (same clock; 0:
+    /// not probing).
+    pub probe_until_ms: AtomicU64,
 }
 
 impl Default for StepState {
@@ -107,6 +114,7 @@ impl Default for StepState {
             last_up_ms: AtomicU64::new(0),
             last_forced_down_ms: AtomicU64::new(0),
             up_hold_ms: AtomicU64::new(0),
+            probe_until_ms: AtomicU64::new(0),
         }
     }
 }
@@ -163,6 +171,12 @@ pub struct Decision {
     pub forced_down_hold_ms: Option<u64>,
     /// Set when the leg stepped up one layer: the rank it came from.
     pub stepped_up_from: Option<usize>,
+    /// Extra traffic to send the subscriber now to probe for the next step, bits/s (0:
+    /// none): the step's added rate, for [`PROBE_DURATION`] before it is taken.
+    pub probe_bps: u64,
+    /// Set when a probe ended: whether the estimate still covered the step (then it is
+    /// taken) or not (then the leg stays, and the hold before the next try doubles).
+    pub probe_passed: Option<bool>,
 }
 
 /// Chooses one simulcast leg's layer and records the choice in `st`.
@@ -178,6 +192,14 @@ pub struct Decision {
 /// feedback: with nothing sent, a send-side estimate cannot recover on its own). After
 /// an upward step or a resume the leg keeps at least its lowest layer for
 /// [`MIN_KEPT_AFTER_UP`], so the feedback on it can move the estimate.
+///
+/// With `can_probe` (the subscriber's connection can send probes), an upward step is
+/// first probed for: once the hold allows it, the leg stays where it is for
+/// [`PROBE_DURATION`] and asks for the step's added rate as probe traffic
+/// ([`Decision::probe_bps`]); the step is taken when the estimate still covers it
+/// afterwards. When it no longer does (the path queued or lost the probe), the probe
+/// failed: no step, and the hold doubles as after a failed upward step.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_leg(
     st: &StepState,
     rates: &[u64],
@@ -186,6 +208,7 @@ pub fn plan_leg(
     remaining: i64,
     stale: bool,
     clock_ms: u64,
+    can_probe: bool,
 ) -> Decision {
     let pref = pref.min(rates.len().saturating_sub(1));
     let mut fits = (0..=pref)
@@ -239,28 +262,93 @@ pub fn plan_leg(
     } else {
         let mut fit = fits.unwrap_or(0);
         let mut stepped_up_from = None;
-        if let Some(cur) = cur
-            && fit > cur
-        {
-            if st.try_step_up(clock_ms) {
-                fit = cur + 1;
-                stepped_up_from = Some(cur);
-            } else {
-                fit = cur;
+        let mut probe_bps = 0;
+        let mut probe_passed = None;
+        let probing = st.probe_until_ms.load(Ordering::Relaxed);
+        match cur {
+            Some(cur) if fit > cur => {
+                let step_rate = rates[cur + 1].saturating_sub(rates[cur]);
+                if can_probe && probing == 0 {
+                    // The hold allows a step: probe for it first.
+                    if may_step_up(
+                        clock_ms,
+                        st.last_up_ms.load(Ordering::Relaxed),
+                        st.last_forced_down_ms.load(Ordering::Relaxed),
+                        st.up_hold_ms.load(Ordering::Relaxed),
+                    )
+                    .is_some()
+                    {
+                        st.probe_until_ms.store(
+                            clock_ms.max(1) + PROBE_DURATION.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                        probe_bps = step_rate;
+                    }
+                    fit = cur;
+                } else if can_probe && clock_ms < probing {
+                    probe_bps = step_rate;
+                    fit = cur;
+                } else {
+                    if probing != 0 {
+                        st.probe_until_ms.store(0, Ordering::Relaxed);
+                        probe_passed = Some(true);
+                    }
+                    if st.try_step_up(clock_ms) {
+                        fit = cur + 1;
+                        stepped_up_from = Some(cur);
+                    } else {
+                        fit = cur;
+                    }
+                }
             }
+            _ if probing != 0 => {
+                // The estimate no longer covers the step it probed for.
+                st.probe_until_ms.store(0, Ordering::Relaxed);
+                probe_passed = Some(false);
+                // A forced step down has already lengthened the hold.
+                if forced_down_hold_ms.is_none() {
+                    fail_upward_step(st, clock_ms);
+                }
+            }
+            _ => {}
         }
         st.cap_rank.store(fit as u32, Ordering::Relaxed);
         return Decision {
             step: Step::Layer(fit),
             forced_down_hold_ms,
             stepped_up_from,
+            probe_bps,
+            probe_passed,
         };
     };
+    let probe_passed = (st.probe_until_ms.swap(0, Ordering::Relaxed) != 0).then(|| {
+        if forced_down_hold_ms.is_none() {
+            fail_upward_step(st, clock_ms);
+        }
+        false
+    });
     Decision {
         step,
         forced_down_hold_ms,
         stepped_up_from: None,
+        probe_bps: 0,
+        probe_passed,
     }
+}
+
+/// Records an upward step that did not hold (a failed probe): the hold before the next
+/// try doubles, up to [`MAX_UPGRADE_HOLD`], counted from now.
+fn fail_upward_step(st: &StepState, clock_ms: u64) {
+    let hold = match st.up_hold_ms.load(Ordering::Relaxed) {
+        0 => UPGRADE_HOLD.as_millis() as u64,
+        h => h,
+    };
+    st.up_hold_ms.store(
+        (2 * hold).min(MAX_UPGRADE_HOLD.as_millis() as u64),
+        Ordering::Relaxed,
+    );
+    st.last_forced_down_ms
+        .store(clock_ms.max(1), Ordering::Relaxed);
 }
 
 #[cfg(test)]
@@ -335,7 +423,7 @@ mod tests {
     const RATES: [u64; 3] = [50_000, 150_000, 270_000];
 
     fn plan(st: &StepState, cur: Option<usize>, remaining: i64, stale: bool, t: u64) -> Decision {
-        plan_leg(st, &RATES, 2, cur, remaining, stale, t)
+        plan_leg(st, &RATES, 2, cur, remaining, stale, t, false)
     }
 
     #[test]
@@ -356,6 +444,59 @@ mod tests {
         let d = plan(&st, Some(1), 1_000_000, false, 7_000);
         assert_eq!((d.step, d.stepped_up_from), (Step::Layer(2), Some(1)));
         assert_eq!(st.cap_rank.load(Ordering::Relaxed), 2);
+    }
+
+    fn probed(st: &StepState, cur: usize, remaining: i64, t: u64) -> Decision {
+        plan_leg(st, &RATES, 2, Some(cur), remaining, false, t, true)
+    }
+
+    #[test]
+    fn an_upward_step_is_probed_for_before_it_is_taken() {
+        let st = StepState::default();
+        // Forced down to h at 2 s.
+        assert_eq!(probed(&st, 2, 200_000, 2_000).step, Step::Layer(1));
+        // Room again after the hold: a probe at f's added rate, no step yet.
+        let d = probed(&st, 1, 1_000_000, 7_000);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(1), None));
+        assert_eq!(d.probe_bps, 120_000);
+        // Still probing: the probe goes on.
+        let d = probed(&st, 1, 1_000_000, 7_500);
+        assert_eq!(
+            (d.step, d.probe_bps, d.probe_passed),
+            (Step::Layer(1), 120_000, None)
+        );
+        // The probe is over and the estimate still covers f: the step.
+        let d = probed(&st, 1, 1_000_000, 8_000);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(2), Some(1)));
+        assert_eq!((d.probe_bps, d.probe_passed), (0, Some(true)));
+        assert_eq!(st.probe_until_ms.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_failed_probe_takes_no_step_and_doubles_the_hold() {
+        let st = StepState::default();
+        assert_eq!(probed(&st, 2, 200_000, 2_000).step, Step::Layer(1));
+        assert_eq!(probed(&st, 1, 1_000_000, 7_000).probe_bps, 120_000);
+        // The probe made the estimate fall below f (still above h): no step, no probe.
+        let d = probed(&st, 1, 200_000, 7_600);
+        assert_eq!(d.step, Step::Layer(1));
+        assert_eq!((d.probe_bps, d.probe_passed), (0, Some(false)));
+        let base = UPGRADE_HOLD.as_millis() as u64;
+        assert_eq!(st.up_hold_ms.load(Ordering::Relaxed), 2 * base);
+        // Room again: the next probe waits for the doubled hold from the failure.
+        assert_eq!(probed(&st, 1, 1_000_000, 7_600 + 2 * base - 1).probe_bps, 0);
+        assert_eq!(
+            probed(&st, 1, 1_000_000, 7_600 + 2 * base).probe_bps,
+            120_000
+        );
+        // Without probing, the same leg steps straight up.
+        let st = StepState::default();
+        assert_eq!(
+            plan(&st, Some(2), 200_000, false, 2_000).step,
+            Step::Layer(1)
+        );
+        let d = plan(&st, Some(1), 1_000_000, false, 7_000);
+        assert_eq!((d.step, d.probe_bps), (Step::Layer(2), 0));
     }
 
     #[test]
@@ -402,11 +543,11 @@ mod tests {
     fn no_layers_is_no_panic() {
         let st = StepState::default();
         assert_eq!(
-            plan_leg(&st, &[], 2, None, 1_000, false, 1).step,
+            plan_leg(&st, &[], 2, None, 1_000, false, 1, false).step,
             Step::Dropped
         );
         assert_eq!(
-            plan_leg(&st, &[], 0, None, 0, true, 10_000).step,
+            plan_leg(&st, &[], 0, None, 0, true, 10_000, false).step,
             Step::Resumed
         );
     }

@@ -16,6 +16,7 @@ pub mod bwe;
 pub mod codec;
 mod conference;
 mod participant;
+pub mod probe;
 pub mod rewrite;
 pub mod rtcp;
 pub mod sdp;

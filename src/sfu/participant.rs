@@ -229,6 +229,7 @@ async fn build_pc(
             with_keyframe_requests_counted(registry, inner.stats.clone(), estimates.clone());
         let registry =
             super::rtcp::with_nack_budget(registry, inner.stats.clone(), estimates.clone());
+        let registry = super::probe::with_prober(registry, estimates.clone(), inner.stats.clone());
         let mut settings = SettingEngineBuilder::new()
             .with_include_loopback_candidate(cfg.bind_address.is_loopback());
         if !cfg.nat_1to1_ips.is_empty() {
@@ -451,7 +452,7 @@ impl Participant {
             .saturating_duration_since(self.join_clock.at)
             .as_millis() as u64
             + 1;
-        super::track::allocate(
+        let probe = super::track::allocate(
             &self.id,
             &legs,
             self.estimates.effective(),
@@ -459,8 +460,10 @@ impl Participant {
             now,
             clock_ms,
             speakers,
+            self.estimates.can_probe.load(Ordering::Relaxed),
         )
         .await;
+        self.estimates.probe_bps.store(probe, Ordering::Relaxed);
     }
 
     /// The subscriber's effective bandwidth estimate (bits/s), 0 while unknown.

@@ -42,6 +42,12 @@ pub struct Estimates {
     /// When the last transport-wide feedback arrived, ms since `epoch` plus one (0: never).
     last_feedback_ms: AtomicU64,
     epoch: Instant,
+    /// Extra traffic the allocator wants sent on this connection now to probe for more
+    /// bandwidth, bits/s (0: none); see [`super::probe`].
+    pub probe_bps: AtomicU64,
+    /// The connection sends a video stream whose subscriber negotiated RTX, so it can
+    /// probe (set by the prober).
+    pub can_probe: std::sync::atomic::AtomicBool,
 }
 
 /// Without transport-wide feedback for this long, the send-side estimate is stale: it
@@ -58,6 +64,8 @@ impl Estimates {
             twcc_feedback: AtomicU64::new(0),
             last_feedback_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            probe_bps: AtomicU64::new(0),
+            can_probe: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -191,8 +199,11 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestIn
                 let mut nacks = 0;
                 for p in packets {
                     let any = p.as_any();
-                    if any.is::<TransportLayerNack>() {
-                        nacks += 1;
+                    if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                        // The prober's own NACKs are not the subscriber's.
+                        if nack.sender_ssrc != super::probe::PROBE_SENDER_SSRC {
+                            nacks += 1;
+                        }
                     } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                         self.record_reports(stats, &rr.reports);
                     } else if let Some(sr) = any.downcast_ref::<SenderReport>() {

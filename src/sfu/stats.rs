@@ -146,6 +146,12 @@ pub struct Stats {
     /// Packets left out of a leg that receives fewer temporal layers (frames per second)
     /// than the publisher sends.
     pub temporal_layer_skipped: AtomicU64,
+    /// Probe packets requested (RTX retransmissions of recent video packets sent to
+    /// probe a subscriber's path for more bandwidth).
+    pub probe_packets: AtomicU64,
+    /// Bandwidth probes before an upward layer step, by result: the estimate still
+    /// covered the step afterwards (0), or it did not (1).
+    pub probes: [AtomicU64; 2],
     /// Data-channel messages refused for size or encoding.
     pub data_channel_messages_refused: AtomicU64,
     /// NACKs received from subscribers (answered by webrtc's NACK responder).
@@ -180,6 +186,8 @@ impl Default for Stats {
             keyframe_requests_sent: AtomicU64::new(0),
             keyframe_requests_suppressed: AtomicU64::new(0),
             temporal_layer_skipped: AtomicU64::new(0),
+            probe_packets: AtomicU64::new(0),
+            probes: Default::default(),
             data_channel_messages_refused: AtomicU64::new(0),
             nacks_received: AtomicU64::new(0),
             retransmits_suppressed: AtomicU64::new(0),

@@ -22,7 +22,8 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use std::collections::HashMap;
@@ -790,6 +791,16 @@ impl Leg {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(ssrc),
+                    // Video legs retransmit (and probe, see `probe`) on an RTX stream when
+                    // the subscriber negotiates RTX; webrtc clears it otherwise.
+                    rtx: (kind == RtpCodecKind::Video).then(|| RTCRtpRtxParameters {
+                        ssrc: loop {
+                            let s: u32 = rand::random();
+                            if s != 0 && s != ssrc {
+                                break s;
+                            }
+                        },
+                    }),
                     ..Default::default()
                 },
                 codec: source.codec.clone(),
@@ -1038,7 +1049,11 @@ async fn resume(source: &PublishedTrack, sink: &LegSink) {
 /// [`alloc::plan_leg`]).
 /// A dropped track also comes back when the estimate is `stale` (no feedback: with
 /// nothing sent, a send-side estimate cannot recover on its own).
+/// With `can_probe` (the subscriber's connection can send RTX probes, see
+/// [`super::probe`]), upward steps are probed for first; the probe rate the legs ask for
+/// is returned (bits/s, 0: none) for the connection's prober.
 /// Then re-targets every leg (sizes, stalls, caps).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn allocate(
     subscriber: &str,
     legs: &[Arc<Leg>],
@@ -1047,7 +1062,9 @@ pub(crate) async fn allocate(
     now: Instant,
     clock_ms: u64,
     speakers: &[super::ParticipantId],
-) {
+    can_probe: bool,
+) -> u64 {
+    let mut probe_bps = 0;
     let mut remaining = budget_bps as i64;
     let mut video: Vec<&Arc<Leg>> = Vec::new();
     for leg in legs {
@@ -1093,7 +1110,21 @@ pub(crate) async fn allocate(
                     .iter()
                     .position(|r| r.layer == lp && r.tid >= target_tid)
             });
-            let d = alloc::plan_leg(&sink.step, &rates, pref, cur, remaining, stale, clock_ms);
+            let d = alloc::plan_leg(
+                &sink.step, &rates, pref, cur, remaining, stale, clock_ms, can_probe,
+            );
+            probe_bps += d.probe_bps;
+            if let Some(passed) = d.probe_passed {
+                source.stats.probes[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    participant = subscriber,
+                    track = %source.info.track.track_id,
+                    from_rank = ?cur,
+                    estimate_bps = budget_bps,
+                    passed,
+                    "bandwidth: probe for an upward step ended"
+                );
+            }
             if let Some(hold) = d.forced_down_hold_ms {
                 tracing::debug!(
                     participant = subscriber,
@@ -1138,6 +1169,7 @@ pub(crate) async fn allocate(
         }
         retarget_sink(source, sink, now).await;
     }
+    probe_bps
 }
 
 /// Per-leg RTCP: relays the subscriber's keyframe requests to the publisher.

@@ -8,8 +8,8 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use sluice::config::SfuConfig;
 use sluice::sfu::rtcp::{is_keyframe_request, with_keyframe_requests};
@@ -185,6 +185,11 @@ pub struct RemoteInfo {
     pub ended: bool,
     pub ssrc: u32,
     pub task: Option<tokio::task::AbortHandle>,
+    /// Sequence numbers received, to tell duplicates (RTX probes repaired by webrtc) from
+    /// new packets, as a real receiver's jitter buffer does.
+    pub seen: std::collections::HashSet<u16>,
+    /// For each duplicate received: how many packets had arrived before it.
+    pub duplicates: Vec<usize>,
 }
 
 pub struct SendTrack {
@@ -302,6 +307,8 @@ impl PeerConnectionEventHandler for PeerHandler {
                 ended: false,
                 ssrc: 0,
                 task: None,
+                seen: Default::default(),
+                duplicates: Vec::new(),
             },
         );
         let tid = track_id.clone();
@@ -337,7 +344,12 @@ impl PeerConnectionEventHandler for PeerHandler {
                                 .collect(),
                         };
                         if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
-                            r.packets.push(rec);
+                            if r.seen.insert(rec.rtp_seq) {
+                                r.packets.push(rec);
+                            } else {
+                                let n = r.packets.len();
+                                r.duplicates.push(n);
+                            }
                         }
                         changed.notify_waiters();
                     }
@@ -442,7 +454,25 @@ impl TestPeer {
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
-        Self::build_full(id, idx, publish, simulcast, TestVideo::Vp8, sink, ip).await
+        Self::build_full(id, idx, publish, simulcast, TestVideo::Vp8, false, sink, ip).await
+    }
+
+    /// A receiving VP8 peer that negotiates NACK and RTX, as browsers do: Sluice then
+    /// retransmits, and probes, on its legs' RTX streams.
+    pub async fn new_with_rtx(sfu: &Sfu, idx: u8) -> Arc<TestPeer> {
+        let id = format!("@user{idx}:test|DEV{idx}");
+        let sink = sfu_sink(sfu, &id);
+        Self::build_full(
+            id,
+            idx,
+            false,
+            false,
+            TestVideo::Vp8,
+            true,
+            sink,
+            "127.0.0.1",
+        )
+        .await
     }
 
     /// A peer whose video codec is `video` (VP9 or AV1) instead of VP8: publishing (with
@@ -451,15 +481,17 @@ impl TestPeer {
     pub async fn new_svc(sfu: &Sfu, idx: u8, publish: bool, video: TestVideo) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
         let sink = sfu_sink(sfu, &id);
-        Self::build_full(id, idx, publish, false, video, sink, "127.0.0.1").await
+        Self::build_full(id, idx, publish, false, video, false, sink, "127.0.0.1").await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn build_full(
         id: String,
         idx: u8,
         publish: bool,
         simulcast: bool,
         video: TestVideo,
+        rtx: bool,
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
@@ -495,12 +527,24 @@ impl TestPeer {
                 RtpCodecKind::Audio,
             )
             .unwrap();
+        let mut video_codec = codec(video_mime, 90000, 0, video_fmtp, vp8_pt);
+        if rtx {
+            video_codec.rtp_codec.rtcp_feedback = vec![RTCPFeedback {
+                typ: "nack".to_owned(),
+                parameter: String::new(),
+            }];
+        }
         media
-            .register_codec(
-                codec(video_mime, 90000, 0, video_fmtp, vp8_pt),
-                RtpCodecKind::Video,
-            )
+            .register_codec(video_codec, RtpCodecKind::Video)
             .unwrap();
+        if rtx {
+            media
+                .register_codec(
+                    codec("video/rtx", 90000, 0, &format!("apt={vp8_pt}"), vp8_pt + 1),
+                    RtpCodecKind::Video,
+                )
+                .unwrap();
+        }
         media
             .register_header_extension(
                 RTCRtpHeaderExtensionCapability {
