@@ -466,3 +466,142 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
         .unwrap();
     drop(router);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upward_steps_are_probed_for_under_a_real_limit() {
+    // The same path, with a subscriber that negotiates RTX (as browsers do): Sluice probes
+    // for an upward step before taking it, so under a limit the failed tries are probes
+    // (up to a second of RTX retransmissions at the step's added rate), not steps to a
+    // layer the path cannot carry. The feedback has to report the probes: with RTX
+    // packets unnumbered (webrtc binds streams by media SSRC only), each failed probe cut
+    // the estimate to 0.85 of the media-only rate, and the leg fell from h to q.
+    let ns = Netns::create();
+    let mut cfg = test_config();
+    cfg.bind_address = ns.host_ip.parse().unwrap();
+    let (sfu, events) = Sfu::new(cfg);
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
+    router.add(&publisher);
+    publisher.join(&sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    publisher.start_simulcast_sending();
+    let inside = NetnsRuntime::start(&ns.name);
+    let id = "@user1:test|DEV1".to_owned();
+    let sink = sfu_sink(&sfu, &id);
+    let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
+    let sub = inside
+        .handle
+        .spawn(async move { TestPeer::build_rtx_at(id2, 1, sink, &ns_ip).await })
+        .await
+        .unwrap();
+    router.add(&sub);
+    sub.join(&sfu).await.unwrap();
+    sub.wait_for("connected", LONG, |s| s.connected).await;
+    router
+        .wait_for("video published", LONG, |log| {
+            log.iter()
+                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+        })
+        .await;
+    let track = publisher.track_refs()[0].clone();
+    sfu.subscribe(CONF, &id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("f packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
+    })
+    .await;
+
+    ns.limit(200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (est, _, layer) = view(&sfu, &id);
+        if layer.as_deref() != Some("f") && est < 260_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still on {layer:?} with estimate {est} 20 s into a 200 kbit/s limit"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = sfu.stats();
+    let probes = |i: usize| stats.probes[i].load(std::sync::atomic::Ordering::Relaxed);
+    let (passed0, failed0) = (probes(0), probes(1));
+    let mut chosen = Vec::new();
+    let mut trace = String::new();
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (est, _, layer) = view(&sfu, &id);
+        chosen.push(rank(layer.as_deref()));
+        trace.push_str(&format!(
+            " {}k/{}",
+            est / 1000,
+            layer.as_deref().unwrap_or("-")
+        ));
+    }
+    let tries = ups(&chosen);
+    let (passed, failed) = (probes(0) - passed0, probes(1) - failed0);
+    eprintln!("estimate/layer every 0.5 s:{trace}");
+    eprintln!("under the limit: {tries} upward steps, probes passed {passed}, failed {failed}");
+    assert!(
+        failed >= 1,
+        "no probe failed under a limit the step does not fit"
+    );
+    // A step is taken only after a probe passed; most tries end as failed probes.
+    assert!(
+        tries <= passed as usize,
+        "{tries} upward steps but only {passed} probes passed"
+    );
+    assert!(
+        tries <= 1,
+        "{tries} upward steps in 30 s under a limit, with probing"
+    );
+    // And the failed probes did not cost the layer that fits (h, rank 2).
+    let on_h = chosen.iter().filter(|r| **r == 2).count();
+    assert!(
+        on_h * 4 >= chosen.len() * 3,
+        "on h in only {on_h} of {} samples under the limit",
+        chosen.len()
+    );
+
+    // The limit lifts: a probe passes and the leg is back on f.
+    ns.unlimit();
+    let t1 = Instant::now();
+    let deadline = t1 + Duration::from_secs(60);
+    while view(&sfu, &id).2.as_deref() != Some("f") {
+        assert!(
+            Instant::now() < deadline,
+            "not back on f 60 s after the limit lifted: {:?}",
+            view(&sfu, &id)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("back on f {:?} after the limit lifted", t1.elapsed());
+    assert!(
+        probes(0) > passed0 + passed,
+        "the step back to f was not probed for"
+    );
+    assert!(
+        stats
+            .probe_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+
+    sfu.shutdown(HangupReason::UserHangup).await;
+    assert!(sfu.participants(CONF).is_empty());
+    publisher.close().await;
+    let sub2 = sub.clone();
+    inside
+        .handle
+        .spawn(async move { sub2.close().await })
+        .await
+        .unwrap();
+    drop(router);
+}

@@ -2,6 +2,7 @@
 //! its subscriber legs and its published tracks.
 
 use super::conference::Conference;
+use super::probe::WithRtxStreams;
 use super::rewrite::MID_EXTENSION;
 use super::rtcp::with_keyframe_requests_counted;
 use super::sdp;
@@ -215,15 +216,22 @@ async fn build_pc(
         // estimate by choosing layers.
         let registry = configure_twcc_receiver_only(registry, &mut media)?
             .with(Slot::SenderReport, SenderReportBuilder::new().build())
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+            // Both see RTX packets (retransmissions, probes) as their stream's: see
+            // `probe::WithRtxStreams`.
+            .with(
+                Slot::TwccSender,
+                WithRtxStreams(TwccSenderBuilder::new().build()),
+            )
             .with(
                 Slot::CongestionControl,
-                CongestionControlBuilder::new(super::bwe::SubscriberEstimator::new(
-                    (cfg.bandwidth_initial_kbps * 1000) as f64,
-                    (cfg.bandwidth_min_kbps * 1000) as f64,
-                    (cfg.bandwidth_max_kbps * 1000) as f64,
-                ))
-                .build(),
+                WithRtxStreams(
+                    CongestionControlBuilder::new(super::bwe::SubscriberEstimator::new(
+                        (cfg.bandwidth_initial_kbps * 1000) as f64,
+                        (cfg.bandwidth_min_kbps * 1000) as f64,
+                        (cfg.bandwidth_max_kbps * 1000) as f64,
+                    ))
+                    .build(),
+                ),
             );
         let registry =
             with_keyframe_requests_counted(registry, inner.stats.clone(), estimates.clone());
