@@ -478,6 +478,11 @@ async fn an_av1_leg_drops_temporal_layers_by_its_dependency_descriptor() {
     temporal_layers_step_down_and_back_up(TestVideo::Av1).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vp8_leg_drops_temporal_layers_with_consecutive_picture_ids() {
+    temporal_layers_step_down_and_back_up(TestVideo::Vp8).await;
+}
+
 async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
     // One stream (no simulcast) with three temporal layers: about 180 kbit/s for T0, 300
     // with T1, 420 with T2. Behind 250 kbit/s the leg can only have T0.
@@ -570,6 +575,20 @@ async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
             // The picture ids are the publisher's (non-flexible mode: receivers place
             // the missing pictures by them).
             assert_eq!(vp9_picture_id(&w[1].payload), w[1].seq & 0x7FFF);
+        }
+        if video == TestVideo::Vp8 {
+            // Consecutive picture ids over the frames forwarded (a VP8 receiver waits
+            // for every id it has not seen), TL0PICIDX as sent.
+            let (a, b) = (vp8_picture_id(&w[0].payload), vp8_picture_id(&w[1].payload));
+            let step = if w[1].seq == w[0].seq { 0 } else { 1 };
+            assert_eq!(
+                b,
+                (a + step) & 0x7FFF,
+                "picture id of frame {} after frame {}",
+                w[1].seq,
+                w[0].seq
+            );
+            assert_eq!(w[1].payload[4], (w[1].seq / 4) as u8);
         }
     }
     if video == TestVideo::Av1 {

@@ -178,7 +178,7 @@ fn micro(iterations: u64) -> Vec<Result> {
         |i| {
             let mut p = packet(1, i as u16 + 1, inter.clone());
             if i & 1 == 0 {
-                rw.skip(&p.header);
+                rw.skip(&p);
             } else {
                 black_box(rw.rewrite(&mut p, &params, now));
             }

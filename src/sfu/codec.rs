@@ -153,6 +153,33 @@ pub struct Temporal {
     pub picture_start: bool,
 }
 
+/// The temporal layer id of a VP8 packet from its payload descriptor's TID (RFC 7741
+/// §4.2: the T bit); None without it (nothing can be dropped).
+pub fn vp8_temporal(p: &[u8]) -> Option<Temporal> {
+    let b0 = *p.first()?;
+    if b0 & 0x80 == 0 {
+        return None;
+    }
+    let x = *p.get(1)?;
+    if x & 0x20 == 0 {
+        return None;
+    }
+    let mut i = 2;
+    if x & 0x80 != 0 {
+        i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    if x & 0x40 != 0 {
+        i += 1;
+    }
+    let t = *p.get(i)?;
+    Some(Temporal {
+        tid: t >> 6,
+        sid: 0,
+        // S=1, partition 0: the first packet of a frame.
+        picture_start: b0 & 0x10 != 0 && b0 & 0x0F == 0,
+    })
+}
+
 /// The temporal and spatial ids of a VP9 packet from its payload descriptor's layer
 /// indices (RFC 9628 §4.2: the L bit); None without them (nothing can be dropped).
 pub fn vp9_temporal(p: &[u8]) -> Option<Temporal> {
@@ -335,6 +362,34 @@ mod tests {
         // L present, spatial id 1: not the base layer.
         assert!(!vp9_keyframe_start(&[0x28, 0x02]));
         assert!(vp9_keyframe_start(&[0x28, 0x00]));
+    }
+
+    #[test]
+    fn vp8_temporal_layer_ids() {
+        // X, S, PID 0; I, L, T; 15-bit picture id; TL0PICIDX; TID 2, Y.
+        let p = [0x90, 0xE0, 0x80, 0x05, 7, (2 << 6) | 0x20, 0xAA];
+        assert_eq!(
+            vp8_temporal(&p),
+            Some(Temporal {
+                tid: 2,
+                sid: 0,
+                picture_start: true
+            })
+        );
+        // T without I or L, a continuation packet.
+        let p = [0x80, 0x20, 1 << 6, 0xAA];
+        assert_eq!(
+            vp8_temporal(&p),
+            Some(Temporal {
+                tid: 1,
+                sid: 0,
+                picture_start: false
+            })
+        );
+        // No T bit, no X, truncated: nothing to go by.
+        assert_eq!(vp8_temporal(&[0x90, 0xC0, 0x80, 0x05, 7, 0xAA]), None);
+        assert_eq!(vp8_temporal(&[0x10, 0xAA]), None);
+        assert_eq!(vp8_temporal(&[0x90, 0xE0, 0x80, 0x05, 7]), None);
     }
 
     #[test]

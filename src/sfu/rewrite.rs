@@ -124,9 +124,17 @@ fn read_pic(p: &[u8], (at, long): (usize, bool)) -> u16 {
     }
 }
 
-/// VP8 picture id / TL0PICIDX continuity across source (simulcast layer) switches, so
-/// the subscriber's decoder sees one stream. Rewrites the payload only after a switch
-/// made the offsets non-zero.
+/// Whether `a` comes after `b` in a sequence space of `mask + 1` values that wraps.
+fn newer(a: u16, b: u16, mask: u16) -> bool {
+    let d = a.wrapping_sub(b) & mask;
+    d != 0 && d <= mask / 2
+}
+
+/// VP8 picture id / TL0PICIDX continuity across source (simulcast layer) switches and
+/// left-out pictures (temporal-layer dropping), so the subscriber's decoder sees one
+/// stream with consecutive picture ids: a VP8 receiver waits for every picture id it
+/// has not seen. Rewrites the payload only once a switch or a left-out picture made the
+/// offsets non-zero.
 #[derive(Debug, Default)]
 struct Vp8Continuity {
     pic_offset: u16,
@@ -134,6 +142,10 @@ struct Vp8Continuity {
     last_pic: Option<u16>,
     last_tl0: Option<u8>,
     switched: bool,
+    /// Highest source picture id of the current source seen (sent or left out).
+    highest_pic: Option<u16>,
+    /// Source picture ids of the pictures left out since the last switch.
+    left_out: LeftOut,
 }
 
 impl Vp8Continuity {
@@ -147,6 +159,29 @@ impl Vp8Continuity {
             self.tl0_offset = last.wrapping_add(1).wrapping_sub(p[at]);
         }
         self.switched = true;
+        self.highest_pic = None;
+        self.left_out.clear();
+    }
+
+    /// The packet `p` of the current source is left out: when it starts a picture newer
+    /// than any seen, the pictures after it move down one id.
+    fn skip_picture(&mut self, p: &[u8]) {
+        let Some((at, long)) = vp8_ids(p).pic else {
+            return;
+        };
+        // S=1 and partition 0: the picture's first packet.
+        if p[0] & 0x10 == 0 || p[0] & 0x0F != 0 {
+            return;
+        }
+        let mask = if long { 0x7FFF } else { 0x7F };
+        let pic = read_pic(p, (at, long));
+        if self.highest_pic.is_some_and(|h| !newer(pic, h, mask)) {
+            return;
+        }
+        self.highest_pic = Some(pic);
+        self.pic_offset = self.pic_offset.wrapping_sub(1);
+        self.left_out.push(pic);
+        self.switched = true;
     }
 
     fn apply(&mut self, payload: &mut bytes::Bytes) {
@@ -154,7 +189,22 @@ impl Vp8Continuity {
         if ids.pic.is_none() && ids.tl0.is_none() {
             return;
         }
-        let rewrite = self.switched && (self.pic_offset != 0 || self.tl0_offset != 0);
+        let mut pic_offset = self.pic_offset;
+        if let Some((at, long)) = ids.pic {
+            let mask = if long { 0x7FFF } else { 0x7F };
+            let pic = read_pic(payload, (at, long));
+            match self.highest_pic {
+                Some(h) if !newer(pic, h, mask) => {
+                    // A late picture: the pictures left out after it had not moved it.
+                    if pic != h && self.left_out.len > 0 {
+                        let n = self.left_out.after(pic, mask).unwrap_or(0);
+                        pic_offset = pic_offset.wrapping_add(n);
+                    }
+                }
+                _ => self.highest_pic = Some(pic),
+            }
+        }
+        let rewrite = self.switched && (pic_offset != 0 || self.tl0_offset != 0);
         if !rewrite {
             if let Some(pic) = ids.pic {
                 self.last_pic = Some(read_pic(payload, pic));
@@ -166,7 +216,7 @@ impl Vp8Continuity {
         }
         let mut b = bytes::BytesMut::from(&payload[..]);
         if let Some((at, long)) = ids.pic {
-            let out = read_pic(&b, (at, long)).wrapping_add(self.pic_offset);
+            let out = read_pic(&b, (at, long)).wrapping_add(pic_offset);
             if long {
                 let v = (out & 0x7FFF) | 0x8000;
                 b[at..at + 2].copy_from_slice(&v.to_be_bytes());
@@ -216,18 +266,15 @@ impl LeftOut {
         self.overflowed = false;
     }
 
-    /// How many left-out packets come after `seq`, or None when `seq` is older than the
-    /// window remembers (it cannot be placed).
-    fn after(&self, seq: u16) -> Option<u16> {
-        if self.overflowed && (self.seqs[self.head].wrapping_sub(seq) as i16) > 0 {
+    /// How many left-out numbers come after `seq` (in a space of `mask + 1` values), or
+    /// None when `seq` is older than the window remembers (it cannot be placed).
+    fn after(&self, seq: u16, mask: u16) -> Option<u16> {
+        if self.overflowed && newer(self.seqs[self.head], seq, mask) {
             return None;
         }
         let start = (self.head + LEFT_OUT_WINDOW - self.len) % LEFT_OUT_WINDOW;
         let n = (0..self.len)
-            .filter(|i| {
-                let d = self.seqs[(start + i) % LEFT_OUT_WINDOW];
-                (d.wrapping_sub(seq) as i16) > 0
-            })
+            .filter(|i| newer(self.seqs[(start + i) % LEFT_OUT_WINDOW], seq, mask))
             .count();
         Some(n as u16)
     }
@@ -272,7 +319,11 @@ impl LegRewriter {
     /// receive) so that the leg's sequence numbers stay contiguous: the packets after it
     /// move up one. A late packet of a left-out frame (older than one already seen) is
     /// not counted: its number was already passed over and stays a gap.
-    pub fn skip(&mut self, h: &rtp::header::Header) {
+    ///
+    /// With VP8 continuity, a left-out packet that starts a picture also moves the later
+    /// pictures' ids down one.
+    pub fn skip(&mut self, pkt: &rtp::Packet) {
+        let h = &pkt.header;
         if !self.started || h.ssrc != self.source_ssrc {
             return;
         }
@@ -283,6 +334,9 @@ impl LegRewriter {
         self.highest_in = seq;
         self.seq_offset = self.seq_offset.wrapping_sub(1);
         self.left_out.push(seq);
+        if let Some(v) = &mut self.vp8 {
+            v.skip_picture(&pkt.payload);
+        }
     }
 
     /// Also keeps VP8 picture ids and TL0PICIDX continuous across source switches.
@@ -337,7 +391,7 @@ impl LegRewriter {
             self.highest_in = h.sequence_number;
         } else if self.left_out.len > 0 {
             // Late: the packets left out after it had not moved it up.
-            match self.left_out.after(h.sequence_number) {
+            match self.left_out.after(h.sequence_number, 0xFFFF) {
                 Some(n) => seq_offset = seq_offset.wrapping_add(n),
                 None => return false,
             }
@@ -604,7 +658,7 @@ mod tests {
         for &seq in seqs {
             let mut pkt = packet(1, seq, seq as u32, &[]);
             if left_out.contains(&seq) {
-                rw.skip(&pkt.header);
+                rw.skip(&pkt);
             } else {
                 out.push(
                     rw.rewrite(&mut pkt, &p, t)
@@ -679,6 +733,49 @@ mod tests {
             assert_eq!(*pkt.payload.last().unwrap(), 0xAA, "frame data untouched");
         }
         assert_eq!(out, vec![(100, 7), (101, 8), (102, 9), (103, 10)]);
+    }
+
+    #[test]
+    fn vp8_picture_ids_close_up_over_left_out_pictures() {
+        let p = params();
+        let mut rw = LegRewriter::new(90_000).with_vp8_continuity();
+        let t = Instant::now();
+        // (seq, picture id, first packet of its picture, left out). Picture 101 is two
+        // packets; 104 is left out before the late 103 arrives.
+        let plan = [
+            (1u16, 100u16, true, false),
+            (2, 101, true, true),
+            (3, 101, false, true),
+            (4, 102, true, false),
+            (6, 104, true, true),
+            (5, 103, true, false),
+            (7, 105, true, false),
+        ];
+        let mut out = vec![];
+        for (seq, pic, start, left_out) in plan {
+            let mut pkt = packet(1, seq, seq as u32, &[]);
+            let mut payload = vp8(pic, 3).to_vec();
+            if !start {
+                payload[0] &= !0x10;
+            }
+            pkt.payload = Bytes::from(payload);
+            if left_out {
+                rw.skip(&pkt);
+                continue;
+            }
+            assert!(rw.rewrite(&mut pkt, &p, t));
+            let ids = vp8_ids(&pkt.payload);
+            out.push((
+                pkt.header.sequence_number,
+                read_pic(&pkt.payload, ids.pic.unwrap()),
+                pkt.payload[ids.tl0.unwrap()],
+            ));
+        }
+        // Consecutive sequence numbers and picture ids; TL0PICIDX as sent.
+        assert_eq!(
+            out,
+            vec![(1, 100, 3), (2, 101, 3), (3, 102, 3), (4, 103, 3)]
+        );
     }
 
     #[test]

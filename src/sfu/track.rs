@@ -422,7 +422,7 @@ impl PublishedTrack {
     }
 
     /// Where the packet sits in the temporal structure: from its dependency descriptor
-    /// when the publisher sends one, else from a VP9 payload descriptor.
+    /// when the publisher sends one, else from a VP8 or VP9 payload descriptor.
     #[inline]
     fn temporal(&self, pkt: &rtp::Packet) -> Option<codec::Temporal> {
         if self.dd_id != 0
@@ -431,6 +431,7 @@ impl PublishedTrack {
             return self.dd.temporal(&ext.payload);
         }
         match self.video_codec {
+            VideoCodec::Vp8 => codec::vp8_temporal(&pkt.payload),
             VideoCodec::Vp9 => codec::vp9_temporal(&pkt.payload),
             _ => None,
         }
@@ -736,7 +737,7 @@ impl LegSink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .rewriter
-            .skip(&pkt.header);
+            .skip(pkt);
     }
 
     /// The highest temporal layer the leg receives now, when it receives fewer than all.

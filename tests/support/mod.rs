@@ -874,9 +874,10 @@ impl TestPeer {
         self.tasks.lock().unwrap().push(task);
     }
 
-    /// Sends the video track (a VP9 or AV1 peer's) as one stream with three temporal
-    /// layers at 30 frames/s, in the L1T3 pattern T0 T2 T1 T2. VP9: picture id = frame
-    /// number, the layer indices and TL0PICIDX in every packet (non-flexible mode). AV1:
+    /// Sends the video track as one stream with three temporal layers at 30 frames/s, in
+    /// the L1T3 pattern T0 T2 T1 T2. VP8: picture id = frame number, TL0PICIDX and TID in
+    /// every packet's descriptor. VP9: picture id = frame number, the layer indices and
+    /// TL0PICIDX in every packet (non-flexible mode). AV1:
     /// an aggregation header, and a dependency descriptor in every packet
     /// ([`svc_dependency_descriptor`]). A T0 frame is 3 packets, T1 2 and T2 1, of about
     /// 1000 bytes: about 180, 120 and 120 kbit/s. A keyframe every 2 s and at the next T0
@@ -920,7 +921,30 @@ impl TestPeer {
                 let n = SVC_PACKETS[tid as usize];
                 for i in 0..n {
                     let (first, last) = (i == 0, i + 1 == n);
-                    let mut v = if video == TestVideo::Av1 {
+                    let mut v = if video == TestVideo::Vp8 {
+                        // X, S on the first packet (partition 0); I, L, T; 15-bit picture
+                        // id; TL0PICIDX; TID (and Y, a layer sync, on T1 frames); then on
+                        // a frame's first packet the frame header (P=0 on a keyframe).
+                        let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
+                        let tl0 = (frame / 4) as u8;
+                        let sync = if tid == 1 { 0x20 } else { 0 };
+                        let mut d = vec![
+                            if first { 0x90 } else { 0x80 },
+                            0xE0,
+                            pic[0],
+                            pic[1],
+                            tl0,
+                            (tid << 6) | sync,
+                        ];
+                        if first && key {
+                            d.extend_from_slice(&[0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
+                            d.extend_from_slice(&640u16.to_le_bytes());
+                            d.extend_from_slice(&360u16.to_le_bytes());
+                        } else if first {
+                            d.extend_from_slice(&[0x01, 0x00, 0x00]);
+                        }
+                        d
+                    } else if video == TestVideo::Av1 {
                         // Aggregation header: Z/Y (continuation) on inner packets, W=1
                         // (one OBU element), N on a keyframe's first packet.
                         let mut h = 0x10u8;
