@@ -32,14 +32,19 @@
 //! Janus baseline.
 
 use bytes::Bytes;
+use rtc::interceptor::{Interceptor, Packet as InterceptorPacket, StreamInfo, TaggedPacket};
 use rtc::rtp;
+use rtc::sansio::Protocol;
 use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
 use sluice::sfu::codec::{DdTemplates, VideoCodec, is_keyframe_start, vp9_temporal};
+use sluice::sfu::probe::ProbeInterceptor;
 use sluice::sfu::rewrite::{LegParams, LegRewriter};
-use sluice::sfu::rtcp::KeyframeThrottle;
+use sluice::sfu::rtcp::{Estimates, KeyframeThrottle};
+use sluice::sfu::stats::Stats;
 use sluice::sfu::{Layer, LayerState, choose_layer};
 use std::hint::black_box;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 struct Result {
@@ -207,6 +212,46 @@ fn micro(iterations: u64) -> Vec<Result> {
             black_box(choose_layer(&refs, Some(sizes[(i & 3) as usize])));
         },
     ));
+
+    // The prober on a subscriber's connection sees every packet sent; while not probing
+    // it only notes the newest sequence number of the packet's stream (25 video legs).
+    let estimates = Arc::new(Estimates::new(0));
+    let mut prober = ProbeInterceptor::new(estimates.clone(), Arc::new(Stats::default()));
+    for ssrc in 0..25u32 {
+        prober.bind_local_stream(&StreamInfo {
+            ssrc: 1000 + ssrc,
+            ssrc_rtx: Some(2000 + ssrc),
+            payload_type_rtx: Some(97),
+            mime_type: "video/VP8".to_owned(),
+            ..Default::default()
+        });
+    }
+    // The same packets go round: what comes out is what goes in next time.
+    let mut sent: Vec<Option<TaggedPacket>> = (0..25u32)
+        .map(|ssrc| {
+            Some(TaggedPacket {
+                now,
+                transport: Default::default(),
+                message: InterceptorPacket::Rtp(packet(1000 + ssrc, 1, inter.clone())).into(),
+            })
+        })
+        .collect();
+    out.push(bench(
+        "prober: a sent packet passing (25 video legs)",
+        iterations,
+        |i| {
+            let slot = &mut sent[(i % 25) as usize];
+            if let Some(msg) = slot.take() {
+                prober.handle_write(msg).unwrap();
+            }
+            *slot = black_box(prober.poll_write());
+        },
+    ));
+    assert!(
+        estimates
+            .can_probe
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
 
     let throttle = KeyframeThrottle::new(Duration::from_millis(1000));
     out.push(bench("keyframe throttle check", iterations, |_| {
