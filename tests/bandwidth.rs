@@ -41,14 +41,18 @@ struct Netns {
 
 impl Netns {
     fn create() -> Netns {
+        // One name and subnet per namespace of this process (pid and a counter).
+        static CREATED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
+        let net = (pid * 4 + k) % 250 + 1;
         let n = Netns {
-            name: format!("sluice-bw-{pid}"),
-            host_if: format!("slbw{}h", pid % 100_000),
-            host_ip: format!("10.231.{}.1", pid % 250 + 1),
-            ns_ip: format!("10.231.{}.2", pid % 250 + 1),
+            name: format!("sluice-bw-{pid}-{k}"),
+            host_if: format!("slbw{}{k}h", pid % 10_000),
+            host_ip: format!("10.231.{net}.1"),
+            ns_ip: format!("10.231.{net}.2"),
         };
-        let ns_if = format!("slbw{}n", pid % 100_000);
+        let ns_if = format!("slbw{}{k}n", pid % 10_000);
         // Leftovers of a crashed earlier run with the same pid.
         let _ = Command::new("ip").args(["netns", "del", &n.name]).output();
         let _ = Command::new("ip")
@@ -252,6 +256,10 @@ fn paused(sfu: &Sfu, id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The tests here measure real-time behaviour behind a real limit: one at a time, so
+/// they do not share the two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Upward changes in a layer sequence.
 fn ups(seq: &[u8]) -> usize {
     seq.windows(2).filter(|w| w[1] > w[0]).count()
@@ -259,6 +267,7 @@ fn ups(seq: &[u8]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allocator_follows_a_real_bandwidth_limit() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let ns = Netns::create();
     let mut cfg = test_config();
     cfg.bind_address = ns.host_ip.parse().unwrap();
@@ -475,6 +484,7 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
     // layer the path cannot carry. The feedback has to report the probes: with RTX
     // packets unnumbered (webrtc binds streams by media SSRC only), each failed probe cut
     // the estimate to 0.85 of the media-only rate, and the leg fell from h to q.
+    let _one = ONE_AT_A_TIME.lock().await;
     let ns = Netns::create();
     let mut cfg = test_config();
     cfg.bind_address = ns.host_ip.parse().unwrap();
