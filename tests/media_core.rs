@@ -710,3 +710,57 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_dtx_passes_through_untouched() {
+    // In silence, Opus DTX sends one frame every 400 ms: contiguous sequence numbers with
+    // timestamps 400 ms apart. A subscriber must get exactly that: no gap filled, no
+    // timestamp changed, and the payloads byte for byte (end-to-end encrypted media
+    // included: the SFU never looks inside).
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let peers = join_peers(&sfu, &router, &[0, 1]).await;
+    subscribe_all(&sfu, &peers[1..], &peers[..1]).await;
+    let (talker, listener) = (&peers[0], &peers[1]);
+    talker.dtx.store(true, std::sync::atomic::Ordering::Relaxed);
+    let audio = |p: &TestPeer| -> Vec<Received> {
+        p.state.lock().unwrap().remotes["audio-0"].packets.clone()
+    };
+    let from = audio(listener).len();
+    listener
+        .wait_for("eight more audio packets", LONG, |st| {
+            st.remotes["audio-0"].packets.len() >= from + 8
+        })
+        .await;
+    let got = audio(listener);
+    // The first packets after the switch may still be the last continuous ones.
+    let dtx: Vec<&Received> = got[from..]
+        .windows(2)
+        .filter(|w| w[1].ts.wrapping_sub(w[0].ts) == 20 * 960)
+        .map(|w| &w[1])
+        .collect();
+    assert!(dtx.len() >= 5, "no DTX spacing seen: {:?}", &got[from..]);
+    for w in got[from..].windows(2) {
+        assert_eq!(
+            w[1].rtp_seq,
+            w[0].rtp_seq.wrapping_add(1),
+            "the leg's sequence numbers have a gap"
+        );
+        let d = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(
+            d > 0 && d % 960 == 0 && d <= 20 * 960,
+            "timestamps {d} apart: not the publisher's 20 ms frames"
+        );
+    }
+    for r in &dtx {
+        assert_eq!(
+            r.payload,
+            support::payload(0, 0, r.seq, 120),
+            "payload changed on the way"
+        );
+    }
+    for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

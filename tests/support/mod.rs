@@ -169,6 +169,8 @@ pub struct Received {
     pub sender: u8,
     pub kind: u8,
     pub seq: u32,
+    /// RTP timestamp as received on the leg.
+    pub ts: u32,
     pub payload: Bytes,
     pub extensions: Vec<(u8, Bytes)>,
 }
@@ -234,6 +236,8 @@ pub struct TestPeer {
     pub tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Data-channel events, taken by whoever drives the peer's signaling.
     pub dc_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<DcEvent>>>,
+    /// Send the audio as Opus DTX does in silence (see `start_sending`).
+    pub dtx: Arc<AtomicBool>,
 }
 
 /// What the test peer's data channel delivered.
@@ -335,6 +339,7 @@ impl PeerConnectionEventHandler for PeerHandler {
                             sender,
                             kind,
                             seq,
+                            ts: p.header.timestamp,
                             payload: p.payload.clone(),
                             extensions: p
                                 .header
@@ -705,6 +710,7 @@ impl TestPeer {
             ignore_plis: Arc::new(AtomicBool::new(false)),
             tasks,
             dc_rx: Mutex::new(Some(dc_rx)),
+            dtx: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -751,6 +757,7 @@ impl TestPeer {
             let sender = s.sender.clone();
             let idx = self.idx;
             let level = self.audio_level.clone();
+            let dtx = self.dtx.clone();
             let task = tokio::spawn(async move {
                 let ext_id = sender.get_parameters().await.ok().and_then(|p| {
                     p.rtp_parameters
@@ -765,14 +772,25 @@ impl TestPeer {
                 };
                 let mut tick = tokio::time::interval(interval);
                 let mut seq: u32 = 0;
+                // Timestamps follow the frames (20 ms of audio each) whether sent or not.
+                let mut frame: u32 = 0;
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
+                    frame += 1;
+                    // Opus DTX: in silence, one frame in 20 (every 400 ms) is sent; the
+                    // sequence numbers stay contiguous and the timestamps jump.
+                    if kind == RtpCodecKind::Audio
+                        && dtx.load(Ordering::Relaxed)
+                        && !frame.is_multiple_of(20)
+                    {
+                        continue;
+                    }
                     let mut p = rtp::Packet::default();
                     p.header.version = 2;
                     p.header.payload_type = pt;
                     p.header.ssrc = ssrc;
                     p.header.sequence_number = (seq as u16).wrapping_add(1000 * i as u16);
-                    p.header.timestamp = seq.wrapping_mul(clock_step);
+                    p.header.timestamp = frame.wrapping_mul(clock_step);
                     p.header.marker = true;
                     if kind == RtpCodecKind::Audio
                         && let Some(id) = ext_id
