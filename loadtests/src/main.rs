@@ -292,7 +292,15 @@ fn micro(iterations: u64) -> Vec<Result> {
         let mut remaining = budget;
         for &j in &order {
             let d = plan_leg(
-                &legs[j].0, &rates, 2, cur[j], remaining, false, clock_ms, false,
+                &legs[j].0,
+                &rates,
+                &[],
+                2,
+                cur[j],
+                remaining,
+                false,
+                clock_ms,
+                false,
             );
             if let Some(r) = d.step.rank() {
                 remaining -= rates[r] as i64;

@@ -199,10 +199,15 @@ pub struct Decision {
 /// ([`Decision::probe_bps`]); the step is taken when the estimate still covers it
 /// afterwards. When it no longer does (the path queued or lost the probe), the probe
 /// failed: no step, and the hold doubles as after a failed upward step.
+///
+/// `layer_of` gives each rung's layer (rungs of one layer are its temporal steps); empty,
+/// each rung is a layer of its own. An upward step goes up at most one layer, to the
+/// highest rung of it that fits.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_leg(
     st: &StepState,
     rates: &[u64],
+    layer_of: &[usize],
     pref: usize,
     cur: Option<usize>,
     remaining: i64,
@@ -267,7 +272,15 @@ pub fn plan_leg(
         let probing = st.probe_until_ms.load(Ordering::Relaxed);
         match cur {
             Some(cur) if fit > cur => {
-                let step_rate = rates[cur + 1].saturating_sub(rates[cur]);
+                // One step: up to one layer higher, with as many of its temporal layers
+                // as fit (a rung at a time would make a climb through three layers of
+                // three temporal layers eight holds long).
+                let layer = |r: usize| layer_of.get(r).copied().unwrap_or(r);
+                let up = (cur + 1..=fit)
+                    .rev()
+                    .find(|&r| layer(r) <= layer(cur) + 1)
+                    .unwrap_or(cur + 1);
+                let step_rate = rates[up].saturating_sub(rates[cur]);
                 if can_probe && probing == 0 {
                     // The hold allows a step: probe for it first.
                     if may_step_up(
@@ -294,7 +307,7 @@ pub fn plan_leg(
                         probe_passed = Some(true);
                     }
                     if st.try_step_up(clock_ms) {
-                        fit = cur + 1;
+                        fit = up;
                         stepped_up_from = Some(cur);
                     } else {
                         fit = cur;
@@ -423,7 +436,7 @@ mod tests {
     const RATES: [u64; 3] = [50_000, 150_000, 270_000];
 
     fn plan(st: &StepState, cur: Option<usize>, remaining: i64, stale: bool, t: u64) -> Decision {
-        plan_leg(st, &RATES, 2, cur, remaining, stale, t, false)
+        plan_leg(st, &RATES, &[], 2, cur, remaining, stale, t, false)
     }
 
     #[test]
@@ -447,7 +460,7 @@ mod tests {
     }
 
     fn probed(st: &StepState, cur: usize, remaining: i64, t: u64) -> Decision {
-        plan_leg(st, &RATES, 2, Some(cur), remaining, false, t, true)
+        plan_leg(st, &RATES, &[], 2, Some(cur), remaining, false, t, true)
     }
 
     #[test]
@@ -500,6 +513,68 @@ mod tests {
     }
 
     #[test]
+    fn an_upward_step_takes_the_next_layer_with_the_temporal_layers_that_fit() {
+        // q, h, f with three temporal rungs each (T0, T0+T1, all).
+        let rates = [
+            25_000u64, 40_000, 50_000, 75_000, 120_000, 150_000, 135_000, 215_000, 270_000,
+        ];
+        let layer_of = [0, 0, 0, 1, 1, 1, 2, 2, 2];
+        let st = StepState::default();
+        let at = |cur, remaining, t| {
+            plan_leg(
+                &st,
+                &rates,
+                &layer_of,
+                8,
+                Some(cur),
+                remaining,
+                false,
+                t,
+                false,
+            )
+        };
+        // Forced down to q at T0.
+        assert_eq!(at(8, 30_000, 1_000).step, Step::Layer(0));
+        // Room for everything: one step to all of h (not q+T1, nor f).
+        let d = at(0, 10_000_000, 6_000);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(5), Some(0)));
+        // Room for h's T0+T1 only: the step stops there.
+        let st2 = StepState::default();
+        assert_eq!(
+            plan_leg(
+                &st2,
+                &rates,
+                &layer_of,
+                8,
+                Some(0),
+                125_000,
+                false,
+                6_000,
+                false
+            )
+            .step,
+            Step::Layer(4)
+        );
+        // A tile that wants h: from h at T0, the rest of h's temporal layers are one step.
+        let st3 = StepState::default();
+        assert_eq!(
+            plan_leg(
+                &st3,
+                &rates,
+                &layer_of,
+                5,
+                Some(3),
+                10_000_000,
+                false,
+                6_000,
+                false
+            )
+            .step,
+            Step::Layer(5)
+        );
+    }
+
+    #[test]
     fn a_dropped_track_resumes_only_with_a_margin_or_a_stale_estimate() {
         let st = StepState::default();
         let d = plan(&st, Some(0), 30_000, false, 1_000);
@@ -543,11 +618,11 @@ mod tests {
     fn no_layers_is_no_panic() {
         let st = StepState::default();
         assert_eq!(
-            plan_leg(&st, &[], 2, None, 1_000, false, 1, false).step,
+            plan_leg(&st, &[], &[], 2, None, 1_000, false, 1, false).step,
             Step::Dropped
         );
         assert_eq!(
-            plan_leg(&st, &[], 0, None, 0, true, 10_000, false).step,
+            plan_leg(&st, &[], &[], 0, None, 0, true, 10_000, false).step,
             Step::Resumed
         );
     }

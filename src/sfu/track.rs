@@ -1104,6 +1104,7 @@ pub(crate) async fn allocate(
                 .rposition(|r| r.layer <= pref_layer)
                 .unwrap_or(0);
             let rates: Vec<u64> = rungs.iter().map(|r| r.rate).collect();
+            let layer_of: Vec<usize> = rungs.iter().map(|r| r.layer).collect();
             let target = sink.target_ssrc.load(Ordering::Relaxed);
             let target_tid = sink.tid_target.load(Ordering::Relaxed);
             let cur = ranked.iter().position(|l| l.ssrc == target).and_then(|lp| {
@@ -1112,7 +1113,7 @@ pub(crate) async fn allocate(
                     .position(|r| r.layer == lp && r.tid >= target_tid)
             });
             let d = alloc::plan_leg(
-                &sink.step, &rates, pref, cur, remaining, stale, clock_ms, can_probe,
+                &sink.step, &rates, &layer_of, pref, cur, remaining, stale, clock_ms, can_probe,
             );
             probe_bps += d.probe_bps;
             if let Some(passed) = d.probe_passed {
