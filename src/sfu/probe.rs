@@ -95,7 +95,9 @@ impl ProbeInterceptor {
         let rate = self.estimates.probe_bps.load(Ordering::Relaxed) as f64;
         if rate <= 0.0 || self.streams.iter().all(|s| s.newest.is_none()) {
             self.tokens = 0.0;
-            self.last = None;
+            // Asked to probe with nothing sent yet: look again a tick later (not at once:
+            // a timeout of `now` would have the driver call again without pause).
+            self.last = (rate > 0.0).then_some(now);
             return;
         }
         // Writes and timeouts carry their own `now`, not in order: the clock only moves
@@ -435,6 +437,15 @@ mod tests {
         p.handle_timeout(t0).unwrap();
         assert!(nacks(&mut p).is_empty());
         assert_eq!(p.poll_timeout(), None);
+        // Asked, with nothing sent on a probe-capable stream yet: no probe, and the next
+        // look a tick later, not at once.
+        let mut idle = ProbeInterceptor::new(estimates.clone(), stats.clone());
+        idle.bind_local_stream(&info(40, true, "video/VP8"));
+        estimates.probe_bps.store(800_000, Ordering::Relaxed);
+        idle.handle_timeout(t0).unwrap();
+        assert!(nacks(&mut idle).is_empty());
+        assert_eq!(idle.poll_timeout(), Some(t0 + TICK));
+        estimates.probe_bps.store(0, Ordering::Relaxed);
         // 800 kbit/s for one second of 5 ms ticks: 100 packets of 1000 bytes.
         estimates.probe_bps.store(800_000, Ordering::Relaxed);
         let mut got = vec![];
