@@ -14,6 +14,7 @@ mod support;
 use sluice::sfu::{HangupReason, Sfu, SfuEventKind};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -265,58 +266,106 @@ fn ups(seq: &[u8]) -> usize {
     seq.windows(2).filter(|w| w[1] > w[0]).count()
 }
 
+/// A publisher on the host side (unlimited, three layers at about 50 / 150 / 270 kbit/s
+/// of payload) and a subscriber inside a network namespace (its signaling on this
+/// runtime), subscribed at 1280x720 and receiving f. Fields drop in order, the namespace
+/// last.
+struct LimitedCall {
+    sfu: Sfu,
+    /// Delivers Sluice's events to the peers for as long as the call lasts.
+    _router: Arc<Router>,
+    publisher: Arc<TestPeer>,
+    sub: Arc<TestPeer>,
+    id: String,
+    inside: NetnsRuntime,
+    ns: Netns,
+}
+
+impl LimitedCall {
+    /// Sets the call up; with `rtx` the subscriber negotiates NACK and RTX (as browsers
+    /// do).
+    async fn start(rtx: bool) -> LimitedCall {
+        let ns = Netns::create();
+        let mut cfg = test_config();
+        cfg.bind_address = ns.host_ip.parse().unwrap();
+        let (sfu, events) = Sfu::new(cfg);
+        let router = Router::start(&sfu, events);
+        let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
+        router.add(&publisher);
+        publisher.join(&sfu).await.unwrap();
+        publisher.wait_for("connected", LONG, |s| s.connected).await;
+        publisher.start_simulcast_sending();
+        let inside = NetnsRuntime::start(&ns.name);
+        let id = "@user1:test|DEV1".to_owned();
+        let sink = sfu_sink(&sfu, &id);
+        let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
+        let sub = inside
+            .handle
+            .spawn(async move {
+                if rtx {
+                    TestPeer::build_rtx_at(id2, 1, sink, &ns_ip).await
+                } else {
+                    TestPeer::build_at(id2, 1, false, false, sink, &ns_ip).await
+                }
+            })
+            .await
+            .unwrap();
+        router.add(&sub);
+        sub.join(&sfu).await.unwrap();
+        sub.wait_for("connected", LONG, |s| s.connected).await;
+        router
+            .wait_for("video published", LONG, |log| {
+                log.iter()
+                    .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+            })
+            .await;
+        let track = publisher.track_refs()[0].clone();
+        sfu.subscribe(CONF, &id, std::slice::from_ref(&track))
+            .await
+            .unwrap();
+        sfu.set_track_size(CONF, &id, &track, 1280, 720)
+            .await
+            .unwrap();
+        sub.wait_for("f packets", LONG, |st| {
+            st.remotes
+                .get("video-0")
+                .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
+        })
+        .await;
+        LimitedCall {
+            sfu,
+            _router: router,
+            publisher,
+            sub,
+            id,
+            inside,
+            ns,
+        }
+    }
+
+    /// Ends the call: Sluice first (closing a peer first makes Sluice renegotiate with
+    /// the other), then the peers, each on its own runtime.
+    async fn end(self) {
+        self.sfu.shutdown(HangupReason::UserHangup).await;
+        assert!(self.sfu.participants(CONF).is_empty());
+        self.publisher.close().await;
+        let sub = self.sub.clone();
+        self.inside
+            .handle
+            .spawn(async move { sub.close().await })
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allocator_follows_a_real_bandwidth_limit() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let ns = Netns::create();
-    let mut cfg = test_config();
-    cfg.bind_address = ns.host_ip.parse().unwrap();
-    let (sfu, events) = Sfu::new(cfg);
-    let router = Router::start(&sfu, events);
-
-    // The publisher on the host side (unlimited), three layers at about 50 / 150 / 270
-    // kbit/s of payload.
-    let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
-    router.add(&publisher);
-    publisher.join(&sfu).await.unwrap();
-    publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_simulcast_sending();
-
-    // The subscriber inside the namespace; its signaling stays on this runtime.
-    let inside = NetnsRuntime::start(&ns.name);
-    let id = "@user1:test|DEV1".to_owned();
-    let sink = sfu_sink(&sfu, &id);
-    let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
-    let sub = inside
-        .handle
-        .spawn(async move { TestPeer::build_at(id2, 1, false, false, sink, &ns_ip).await })
-        .await
-        .unwrap();
-    router.add(&sub);
-    sub.join(&sfu).await.unwrap();
-    sub.wait_for("connected", LONG, |s| s.connected).await;
-    router
-        .wait_for("video published", LONG, |log| {
-            log.iter()
-                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
-        })
-        .await;
-    let track = publisher.track_refs()[0].clone();
-    sfu.subscribe(CONF, &id, std::slice::from_ref(&track))
-        .await
-        .unwrap();
-    sfu.set_track_size(CONF, &id, &track, 1280, 720)
-        .await
-        .unwrap();
+    let call = LimitedCall::start(false).await;
+    let (sfu, sub, id, ns) = (&call.sfu, &call.sub, call.id.clone(), &call.ns);
 
     // Unlimited: the top layer, on an estimate from transport-wide feedback.
-    sub.wait_for("f packets", LONG, |st| {
-        st.remotes
-            .get("video-0")
-            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
-    })
-    .await;
-    let (est, source, layer) = view(&sfu, &id);
+    let (est, source, layer) = view(sfu, &id);
     assert_eq!(source, "twcc", "estimate {est} from {source}");
     assert_eq!(layer.as_deref(), Some("f"));
 
@@ -326,7 +375,7 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(20);
     loop {
-        let (est, _, layer) = view(&sfu, &id);
+        let (est, _, layer) = view(sfu, &id);
         if layer.as_deref() != Some("f") && est < 260_000 {
             eprintln!(
                 "stepped down to {layer:?} after {:?}, estimate {est}",
@@ -344,13 +393,13 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     // 30 s under the limit: upward tries (each of which the limit turns back) are at
     // least a growing hold apart: 5 s, 10 s, 20 s. (With no probing, the estimate grows
     // while the leg sends less than it; the upward step is what tests it.)
-    let from = layers(&sub).len();
+    let from = layers(sub).len();
     let mut estimates = Vec::new();
     let mut chosen = Vec::new();
     let mut trace = String::new();
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (est, _, layer) = view(&sfu, &id);
+        let (est, _, layer) = view(sfu, &id);
         estimates.push(est);
         chosen.push(rank(layer.as_deref()));
         trace.push_str(&format!(
@@ -360,7 +409,7 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
         ));
     }
     eprintln!("estimate/layer every 0.5 s:{trace}");
-    let window = layers(&sub)[from..].to_vec();
+    let window = layers(sub)[from..].to_vec();
     // Upward steps Sluice took (its layer choice sampled every 0.5 s).
     let tries = ups(&chosen);
     eprintln!("received layers:{}", runs(&window));
@@ -386,9 +435,9 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     ns.unlimit();
     let t1 = Instant::now();
     let deadline = t1 + Duration::from_secs(60);
-    let mark = layers(&sub).len();
+    let mark = layers(sub).len();
     loop {
-        let got = layers(&sub);
+        let got = layers(sub);
         let tail = &got[mark..];
         // 3 s of f in a row (90 packets at 30 frames/s).
         if tail.len() >= 90 && tail[tail.len() - 90..].iter().all(|l| *l == 2) {
@@ -397,11 +446,11 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
         assert!(
             Instant::now() < deadline,
             "not back on f 60 s after the limit lifted: {:?}",
-            view(&sfu, &id)
+            view(sfu, &id)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let (est, source, layer) = view(&sfu, &id);
+    let (est, source, layer) = view(sfu, &id);
     eprintln!(
         "back on {layer:?} {:?} after the limit lifted, estimate {est} ({source})",
         t1.elapsed()
@@ -414,11 +463,11 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     // after the hold) and climb to f again.
     ns.limit(30);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !paused(&sfu, &id) {
+    while !paused(sfu, &id) {
         assert!(
             Instant::now() < deadline,
             "track not dropped 30 s into a 30 kbit/s limit: {:?}",
-            view(&sfu, &id)
+            view(sfu, &id)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -426,18 +475,18 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
     ns.unlimit();
     let t2 = Instant::now();
     let deadline = t2 + Duration::from_secs(90);
-    let mark = layers(&sub).len();
+    let mark = layers(sub).len();
     loop {
-        let got = layers(&sub);
+        let got = layers(sub);
         let tail = &got[mark..];
-        if !paused(&sfu, &id) && tail.len() >= 90 && tail[tail.len() - 90..].iter().all(|l| *l == 2)
+        if !paused(sfu, &id) && tail.len() >= 90 && tail[tail.len() - 90..].iter().all(|l| *l == 2)
         {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "not back on f 90 s after a below-q limit lifted: {:?}",
-            view(&sfu, &id)
+            view(sfu, &id)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -463,17 +512,7 @@ async fn the_allocator_follows_a_real_bandwidth_limit() {
         "{nacks} NACKs, {suppressed} suppressed"
     );
 
-    // Sluice first: closing a peer first makes Sluice renegotiate with the other.
-    sfu.shutdown(HangupReason::UserHangup).await;
-    assert!(sfu.participants(CONF).is_empty());
-    publisher.close().await;
-    let sub2 = sub.clone();
-    inside
-        .handle
-        .spawn(async move { sub2.close().await })
-        .await
-        .unwrap();
-    drop(router);
+    call.end().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,52 +524,13 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
     // packets unnumbered (webrtc binds streams by media SSRC only), each failed probe cut
     // the estimate to 0.85 of the media-only rate, and the leg fell from h to q.
     let _one = ONE_AT_A_TIME.lock().await;
-    let ns = Netns::create();
-    let mut cfg = test_config();
-    cfg.bind_address = ns.host_ip.parse().unwrap();
-    let (sfu, events) = Sfu::new(cfg);
-    let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
-    router.add(&publisher);
-    publisher.join(&sfu).await.unwrap();
-    publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_simulcast_sending();
-    let inside = NetnsRuntime::start(&ns.name);
-    let id = "@user1:test|DEV1".to_owned();
-    let sink = sfu_sink(&sfu, &id);
-    let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
-    let sub = inside
-        .handle
-        .spawn(async move { TestPeer::build_rtx_at(id2, 1, sink, &ns_ip).await })
-        .await
-        .unwrap();
-    router.add(&sub);
-    sub.join(&sfu).await.unwrap();
-    sub.wait_for("connected", LONG, |s| s.connected).await;
-    router
-        .wait_for("video published", LONG, |log| {
-            log.iter()
-                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
-        })
-        .await;
-    let track = publisher.track_refs()[0].clone();
-    sfu.subscribe(CONF, &id, std::slice::from_ref(&track))
-        .await
-        .unwrap();
-    sfu.set_track_size(CONF, &id, &track, 1280, 720)
-        .await
-        .unwrap();
-    sub.wait_for("f packets", LONG, |st| {
-        st.remotes
-            .get("video-0")
-            .is_some_and(|r| r.packets.iter().filter(|p| p.kind == 12).count() >= 30)
-    })
-    .await;
+    let call = LimitedCall::start(true).await;
+    let (sfu, id, ns) = (&call.sfu, call.id.clone(), &call.ns);
 
     ns.limit(200);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (est, _, layer) = view(&sfu, &id);
+        let (est, _, layer) = view(sfu, &id);
         if layer.as_deref() != Some("f") && est < 260_000 {
             break;
         }
@@ -547,7 +547,7 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
     let mut trace = String::new();
     for _ in 0..60 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (est, _, layer) = view(&sfu, &id);
+        let (est, _, layer) = view(sfu, &id);
         chosen.push(rank(layer.as_deref()));
         trace.push_str(&format!(
             " {}k/{}",
@@ -584,11 +584,11 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
     ns.unlimit();
     let t1 = Instant::now();
     let deadline = t1 + Duration::from_secs(60);
-    while view(&sfu, &id).2.as_deref() != Some("f") {
+    while view(sfu, &id).2.as_deref() != Some("f") {
         assert!(
             Instant::now() < deadline,
             "not back on f 60 s after the limit lifted: {:?}",
-            view(&sfu, &id)
+            view(sfu, &id)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -604,14 +604,5 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
             > 0
     );
 
-    sfu.shutdown(HangupReason::UserHangup).await;
-    assert!(sfu.participants(CONF).is_empty());
-    publisher.close().await;
-    let sub2 = sub.clone();
-    inside
-        .handle
-        .spawn(async move { sub2.close().await })
-        .await
-        .unwrap();
-    drop(router);
+    call.end().await;
 }

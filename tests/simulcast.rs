@@ -20,24 +20,42 @@ async fn setup() -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
     let publisher = TestPeer::new_simulcast(&sfu, 0).await;
-    router.add(&publisher);
-    publisher.join(&sfu).await.unwrap();
-    publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_simulcast_sending();
     let subscriber = TestPeer::new(&sfu, 1, false).await;
-    router.add(&subscriber);
-    subscriber.join(&sfu).await.unwrap();
-    subscriber
-        .wait_for("connected", LONG, |s| s.connected)
-        .await;
+    let track = connect_pair(&sfu, &router, &publisher, &subscriber, |p| {
+        p.start_simulcast_sending()
+    })
+    .await;
+    (sfu, router, publisher, subscriber, track)
+}
+
+/// Joins `publisher` and starts its sending with `start`, then joins `sub`; waits until
+/// both are connected and the publisher's `video-0` is published, and returns that track.
+async fn connect_pair(
+    sfu: &Sfu,
+    router: &Arc<Router>,
+    publisher: &Arc<TestPeer>,
+    sub: &Arc<TestPeer>,
+    start: impl FnOnce(&Arc<TestPeer>),
+) -> TrackRef {
+    router.add(publisher);
+    publisher.join(sfu).await.unwrap();
+    publisher.wait_for("connected", LONG, |s| s.connected).await;
+    start(publisher);
+    router.add(sub);
+    sub.join(sfu).await.unwrap();
+    sub.wait_for("connected", LONG, |s| s.connected).await;
     router
         .wait_for("video published", LONG, |log| {
-            log.iter()
-                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
+            log.iter().any(|e| {
+                matches!(&e.kind, SfuEventKind::TrackPublished(t) if t.track.track_id == "video-0")
+            })
         })
         .await;
-    let track = publisher.track_refs()[0].clone();
-    (sfu, router, publisher, subscriber, track)
+    publisher
+        .track_refs()
+        .into_iter()
+        .find(|t| t.track_id == "video-0")
+        .unwrap()
 }
 
 fn packets(p: &TestPeer) -> Vec<Received> {
@@ -489,25 +507,11 @@ async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
     let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
-    router.add(&publisher);
-    publisher.join(&sfu).await.unwrap();
-    publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_svc_sending(video);
     let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
-    router.add(&sub);
-    sub.join(&sfu).await.unwrap();
-    sub.wait_for("connected", LONG, |s| s.connected).await;
-    router
-        .wait_for("video published", LONG, |log| {
-            log.iter()
-                .any(|e| matches!(&e.kind, SfuEventKind::TrackPublished(t) if t.track.track_id == "video-0"))
-        })
-        .await;
-    let track = publisher
-        .track_refs()
-        .into_iter()
-        .find(|t| t.track_id == "video-0")
-        .unwrap();
+    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
+        p.start_svc_sending(video)
+    })
+    .await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
         .await
         .unwrap();
@@ -651,22 +655,12 @@ async fn an_upward_step_is_probed_for_on_the_rtx_stream_first() {
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
     let publisher = TestPeer::new_simulcast(&sfu, 0).await;
-    router.add(&publisher);
-    publisher.join(&sfu).await.unwrap();
-    publisher.wait_for("connected", LONG, |s| s.connected).await;
-    publisher.start_simulcast_sending();
     // A subscriber that negotiates NACK and RTX, as browsers do.
     let sub = TestPeer::new_with_rtx(&sfu, 1).await;
-    router.add(&sub);
-    sub.join(&sfu).await.unwrap();
-    sub.wait_for("connected", LONG, |s| s.connected).await;
-    router
-        .wait_for("video published", LONG, |log| {
-            log.iter()
-                .any(|e| matches!(e.kind, SfuEventKind::TrackPublished(_)))
-        })
-        .await;
-    let track = publisher.track_refs()[0].clone();
+    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
+        p.start_simulcast_sending()
+    })
+    .await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
         .await
         .unwrap();
