@@ -203,6 +203,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_red_packets_unwrapped_total",
+        "RED (redundant audio) packets sent as their primary block alone to subscriber legs that did not negotiate the publisher's RED.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_hangups_total",
         "Participants removed, by hangup reason.",
         MetricType::COUNTER,
@@ -534,6 +540,10 @@ impl Collector for CoreCollector {
                 &[],
                 st.temporal_layer_skipped.load(Ordering::Relaxed),
             )],
+        );
+        push(
+            "sluice_red_packets_unwrapped_total",
+            vec![counter(&[], st.red_unwrapped.load(Ordering::Relaxed))],
         );
         push(
             "sluice_hangups_total",

@@ -7,6 +7,7 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use sluice::sfu::{HangupReason, Sfu, SfuEventKind, SfuSnapshot, TrackRef};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::*;
 
@@ -760,6 +761,170 @@ async fn opus_dtx_passes_through_untouched() {
         );
     }
     for p in &peers {
+        p.close().await;
+    }
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+/// The payload types `peer` receives audio at: (Opus, RED if negotiated).
+async fn audio_payload_types(peer: &TestPeer) -> (u8, Option<u8>) {
+    let mut opus = None;
+    let mut red = None;
+    for r in peer.pc.get_receivers().await {
+        let Ok(params) = r.get_parameters().await else {
+            continue;
+        };
+        for c in &params.rtp_parameters.codecs {
+            let mime = c.rtp_codec.mime_type.to_ascii_lowercase();
+            if mime == "audio/opus" {
+                opus.get_or_insert(c.payload_type);
+            } else if mime == "audio/red" {
+                red.get_or_insert(c.payload_type);
+            }
+        }
+    }
+    (opus.expect("no Opus negotiated"), red)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
+    // A publisher that prefers RED (RFC 2198) sends its audio in RED, with plain Opus
+    // between (as Chrome does when RED would not fit) and, now and then, RED whose block
+    // headers do not parse (as an end-to-end encrypted payload's need not).
+    // - A subscriber that negotiated RED over the same Opus payload type gets every
+    //   packet untouched: RED as RED, Opus as Opus, the unparsable ones too.
+    // - One without RED, and one whose RED wraps another Opus payload type, get the
+    //   primary blocks as plain Opus, byte for byte; the unparsable ones are left out,
+    //   counted, with no gap in their sequence numbers.
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_red(&sfu, 0, true).await;
+    let with_red = TestPeer::new_red(&sfu, 1, false).await;
+    let without_red = TestPeer::new(&sfu, 2, false).await;
+    // Publishes too, so its own offer sets its Opus at 108 (and RED over 108).
+    let other_red = TestPeer::new_red(&sfu, 3, true).await;
+    let subs = [with_red.clone(), without_red.clone(), other_red.clone()];
+    for p in std::iter::once(&publisher).chain(subs.iter()) {
+        router.add(p);
+        p.join(&sfu).await.expect("join");
+        p.wait_for("connected", LONG, |s| s.connected).await;
+    }
+    publisher.red_send.store(true, Ordering::Relaxed);
+    publisher.start_sending();
+    let id = publisher.id.clone();
+    router
+        .wait_for("the publisher's tracks published", LONG, |log| {
+            log.iter()
+                .filter(|e| {
+                    e.participant == id && matches!(e.kind, SfuEventKind::TrackPublished(_))
+                })
+                .count()
+                == 2
+        })
+        .await;
+    subscribe_all(&sfu, &subs, std::slice::from_ref(&publisher)).await;
+    for s in &subs {
+        s.wait_for("100 audio packets", LONG, |st| {
+            st.remotes["audio-0"].packets.len() >= 100
+        })
+        .await;
+    }
+    let audio = |p: &TestPeer| -> Vec<Received> {
+        p.state.lock().unwrap().remotes["audio-0"].packets.clone()
+    };
+    let contiguous = |got: &[Received], who: &str| {
+        for w in got.windows(2) {
+            assert_eq!(
+                w[1].rtp_seq,
+                w[0].rtp_seq.wrapping_add(1),
+                "{who}: gap in the leg's sequence numbers between frames {} and {}",
+                w[0].seq,
+                w[1].seq
+            );
+        }
+    };
+
+    // Untouched for the subscriber that takes RED.
+    let (opus_pt, red_pt) = audio_payload_types(&with_red).await;
+    let red_pt = red_pt.expect("the RED subscriber negotiated no RED");
+    let got = audio(&with_red);
+    contiguous(&got, "RED subscriber");
+    let (mut red, mut plain, mut opaque) = (0, 0, 0);
+    for r in &got {
+        let (is_red, body) = red_frame(0, r.seq, 111);
+        assert_eq!(r.payload, body, "frame {} changed on the way", r.seq);
+        assert_eq!(
+            r.pt,
+            if is_red { red_pt } else { opus_pt },
+            "frame {}",
+            r.seq
+        );
+        match (is_red, r.seq % 25 == 12) {
+            (true, true) => opaque += 1,
+            (true, false) => red += 1,
+            (false, _) => plain += 1,
+        }
+    }
+    assert!(
+        red > 50 && plain > 10 && opaque >= 2,
+        "{red} RED, {plain} plain, {opaque} unparsable RED packets"
+    );
+
+    // Unwrapped for the others.
+    for (who, sub) in [
+        ("subscriber without RED", &without_red),
+        (
+            "subscriber with RED over another Opus payload type",
+            &other_red,
+        ),
+    ] {
+        let (opus_pt, _) = audio_payload_types(sub).await;
+        let got = audio(sub);
+        contiguous(&got, who);
+        for r in &got {
+            assert_eq!(r.pt, opus_pt, "{who}: frame {} not sent as Opus", r.seq);
+            assert_eq!(
+                r.payload,
+                payload(0, 0, r.seq, 120),
+                "{who}: frame {} is not the primary block",
+                r.seq
+            );
+            assert_ne!(r.seq % 25, 12, "{who}: got an unparsable RED packet");
+        }
+        let seqs: Vec<u32> = got.iter().map(|r| r.seq).collect();
+        assert!(
+            seqs.windows(2)
+                .all(|w| w[1] == w[0] + 1 || (w[1] == w[0] + 2 && w[0] % 25 == 11)),
+            "{who}: frames missing besides the unparsable ones: {seqs:?}"
+        );
+    }
+    let other_opus = audio_payload_types(&other_red).await.0;
+    assert_ne!(
+        other_opus, 111,
+        "the test needs another Opus payload type here"
+    );
+
+    let info = |p: &TestPeer| {
+        sfu.conferences()
+            .into_iter()
+            .flat_map(|c| c.participants)
+            .find(|i| i.id == p.id)
+            .unwrap()
+            .subscriptions
+            .into_iter()
+            .find(|s| s.track.track_id == "audio-0")
+            .unwrap()
+            .red
+    };
+    use sluice::sfu::RedDelivery;
+    assert_eq!(info(&with_red), Some(RedDelivery::Passthrough));
+    assert_eq!(info(&without_red), Some(RedDelivery::Unwrapped));
+    assert_eq!(info(&other_red), Some(RedDelivery::Unwrapped));
+    let stats = sfu.stats();
+    assert!(stats.red_unwrapped.load(Ordering::Relaxed) > 100);
+    assert!(stats.dropped(sluice::sfu::stats::DropReason::RedUnusable) >= 4);
+
+    for p in std::iter::once(&publisher).chain(subs.iter()) {
         p.close().await;
     }
     sfu.shutdown(HangupReason::UserHangup).await;

@@ -352,6 +352,19 @@ pub struct SubscriptionInfo {
     /// Paused: the subscriber's tile is 0x0, or not even the lowest layer fits its
     /// bandwidth estimate.
     pub paused: bool,
+    /// How the subscriber receives the publisher's RED (redundant audio); None: the
+    /// publisher's track is not sent in RED (video, or plain Opus).
+    pub red: Option<RedDelivery>,
+}
+
+/// How a subscriber leg receives a publisher's RFC 2198 RED audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedDelivery {
+    /// As RED, payload untouched (the leg negotiated RED over the same Opus payload type).
+    Passthrough,
+    /// Each packet's primary block alone, as plain Opus (the leg has no matching RED).
+    Unwrapped,
 }
 
 /// A conference as the admin API shows it.

@@ -13,7 +13,9 @@ use super::{
     SfuEventKind, TrackInfo, TrackRef,
 };
 use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
-use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -182,6 +184,23 @@ async fn build_pc(
     for port in inner.ports.candidates() {
         let mut media = MediaEngine::default();
         media.register_default_codecs()?;
+        // RFC 2198 RED for Opus, so that a publisher that prefers it (browsers send RED
+        // only when it is first in their offer; webrtc answers in the offer's order) can
+        // send it, and it reaches subscribers that take RED untouched: its payload may be
+        // end-to-end encrypted as a whole. Its fmtp matches any single payload type.
+        media.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: super::codec::MIME_TYPE_RED.to_owned(),
+                    clock_rate: 48000,
+                    channels: 2,
+                    sdp_fmtp_line: "111/111".to_owned(),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: RED_PAYLOAD_TYPE,
+            },
+            RtpCodecKind::Audio,
+        )?;
         for (uris, kind) in [
             (AUDIO_EXTENSIONS, RtpCodecKind::Audio),
             (VIDEO_EXTENSIONS, RtpCodecKind::Video),
@@ -417,6 +436,7 @@ impl Participant {
                 track: t.clone(),
                 layer: leg.layer_rid(),
                 temporal_layer: leg.sink.temporal_layer(),
+                red: leg.sink.red_delivery(),
                 paused: leg.sink.paused.load(Ordering::Relaxed)
                     || leg.sink.step.bw_paused.load(Ordering::Relaxed),
             })
@@ -927,13 +947,13 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                 let Some(inner) = part.inner.upgrade() else {
                     return;
                 };
-                let Some(codec) = remote.codec(init.ssrc).await else {
+                let Some(mut codec) = remote.codec(init.ssrc).await else {
                     warn!(participant = %part.id, ssrc = init.ssrc, "remote track without a codec");
                     refused = true;
                     continue;
                 };
                 let mut exts = Vec::new();
-                let mut media_pts = Vec::new();
+                let mut codecs = Vec::new();
                 for r in part.pc.get_receivers().await {
                     if same_track(r.track(), &remote) {
                         if let Ok(params) = r.get_parameters().await {
@@ -943,19 +963,19 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                                 .iter()
                                 .map(|e| (e.id, e.uri.clone()))
                                 .collect();
-                            media_pts = params
-                                .rtp_parameters
-                                .codecs
-                                .iter()
-                                .filter(|c| {
-                                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-                                })
-                                .map(|c| c.payload_type)
-                                .collect();
+                            codecs = params.rtp_parameters.codecs;
                         }
                         break;
                     }
                 }
+                let SourceCodecs { media_pts, red } = match source_codecs(&mut codec, &codecs) {
+                    Ok(found) => found,
+                    Err(why) => {
+                        warn!(participant = %part.id, ssrc = init.ssrc, "{why}; track ignored");
+                        refused = true;
+                        continue;
+                    }
+                };
                 let info = TrackInfo {
                     publisher: part.id.clone(),
                     track: TrackRef {
@@ -968,7 +988,11 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
                 let track = Arc::new(PublishedTrack::new(
                     info,
                     codec,
-                    SourceNegotiation { exts, media_pts },
+                    SourceNegotiation {
+                        exts,
+                        media_pts,
+                        red,
+                    },
                     remote.clone(),
                     layer,
                     inner.config.keyframe_request_min_interval(),
@@ -991,6 +1015,63 @@ async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemote>) {
     if let (Some(t), Some(part)) = (published, p.upgrade()) {
         part.unpublish(&t).await;
     }
+}
+
+/// The payload type Sluice offers RED (RFC 2198 redundant Opus) at when it offers first.
+const RED_PAYLOAD_TYPE: u8 = 63;
+
+/// The track's codec and the payload types it is forwarded from, given the codec of its
+/// first packet (`codec`) and the receiver's negotiated `codecs`: the codec's payload
+/// types, and the RED that carries it, if negotiated, as `(RED payload type, block payload
+/// type)`. A track whose first packet was RED gets the codec RED carries (`codec` is
+/// replaced): legs negotiate that codec, and RED beside it when they can.
+fn source_codecs(
+    codec: &mut RTCRtpCodec,
+    codecs: &[RTCRtpCodecParameters],
+) -> Result<SourceCodecs, String> {
+    let is_red = |c: &RTCRtpCodec| {
+        c.mime_type
+            .eq_ignore_ascii_case(super::codec::MIME_TYPE_RED)
+    };
+    if is_red(codec) {
+        let inner = super::codec::red_block_payload_type(&codec.sdp_fmtp_line)
+            .and_then(|pt| {
+                codecs
+                    .iter()
+                    .find(|c| c.payload_type == pt && !is_red(&c.rtp_codec))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "RED track whose fmtp {:?} names no single negotiated codec",
+                    codec.sdp_fmtp_line
+                )
+            })?;
+        *codec = inner.rtp_codec.clone();
+    }
+    let media_pts: Vec<u8> = codecs
+        .iter()
+        .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
+        .map(|c| c.payload_type)
+        .collect();
+    let red = codecs.iter().find_map(|c| {
+        let block = super::codec::red_block_payload_type(&c.rtp_codec.sdp_fmtp_line)?;
+        (is_red(&c.rtp_codec) && media_pts.contains(&block)).then_some((c.payload_type, block))
+    });
+    let mut pts = media_pts;
+    if let Some((red_pt, _)) = red {
+        pts.push(red_pt);
+    }
+    Ok(SourceCodecs {
+        media_pts: pts,
+        red,
+    })
+}
+
+/// What [`source_codecs`] found: see [`SourceNegotiation`]'s fields of the same names.
+#[derive(Debug, PartialEq)]
+struct SourceCodecs {
+    media_pts: Vec<u8>,
+    red: Option<(u8, u8)>,
 }
 
 /// Reads the participant's data channel and turns its messages into events.
@@ -1032,5 +1113,68 @@ async fn data_channel_loop(p: Weak<Participant>, dc: Arc<dyn DataChannel>) {
             DataChannelEvent::OnClose => break,
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(mime: &str, fmtp: &str, pt: u8) -> RTCRtpCodecParameters {
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: mime.to_owned(),
+                clock_rate: 48000,
+                channels: 2,
+                sdp_fmtp_line: fmtp.to_owned(),
+                rtcp_feedback: vec![],
+            },
+            payload_type: pt,
+        }
+    }
+
+    #[test]
+    fn a_track_whose_first_packet_was_red_gets_the_codec_red_carries() {
+        // As a browser that prefers RED negotiates it: RED first, Opus beside it.
+        let negotiated = [
+            c("audio/red", "109/109", 63),
+            c("audio/opus", "minptime=10;useinbandfec=1", 109),
+            c("audio/PCMU", "", 0),
+        ];
+        let mut codec = negotiated[0].rtp_codec.clone();
+        let found = source_codecs(&mut codec, &negotiated).unwrap();
+        assert_eq!(codec.mime_type, "audio/opus");
+        assert_eq!(found.media_pts, vec![109, 63]);
+        assert_eq!(found.red, Some((63, 109)));
+        // The same track seen from a plain Opus first packet.
+        let mut codec = negotiated[1].rtp_codec.clone();
+        assert_eq!(
+            source_codecs(&mut codec, &negotiated).unwrap(),
+            SourceCodecs {
+                media_pts: vec![109, 63],
+                red: Some((63, 109))
+            }
+        );
+    }
+
+    #[test]
+    fn red_over_another_codec_is_not_the_tracks() {
+        let negotiated = [
+            c("audio/opus", "", 111),
+            c("audio/red", "0/0", 63),
+            c("audio/PCMU", "", 0),
+        ];
+        let mut codec = negotiated[0].rtp_codec.clone();
+        assert_eq!(
+            source_codecs(&mut codec, &negotiated).unwrap(),
+            SourceCodecs {
+                media_pts: vec![111],
+                red: None
+            }
+        );
+        // RED naming a payload type nobody negotiated: refused, with the reason.
+        let mut codec = c("audio/red", "100/100", 63).rtp_codec;
+        let err = source_codecs(&mut codec, &[c("audio/red", "100/100", 63)]).unwrap_err();
+        assert!(err.contains("100/100"), "{err}");
     }
 }

@@ -38,6 +38,13 @@ pub struct LegParams {
     pub ssrc: u32,
     /// The payload type the leg negotiated for the publisher's codec.
     pub payload_type: u8,
+    /// For a publisher that sends RFC 2198 RED: the payload type of the leg's RED, whose
+    /// blocks carry the same payload type as the publisher's (RED passes through as it
+    /// came); 0 when the leg cannot take the publisher's RED as it is, and receives each
+    /// RED packet's primary block as a plain packet of the codec.
+    pub red_payload_type: u8,
+    /// The payload type the publisher's RED blocks carry (its codec's); 0: no RED.
+    pub red_block_pt: u8,
     /// Publisher extension id → leg extension id; 0 strips the extension.
     pub ext_map: [u8; 256],
     /// The leg's `mid` extension id and the leg's mid value, when negotiated.
@@ -74,9 +81,20 @@ impl LegParams {
         Self {
             ssrc,
             payload_type,
+            red_payload_type: 0,
+            red_block_pt: 0,
             ext_map,
             mid,
         }
+    }
+
+    /// Sets how the leg takes the publisher's RED packets: with the leg's RED payload type
+    /// `leg_red` (0: unwrapped to their primary blocks), given the payload type the
+    /// publisher's blocks carry.
+    pub fn with_red(mut self, leg_red: u8, block_pt: u8) -> Self {
+        self.red_payload_type = leg_red;
+        self.red_block_pt = block_pt;
+        self
     }
 }
 

@@ -37,6 +37,10 @@ pub enum DropReason {
     /// (temporal-layer dropping) than the leg remembers, so it has no place in the leg's
     /// numbering.
     Late = 3,
+    /// A RED packet for a leg that takes the publisher's RED unwrapped, whose primary block
+    /// could not be found (block headers that do not fit the payload, as in an encrypted
+    /// or malformed payload) or is not the track's codec.
+    RedUnusable = 4,
 }
 
 impl DropReason {
@@ -47,15 +51,17 @@ impl DropReason {
             DropReason::WriteFailed => "write_failed",
             DropReason::NotMedia => "not_media",
             DropReason::Late => "late",
+            DropReason::RedUnusable => "red_unusable",
         }
     }
 
     /// Every reason, for exporting.
-    pub const ALL: [DropReason; 4] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::QueueFull,
         DropReason::WriteFailed,
         DropReason::NotMedia,
         DropReason::Late,
+        DropReason::RedUnusable,
     ];
 }
 
@@ -136,7 +142,7 @@ pub struct Stats {
     bytes_in: [AtomicU64; 2],
     packets_out: [AtomicU64; 2],
     bytes_out: [AtomicU64; 2],
-    dropped: [AtomicU64; 4],
+    dropped: [AtomicU64; 5],
     /// Keyframe requests (PLI/FIR) received from subscribers.
     pub keyframe_requests_received: AtomicU64,
     /// PLIs sent to publishers.
@@ -146,6 +152,9 @@ pub struct Stats {
     /// Packets left out of a leg that receives fewer temporal layers (frames per second)
     /// than the publisher sends.
     pub temporal_layer_skipped: AtomicU64,
+    /// RED packets sent unwrapped (their primary block as a plain packet of the codec) to
+    /// legs that did not negotiate the publisher's RED.
+    pub red_unwrapped: AtomicU64,
     /// Probe packets requested (RTX retransmissions of recent video packets sent to
     /// probe a subscriber's path for more bandwidth).
     pub probe_packets: AtomicU64,
@@ -186,6 +195,7 @@ impl Default for Stats {
             keyframe_requests_sent: AtomicU64::new(0),
             keyframe_requests_suppressed: AtomicU64::new(0),
             temporal_layer_skipped: AtomicU64::new(0),
+            red_unwrapped: AtomicU64::new(0),
             probe_packets: AtomicU64::new(0),
             probes: Default::default(),
             data_channel_messages_refused: AtomicU64::new(0),

@@ -236,8 +236,11 @@ pub fn choose_layer(layers: &[&LayerState], want: Option<(u32, u32)>) -> Option<
 pub(crate) struct SourceNegotiation {
     /// Header extensions, `(id, uri)`.
     pub(crate) exts: Vec<(u16, String)>,
-    /// Payload types of the track's codec (empty: unknown).
+    /// Payload types of the track's codec and of its RED (empty: unknown).
     pub(crate) media_pts: Vec<u8>,
+    /// The RFC 2198 RED the publisher may send the track's codec in: `(RED payload type,
+    /// payload type of its blocks)`, the latter one of the codec's.
+    pub(crate) red: Option<(u8, u8)>,
 }
 
 /// A track a participant publishes, with the legs it is forwarded to.
@@ -250,6 +253,10 @@ pub(crate) struct PublishedTrack {
     /// retransmissions and padding, FEC) serves the publisher's own hop and is not
     /// forwarded: legs retransmit from their own buffers. Empty: not known, forward all.
     media_pts: Vec<u8>,
+    /// The publisher's RED payload type (0: none) and the payload type of its blocks: RED
+    /// packets go to each leg as RED or unwrapped (see [`LegParams::red_payload_type`]).
+    red_pt: u8,
+    red_block_pt: u8,
     remote: Arc<dyn TrackRemote>,
     /// Simulcast layers (or the one stream); read per packet without locking.
     layers: ArcSwap<Vec<Arc<LayerState>>>,
@@ -294,7 +301,9 @@ impl PublishedTrack {
         let SourceNegotiation {
             exts: source_exts,
             media_pts,
+            red,
         } = negotiated;
+        let (red_pt, red_block_pt) = red.unwrap_or((0, 0));
         let audio_level_id = source_exts
             .iter()
             .find(|(id, uri)| uri == AUDIO_LEVEL_EXTENSION && (1..=255).contains(id))
@@ -326,6 +335,8 @@ impl PublishedTrack {
             codec,
             source_exts,
             media_pts,
+            red_pt,
+            red_block_pt,
             remote,
             layers: ArcSwap::from_pointee(vec![Arc::new(LayerState::new(first))]),
             legs: ArcSwap::from_pointee(Vec::new()),
@@ -495,6 +506,7 @@ impl PublishedTrack {
         if self.audio_level_id != 0 {
             self.observe_level(&pkt, now);
         }
+        let red = self.red_pt != 0 && pkt.header.payload_type == self.red_pt;
         let ssrc = pkt.header.ssrc;
         let layers = self.layers.load();
         let single = layers.len() <= 1;
@@ -554,7 +566,7 @@ impl PublishedTrack {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            sink.write(&pkt, now, &self.stats, self.info.kind);
+            sink.write(&pkt, red, now, &self.stats, self.info.kind);
         }
     }
 
@@ -684,7 +696,18 @@ impl LegSink {
     /// packet is lost for this leg only and counted as `queue_full`. The forwarder never
     /// waits on a leg, and no task or queue of Sluice's sits between it and webrtc.
     #[inline]
-    fn write(&self, pkt: &rtp::Packet, arrival: Instant, stats: &Stats, kind: MediaKind) {
+    ///
+    /// A `red` packet (the publisher's RFC 2198 RED) goes out as RED, untouched, when the
+    /// leg negotiated RED over the same payload type; otherwise only its primary block goes,
+    /// as a plain packet of the codec (a slice of the payload, not a copy).
+    fn write(
+        &self,
+        pkt: &rtp::Packet,
+        red: bool,
+        arrival: Instant,
+        stats: &Stats,
+        kind: MediaKind,
+    ) {
         let mut out = pkt.clone();
         {
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -693,9 +716,27 @@ impl LegSink {
             let Some(p) = params.as_deref() else {
                 return;
             };
+            let unwrap = red && p.red_payload_type == 0;
+            if unwrap {
+                match codec::red_primary(&out.payload) {
+                    Some((at, pt)) if pt == p.red_block_pt => {
+                        out.payload = out.payload.slice(at..);
+                    }
+                    _ => {
+                        rewriter.skip(pkt);
+                        stats.record_drop(DropReason::RedUnusable);
+                        return;
+                    }
+                }
+            }
             if !rewriter.rewrite(&mut out, p, arrival) {
                 stats.record_drop(DropReason::Late);
                 return;
+            }
+            if red && !unwrap {
+                out.header.payload_type = p.red_payload_type;
+            } else if unwrap {
+                stats.red_unwrapped.fetch_add(1, Ordering::Relaxed);
             }
         }
         let len = out.payload.len();
@@ -738,6 +779,18 @@ impl LegSink {
             .unwrap_or_else(|e| e.into_inner())
             .rewriter
             .skip(pkt);
+    }
+
+    /// How the leg receives the publisher's RED; None when the publisher sends none (or
+    /// the leg is not active yet).
+    pub(crate) fn red_delivery(&self) -> Option<super::RedDelivery> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let p = w.params.as_deref()?;
+        match (p.red_block_pt, p.red_payload_type) {
+            (0, _) => None,
+            (_, 0) => Some(super::RedDelivery::Unwrapped),
+            _ => Some(super::RedDelivery::Passthrough),
+        }
     }
 
     /// The highest temporal layer the leg receives now, when it receives fewer than all.
@@ -908,13 +961,41 @@ impl Leg {
                 break;
             }
         }
+        // The publisher's RED passes through untouched (its payload may be end-to-end
+        // encrypted) when the leg negotiated RED whose blocks carry the leg's payload type
+        // for the codec, and that is the publisher's too; otherwise the leg receives the
+        // primary blocks unwrapped.
+        let leg_red = if self.source.red_pt == 0 {
+            0
+        } else {
+            codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec
+                        .mime_type
+                        .eq_ignore_ascii_case(codec::MIME_TYPE_RED)
+                        && codec::red_block_payload_type(&c.rtp_codec.sdp_fmtp_line)
+                            == Some(codec.payload_type)
+                        && codec.payload_type == self.source.red_block_pt
+                })
+                .map_or(0, |c| c.payload_type)
+        };
+        if self.source.red_pt != 0 {
+            tracing::debug!(
+                track = %self.source.info.track.track_id,
+                passthrough = leg_red != 0,
+                "publisher sends RED: leg takes it {}",
+                if leg_red != 0 { "as RED" } else { "unwrapped" }
+            );
+        }
         let leg_params = LegParams::new(
             self.ssrc,
             codec.payload_type,
             &self.source.source_exts,
             &leg_exts,
             mid.as_deref(),
-        );
+        )
+        .with_red(leg_red, self.source.red_block_pt);
         self.sink
             .writer
             .lock()

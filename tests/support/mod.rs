@@ -61,6 +61,42 @@ pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
     Some((p[4], p[5], u32::from_be_bytes([p[6], p[7], p[8], p[9]])))
 }
 
+/// The payload type test peers that take RED (see [`TestPeer::new_red`]) offer it at.
+pub const RED_PT: u8 = 63;
+
+/// How a RED-sending test peer (`red_send`) sends its audio frame `seq`, as a browser's
+/// RED does: most frames in RED with the previous frame as the redundant block (its
+/// marker replaced, so a test payload is found only in the primary), every fifth as plain
+/// Opus (Chrome's fallback when RED would not fit the packet), and every 25th as RED whose
+/// block headers do not fit the payload, as an encrypted RED payload's may not (a 1000-byte
+/// redundant block is announced, then a test payload follows the primary header).
+/// Returns (sent as RED, payload).
+pub fn red_frame(sender: u8, seq: u32, block_pt: u8) -> (bool, Bytes) {
+    let primary = payload(sender, 0, seq, 120);
+    if seq % 5 == 4 {
+        return (false, primary);
+    }
+    let mut v = Vec::with_capacity(256);
+    if seq % 25 == 12 {
+        v.extend_from_slice(&[0x80 | block_pt, 0, 0x03, 0xE8, block_pt]);
+        v.extend_from_slice(&primary);
+        return (true, Bytes::from(v));
+    }
+    let prev = payload(sender, 0, seq.wrapping_sub(1), 120);
+    // 20 ms (960 ticks) earlier, 120 bytes long.
+    v.extend_from_slice(&[
+        0x80 | block_pt,
+        (960u32 >> 6) as u8,
+        ((960u32 & 0x3F) << 2) as u8,
+        120,
+    ]);
+    v.push(block_pt);
+    v.extend_from_slice(b"REDN");
+    v.extend_from_slice(&prev[4..]);
+    v.extend_from_slice(&primary);
+    (true, Bytes::from(v))
+}
+
 /// The 15-bit VP8 picture id of a payload made by [`vp8_payload`].
 pub fn vp8_picture_id(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[2] & 0x7F, p[3]])
@@ -238,6 +274,8 @@ pub struct TestPeer {
     pub dc_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<DcEvent>>>,
     /// Send the audio as Opus DTX does in silence (see `start_sending`).
     pub dtx: Arc<AtomicBool>,
+    /// Send the audio in RED as [`red_frame`] says (a peer built with `new_red`).
+    pub red_send: Arc<AtomicBool>,
 }
 
 /// What the test peer's data channel delivered.
@@ -325,7 +363,12 @@ impl PeerConnectionEventHandler for PeerHandler {
                         }
                     }
                     TrackRemoteEvent::OnRtpPacket(p) => {
-                        let Some((sender, kind, seq)) = parse_payload(&p.payload) else {
+                        // A RED packet's test payload is its primary block.
+                        let parsed = parse_payload(&p.payload).or_else(|| {
+                            let (at, _) = sluice::sfu::codec::red_primary(&p.payload)?;
+                            parse_payload(&p.payload[at..])
+                        });
+                        let Some((sender, kind, seq)) = parsed else {
                             // Real media (from a browser): counted, not recorded.
                             if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
                                 r.other_packets += 1;
@@ -459,7 +502,18 @@ impl TestPeer {
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
-        Self::build_full(id, idx, publish, simulcast, TestVideo::Vp8, false, sink, ip).await
+        Self::build_full(
+            id,
+            idx,
+            publish,
+            simulcast,
+            TestVideo::Vp8,
+            false,
+            false,
+            sink,
+            ip,
+        )
+        .await
     }
 
     /// A receiving VP8 peer that negotiates NACK and RTX, as browsers do: Sluice then
@@ -472,7 +526,7 @@ impl TestPeer {
 
     /// Such a receiving peer bound to `ip`, whose candidates go to `sink`.
     pub async fn build_rtx_at(id: String, idx: u8, sink: CandidateSink, ip: &str) -> Arc<TestPeer> {
-        Self::build_full(id, idx, false, false, TestVideo::Vp8, true, sink, ip).await
+        Self::build_full(id, idx, false, false, TestVideo::Vp8, true, false, sink, ip).await
     }
 
     /// A peer whose video codec is `video` (VP9 or AV1) instead of VP8: publishing (with
@@ -481,7 +535,38 @@ impl TestPeer {
     pub async fn new_svc(sfu: &Sfu, idx: u8, publish: bool, video: TestVideo) -> Arc<TestPeer> {
         let id = format!("@user{idx}:test|DEV{idx}");
         let sink = sfu_sink(sfu, &id);
-        Self::build_full(id, idx, publish, false, video, false, sink, "127.0.0.1").await
+        Self::build_full(
+            id,
+            idx,
+            publish,
+            false,
+            video,
+            false,
+            false,
+            sink,
+            "127.0.0.1",
+        )
+        .await
+    }
+
+    /// A peer that negotiates RFC 2198 RED for its Opus, preferred (first in its offer),
+    /// as a browser set up for redundant audio does; publishing the Opus+VP8 pair (sent in
+    /// RED once `red_send` is set) or only receiving.
+    pub async fn new_red(sfu: &Sfu, idx: u8, publish: bool) -> Arc<TestPeer> {
+        let id = format!("@user{idx}:test|DEV{idx}");
+        let sink = sfu_sink(sfu, &id);
+        Self::build_full(
+            id,
+            idx,
+            publish,
+            false,
+            TestVideo::Vp8,
+            false,
+            true,
+            sink,
+            "127.0.0.1",
+        )
+        .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -492,6 +577,7 @@ impl TestPeer {
         simulcast: bool,
         video: TestVideo,
         rtx: bool,
+        red: bool,
         sink: CandidateSink,
         ip: &str,
     ) -> Arc<TestPeer> {
@@ -512,6 +598,20 @@ impl TestPeer {
                     },
                     RtpCodecKind::Video,
                     None,
+                )
+                .unwrap();
+        }
+        if red {
+            media
+                .register_codec(
+                    codec(
+                        "audio/red",
+                        48000,
+                        2,
+                        &format!("{opus_pt}/{opus_pt}"),
+                        RED_PT,
+                    ),
+                    RtpCodecKind::Audio,
                 )
                 .unwrap();
         }
@@ -711,6 +811,7 @@ impl TestPeer {
             tasks,
             dc_rx: Mutex::new(Some(dc_rx)),
             dtx: Arc::new(AtomicBool::new(false)),
+            red_send: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -758,13 +859,22 @@ impl TestPeer {
             let idx = self.idx;
             let level = self.audio_level.clone();
             let dtx = self.dtx.clone();
+            let red_send = self.red_send.clone();
             let task = tokio::spawn(async move {
-                let ext_id = sender.get_parameters().await.ok().and_then(|p| {
+                let params = sender.get_parameters().await.ok();
+                let ext_id = params.as_ref().and_then(|p| {
                     p.rtp_parameters
                         .header_extensions
                         .iter()
                         .find(|e| e.uri == AUDIO_LEVEL)
                         .map(|e| e.id as u8)
+                });
+                let red_pt = params.as_ref().and_then(|p| {
+                    p.rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case("audio/red"))
+                        .map(|c| c.payload_type)
                 });
                 let (interval, len, kind_byte, clock_step) = match kind {
                     RtpCodecKind::Audio => (Duration::from_millis(20), 120, 0u8, 960u32),
@@ -803,6 +913,16 @@ impl TestPeer {
                         });
                     }
                     p.payload = payload(idx, kind_byte, seq, len);
+                    if kind == RtpCodecKind::Audio
+                        && let Some(red_pt) = red_pt
+                        && red_send.load(Ordering::Relaxed)
+                    {
+                        let (is_red, body) = red_frame(idx, seq, pt);
+                        p.payload = body;
+                        if is_red {
+                            p.header.payload_type = red_pt;
+                        }
+                    }
                     if local.write_rtp(p).await.is_err() {
                         break;
                     }
