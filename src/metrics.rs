@@ -203,6 +203,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_red_packets_received_total",
+        "RED (redundant audio) packets received from publishers.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_red_packets_unwrapped_total",
         "RED (redundant audio) packets sent as their primary block alone to subscriber legs that did not negotiate the publisher's RED.",
         MetricType::COUNTER,
@@ -540,6 +546,10 @@ impl Collector for CoreCollector {
                 &[],
                 st.temporal_layer_skipped.load(Ordering::Relaxed),
             )],
+        );
+        push(
+            "sluice_red_packets_received_total",
+            vec![counter(&[], st.red_received.load(Ordering::Relaxed))],
         );
         push(
             "sluice_red_packets_unwrapped_total",

@@ -194,6 +194,35 @@ async fn assert_media_flows(b: &Browser) {
     );
 }
 
+/// Asserts that the browsers' audio went through Sluice as RED, untouched: Sluice received
+/// RED (the web client prefers it), every browser's audio subscription passes it through
+/// (browsers take RED over the same Opus payload type), and nothing was unwrapped.
+/// (Chromium's getStats names the decoder's codec, Opus, for a RED stream.)
+fn assert_audio_passed_in_red(stack: &Stack) {
+    let stats = stack.sluice.sfu.stats();
+    let received = stats.red_received.load(Ordering::Relaxed);
+    assert!(received > 100, "{received} RED packets from the browsers");
+    assert_eq!(stats.red_unwrapped.load(Ordering::Relaxed), 0);
+    for p in stack
+        .sluice
+        .sfu
+        .conferences()
+        .into_iter()
+        .flat_map(|c| c.participants)
+    {
+        let audio: Vec<_> = p.subscriptions.iter().filter(|s| s.red.is_some()).collect();
+        assert!(
+            !audio.is_empty()
+                && audio
+                    .iter()
+                    .all(|s| s.red == Some(sluice::sfu::RedDelivery::Passthrough)),
+            "{}: {:?}",
+            p.id,
+            p.subscriptions
+        );
+    }
+}
+
 async fn wait_empty(stack: &Stack) {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
@@ -252,6 +281,7 @@ async fn two_browsers_see_and_hear_each_other_through_sluice() {
     }
     let snap = stack.sluice.sfu.snapshot();
     assert_eq!((snap.conferences, snap.participants), (1, 2));
+    assert_audio_passed_in_red(&stack);
     for p in [&a, &b] {
         p.click("#leave").await;
     }
@@ -419,6 +449,8 @@ async fn insertable_streams_e2ee_media_passes_through_sluice_untouched() {
         // would fail here.
         assert_eq!(failed, 0, "[{}] frames that failed to decrypt", p.name);
     }
+    // The audio frames decrypted above were RED, end-to-end encrypted, passed through.
+    assert_audio_passed_in_red(&stack);
     // Control: a participant with another key receives the frames but cannot decode them.
     let (c, _) = join(
         &stack,
@@ -548,6 +580,15 @@ async fn a_browser_and_a_webrtc_rs_participant_exchange_media() {
             .all(|r| r.stream_id == *stream_id)
     );
     assert!(!rs.encrypted.load(Ordering::Relaxed));
+    // The browser sends its audio in RED; the webrtc-rs participant negotiated none and
+    // got the primary blocks as plain Opus.
+    let unwrapped = stack
+        .sluice
+        .sfu
+        .stats()
+        .red_unwrapped
+        .load(Ordering::Relaxed);
+    assert!(unwrapped > 50, "{unwrapped} RED packets unwrapped");
 
     b.click("#leave").await;
     rs.close().await;

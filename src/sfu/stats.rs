@@ -152,6 +152,8 @@ pub struct Stats {
     /// Packets left out of a leg that receives fewer temporal layers (frames per second)
     /// than the publisher sends.
     pub temporal_layer_skipped: AtomicU64,
+    /// RED (RFC 2198 redundant audio) packets received from publishers.
+    pub red_received: AtomicU64,
     /// RED packets sent unwrapped (their primary block as a plain packet of the codec) to
     /// legs that did not negotiate the publisher's RED.
     pub red_unwrapped: AtomicU64,
@@ -196,6 +198,7 @@ impl Default for Stats {
             keyframe_requests_suppressed: AtomicU64::new(0),
             temporal_layer_skipped: AtomicU64::new(0),
             red_unwrapped: AtomicU64::new(0),
+            red_received: AtomicU64::new(0),
             probe_packets: AtomicU64::new(0),
             probes: Default::default(),
             data_channel_messages_refused: AtomicU64::new(0),

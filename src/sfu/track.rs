@@ -507,6 +507,9 @@ impl PublishedTrack {
             self.observe_level(&pkt, now);
         }
         let red = self.red_pt != 0 && pkt.header.payload_type == self.red_pt;
+        if red {
+            self.stats.red_received.fetch_add(1, Ordering::Relaxed);
+        }
         let ssrc = pkt.header.ssrc;
         let layers = self.layers.load();
         let single = layers.len() <= 1;

@@ -38,16 +38,18 @@ export class SluiceCall extends EventTarget {
    * @param o.transport Sluice's transport object (protocol.md §1)
    * @param o.localStream camera/microphone stream to publish (may be null: receive only)
    * @param o.simulcast publish video as three layers q/h/f
+   * @param o.red prefer RED (RFC 2198 redundant audio) for the microphone
    * @param o.encryptSignaling Olm-encrypt to-device signaling when possible
    * @param o.e2ee a MediaE2ee, or null
    */
-  constructor({ client, roomId, transport, localStream, simulcast, encryptSignaling, e2ee }) {
+  constructor({ client, roomId, transport, localStream, simulcast, red, encryptSignaling, e2ee }) {
     super();
     this.client = client;
     this.roomId = roomId;
     this.transport = transport;
     this.localStream = localStream;
     this.simulcast = simulcast;
+    this.red = red;
     this.e2ee = e2ee;
     this.deviceId = client.getDeviceId();
     this.callId = randomId();
@@ -175,6 +177,7 @@ export class SluiceCall extends EventTarget {
           ];
         }
         const tr = pc.addTransceiver(track, init);
+        if (track.kind === "audio" && this.red) preferRed(tr);
         this.e2ee?.attachSender(tr.sender, track.kind);
       }
     }
@@ -417,9 +420,11 @@ export class SluiceCall extends EventTarget {
   async inboundStats() {
     const out = [];
     if (!this.pc) return out;
-    (await this.pc.getStats()).forEach((r) => {
+    const report = await this.pc.getStats();
+    report.forEach((r) => {
       if (r.type !== "inbound-rtp") return;
       out.push({
+        codec: report.get(r.codecId)?.mimeType ?? "",
         kind: r.kind,
         trackIdentifier: r.trackIdentifier,
         mid: r.mid,
@@ -466,4 +471,17 @@ export class SluiceCall extends EventTarget {
     this.remoteMeta = {};
     this.dispatchEvent(new CustomEvent("ended", { detail: { reason, text: describeHangup(reason, error) } }));
   }
+}
+
+/**
+ * Puts RED first in the transceiver's codec list, so that the browser sends its audio in
+ * RED (it does only when RED is preferred) and Sluice answers in that order. Sluice passes
+ * RED through untouched (end-to-end encrypted frames included) and unwraps it for
+ * subscribers without RED. A browser without RED keeps its order.
+ */
+function preferRed(transceiver) {
+  const codecs = RTCRtpReceiver.getCapabilities?.("audio")?.codecs ?? [];
+  const isRed = (c) => c.mimeType.toLowerCase() === "audio/red";
+  if (!transceiver.setCodecPreferences || !codecs.some(isRed)) return;
+  transceiver.setCodecPreferences([...codecs.filter(isRed), ...codecs.filter((c) => !isRed(c))]);
 }

@@ -101,6 +101,7 @@ async function onJoin(e) {
       transport,
       localStream: app.localStream,
       simulcast: $("simulcast").checked,
+      red: $("red").checked,
       encryptSignaling: $("olm").checked,
       e2ee: app.e2ee,
     });
