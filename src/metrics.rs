@@ -203,6 +203,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_spatial_layer_packets_skipped_total",
+        "Packets left out of subscriber legs that receive fewer spatial layers (a lower resolution) of an SVC stream than the publisher sends.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_red_packets_received_total",
         "RED (redundant audio) packets received from publishers.",
         MetricType::COUNTER,
@@ -545,6 +551,13 @@ impl Collector for CoreCollector {
             vec![counter(
                 &[],
                 st.temporal_layer_skipped.load(Ordering::Relaxed),
+            )],
+        );
+        push(
+            "sluice_spatial_layer_packets_skipped_total",
+            vec![counter(
+                &[],
+                st.spatial_layer_skipped.load(Ordering::Relaxed),
             )],
         );
         push(

@@ -725,3 +725,256 @@ async fn an_upward_step_is_probed_for_on_the_rtx_stream_first() {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+/// One packet of a spatial SVC picture as received: `(sid, tid, key, marker)`.
+type SvcPacket = (u8, u8, bool, bool);
+
+/// One picture as received: its frame number and its packets in arrival order.
+type Picture = (u32, Vec<SvcPacket>);
+
+/// The packets `got` grouped by picture (frame number), in arrival order.
+fn pictures(got: &[Received]) -> Vec<Picture> {
+    let mut out: Vec<Picture> = Vec::new();
+    for r in got {
+        let (sid, tid, key) = spatial_of(r);
+        match out.last_mut() {
+            Some((f, v)) if *f == r.seq => v.push((sid, tid, key, r.marker)),
+            _ => out.push((r.seq, vec![(sid, tid, key, r.marker)])),
+        }
+    }
+    out
+}
+
+/// Asserts that every picture in `pics` has spatial layers 0..=`top` complete (their
+/// packets in order), nothing above, and the marker on its last packet only.
+fn assert_pictures_end_at(pics: &[Picture], top: u8) {
+    for (frame, pkts) in pics {
+        let want: Vec<u8> = (0..=top)
+            .flat_map(|s| std::iter::repeat_n(s, SPATIAL_PACKETS[s as usize]))
+            .collect();
+        let sids: Vec<u8> = pkts.iter().map(|p| p.0).collect();
+        assert_eq!(sids, want, "picture {frame}: spatial layers {sids:?}");
+        let markers: Vec<bool> = pkts.iter().map(|p| p.3).collect();
+        assert!(
+            markers[..markers.len() - 1].iter().all(|m| !m) && markers[markers.len() - 1],
+            "picture {frame}: markers {markers:?} (the leg's picture ends at layer {top})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vp9_svc_leg_gets_the_spatial_layers_its_tile_needs() {
+    // One VP9 stream with three spatial layers (K-SVC, 320×180 to 1280×720). A subscriber
+    // rendering 320×180 gets only the base layer, each picture ending there (marker);
+    // at 1280×720 it gets all three from the next keyframe picture on (asked for), never
+    // an upper layer frame before; at 640×360 two, from the next picture. The leg's
+    // sequence numbers stay contiguous throughout.
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_svc(&sfu, 0, true, TestVideo::Vp9).await;
+    let sub = TestPeer::new_svc(&sfu, 1, false, TestVideo::Vp9).await;
+    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
+        p.start_spatial_sending()
+    })
+    .await;
+    // The first keyframe has announced the layers' sizes by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 320, 180)
+        .await
+        .unwrap();
+    sub.wait_for("60 packets", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.len() >= 60)
+    })
+    .await;
+    let got = packets(&sub);
+    for w in got.windows(2) {
+        assert_eq!(w[1].rtp_seq, w[0].rtp_seq.wrapping_add(1), "gap in the leg");
+    }
+    // Past the first (possibly partial) picture: the base layer only.
+    let pics = pictures(&got);
+    assert_pictures_end_at(&pics[1..], 0);
+    let info = |sfu: &Sfu| {
+        sfu.conferences()
+            .into_iter()
+            .flat_map(|c| c.participants)
+            .find(|p| p.id == sub.id)
+            .unwrap()
+            .subscriptions[0]
+            .clone()
+    };
+    assert_eq!(info(&sfu).spatial_layer, Some(0));
+    assert!(sfu.stats().spatial_layer_skipped.load(Ordering::Relaxed) > 0);
+
+    // Larger tile: all three layers, from a keyframe picture on. The publisher sends
+    // keyframes only every 2 s meanwhile, so the next picture is most likely not one.
+    publisher.ignore_plis.store(true, Ordering::SeqCst);
+    let plis_before = publisher.plis.load(Ordering::SeqCst);
+    let from = packets(&sub).len();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("the top spatial layer", LONG, |st| {
+        st.remotes.get("video-0").is_some_and(|r| {
+            r.packets[from..]
+                .iter()
+                .filter(|p| spatial_of(p).0 == 2)
+                .count()
+                >= 40
+        })
+    })
+    .await;
+    assert!(
+        publisher.plis.load(Ordering::SeqCst) > plis_before,
+        "no keyframe asked for to add spatial layers"
+    );
+    let got = packets(&sub);
+    for w in got.windows(2) {
+        assert_eq!(w[1].rtp_seq, w[0].rtp_seq.wrapping_add(1), "gap in the leg");
+    }
+    let pics = pictures(&got[from..]);
+    let up = pics
+        .iter()
+        .position(|(_, p)| p.iter().any(|x| x.0 > 0))
+        .unwrap();
+    assert!(
+        pics[up].1[0].2,
+        "upper spatial layers began at picture {}, not a keyframe",
+        pics[up].0
+    );
+    assert_pictures_end_at(&pics[..up], 0);
+    assert_pictures_end_at(&pics[up..pics.len() - 1], 2);
+    assert_eq!(info(&sfu).spatial_layer, None);
+    publisher.ignore_plis.store(false, Ordering::SeqCst);
+
+    // Medium tile: two layers, from the next picture (no keyframe needed).
+    let from = packets(&sub).len();
+    sfu.set_track_size(CONF, &sub.id, &track, 640, 360)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = packets(&sub);
+    let pics = pictures(&got[from..]);
+    let down = pics
+        .iter()
+        .position(|(_, p)| !p.iter().any(|x| x.0 == 2))
+        .unwrap();
+    assert!(
+        pics.len() - down >= 20,
+        "{} pictures after the switch",
+        pics.len() - down
+    );
+    assert_pictures_end_at(&pics[down..pics.len() - 1], 1);
+    assert_eq!(info(&sfu).spatial_layer, Some(1));
+    publisher.close().await;
+    sub.close().await;
+    sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vp9_svc_leg_steps_down_spatial_layers_to_fit_its_bandwidth() {
+    // The same K-SVC stream, for a 1280×720 tile. Its ladder (kbit/s): base layer 36 /
+    // 72 / 144 for T0 / +T1 / +T2, with the middle layer 108 / 216 / 432, all three 252 /
+    // 504 / 1008. Behind 250 kbit/s the best rung that fits is the middle layer at T0+T1;
+    // the leg's pictures end there. When the limit lifts, all layers come back, at a
+    // keyframe picture.
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_svc(&sfu, 0, true, TestVideo::Vp9).await;
+    let sub = TestPeer::new_svc(&sfu, 1, false, TestVideo::Vp9).await;
+    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
+        p.start_spatial_sending()
+    })
+    .await;
+    sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
+        .await
+        .unwrap();
+    sfu.set_track_size(CONF, &sub.id, &track, 1280, 720)
+        .await
+        .unwrap();
+    sub.wait_for("the top spatial layer", LONG, |st| {
+        st.remotes
+            .get("video-0")
+            .is_some_and(|r| r.packets.iter().filter(|p| spatial_of(p).0 == 2).count() >= 40)
+    })
+    .await;
+    // Let the per-layer rates settle, then squeeze the leg.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let squeezed = loop {
+        sub.send_remb("video-0", 250_000.0).await;
+        let got = packets(&sub);
+        let pics = pictures(&got);
+        if pics.len() > 30
+            && pics[pics.len() - 30..]
+                .iter()
+                .all(|(_, p)| p.iter().all(|x| x.0 <= 1))
+        {
+            break got.len();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leg still gets the top spatial layer behind 250 kbit/s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let sub_info = sfu
+        .conferences()
+        .into_iter()
+        .flat_map(|c| c.participants)
+        .find(|p| p.id == sub.id)
+        .unwrap()
+        .subscriptions[0]
+        .clone();
+    assert_eq!(
+        (sub_info.spatial_layer, sub_info.temporal_layer),
+        (Some(1), Some(1)),
+        "{sub_info:?}"
+    );
+    let got = packets(&sub);
+    let pics = pictures(&got);
+    let last: Vec<_> = pics[pics.len() - 30..pics.len() - 1].to_vec();
+    assert!(last.iter().all(|(_, p)| p.iter().all(|x| x.1 <= 1)));
+    assert_pictures_end_at(&last, 1);
+
+    // The limit lifts: every layer back, at a keyframe picture.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        sub.send_remb("video-0", 5_000_000.0).await;
+        let got = packets(&sub);
+        if got[squeezed..]
+            .iter()
+            .filter(|r| spatial_of(r).0 == 2)
+            .count()
+            >= 40
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leg did not get the top spatial layer back once the limit lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let got = packets(&sub);
+    let pics = pictures(&got[squeezed..]);
+    let up = pics
+        .iter()
+        .position(|(_, p)| p.iter().any(|x| x.0 == 2))
+        .unwrap();
+    assert!(
+        pics[up].1[0].2,
+        "the top layer came back at picture {}, not a keyframe",
+        pics[up].0
+    );
+    for w in got.windows(2) {
+        assert_eq!(w[1].rtp_seq, w[0].rtp_seq.wrapping_add(1), "gap in the leg");
+    }
+    publisher.close().await;
+    sub.close().await;
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

@@ -36,7 +36,9 @@ use rtc::interceptor::{Interceptor, Packet as InterceptorPacket, StreamInfo, Tag
 use rtc::rtp;
 use rtc::sansio::Protocol;
 use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
-use sluice::sfu::codec::{DdTemplates, VideoCodec, is_keyframe_start, vp9_temporal};
+use sluice::sfu::codec::{
+    DdTemplates, VideoCodec, is_keyframe_start, vp9_spatial_sizes, vp9_temporal,
+};
 use sluice::sfu::probe::ProbeInterceptor;
 use sluice::sfu::rewrite::{LegParams, LegRewriter};
 use sluice::sfu::rtcp::{Estimates, KeyframeThrottle};
@@ -161,6 +163,23 @@ fn micro(iterations: u64) -> Vec<Result> {
     out.push(bench("VP9 temporal position", iterations, |i| {
         black_box(vp9_temporal(&vp9[(i & 1) as usize]));
     }));
+    // Spatial SVC: the per-VP9-packet look for a keyframe's layer sizes (the V bit; only
+    // keyframes' base packets carry them).
+    let vp9_ss: [Bytes; 2] = [
+        Bytes::from_static(&[0xA8, 0x80, 0x05, 0x00, 7, 0xAA]),
+        Bytes::from_static(&[
+            0xAA, 0x80, 0x05, 0x00, 7, 0x50, 0x01, 0x40, 0x00, 0xB4, 0x02, 0x80, 0x01, 0x68, 0x05,
+            0x00, 0x02, 0xD0, 0xAA,
+        ]),
+    ];
+    assert!(vp9_spatial_sizes(&vp9_ss[1]).is_some());
+    out.push(bench(
+        "VP9 spatial layer sizes (every other packet a keyframe's)",
+        iterations,
+        |i| {
+            black_box(vp9_spatial_sizes(&vp9_ss[(i & 1) as usize]));
+        },
+    ));
     let dd = DdTemplates::default();
     // An L1T3 structure (templates T0, T0, T1, T2, T2), then per-frame descriptors.
     let key_dd = [0x80, 0x00, 0x01, 0x80, 0x02, 0x14, 0xC0, 0x00, 0x00];

@@ -146,11 +146,16 @@ pub fn av1_keyframe_start(p: &[u8]) -> bool {
 pub struct Temporal {
     /// Temporal layer id (0 = base layer; higher layers depend on lower ones only).
     pub tid: u8,
-    /// Spatial layer id (0 = base; Sluice forwards every spatial layer).
+    /// Spatial layer id (0 = base) within the stream (VP9 or AV1 SVC).
     pub sid: u8,
     /// The first packet of a picture (of its base spatial layer): a leg changes the
-    /// temporal layers it receives only here, so it never gets part of a frame.
+    /// temporal and spatial layers it receives only here, so it never gets part of a
+    /// frame.
     pub picture_start: bool,
+    /// The last packet of its layer frame (VP9's E bit, the dependency descriptor's end of
+    /// frame): where a leg that receives no higher spatial layer ends the picture (the
+    /// RTP marker).
+    pub frame_end: bool,
 }
 
 /// The temporal layer id of a VP8 packet from its payload descriptor's TID (RFC 7741
@@ -177,6 +182,7 @@ pub fn vp8_temporal(p: &[u8]) -> Option<Temporal> {
         sid: 0,
         // S=1, partition 0: the first packet of a frame.
         picture_start: b0 & 0x10 != 0 && b0 & 0x0F == 0,
+        frame_end: false,
     })
 }
 
@@ -197,7 +203,56 @@ pub fn vp9_temporal(p: &[u8]) -> Option<Temporal> {
         tid,
         sid,
         picture_start: b0 & 0x08 != 0 && sid == 0,
+        frame_end: b0 & 0x04 != 0,
     })
+}
+
+/// Most spatial layers Sluice tells apart per stream.
+pub const SPATIAL_LAYERS: usize = 4;
+
+/// The size of each spatial layer from a VP9 payload descriptor's scalability structure
+/// (RFC 9628 §4.2.1: the V bit, with Y), which keyframes carry: `(width, height)` per
+/// spatial layer, low to high, and how many layers there are (at most
+/// [`SPATIAL_LAYERS`] are kept). None when the packet carries no sizes.
+pub fn vp9_spatial_sizes(p: &[u8]) -> Option<([(u16, u16); SPATIAL_LAYERS], usize)> {
+    let b0 = *p.first()?;
+    if b0 & 0x02 == 0 {
+        return None;
+    }
+    let mut i = 1;
+    if b0 & 0x80 != 0 {
+        i += if *p.get(1)? & 0x80 != 0 { 2 } else { 1 };
+    }
+    let flexible = b0 & 0x10 != 0;
+    if b0 & 0x20 != 0 {
+        // Layer indices, and TL0PICIDX in non-flexible mode.
+        i += if flexible { 1 } else { 2 };
+    }
+    if flexible && b0 & 0x40 != 0 {
+        // Up to three reference indices, each with N: another follows.
+        for _ in 0..3 {
+            let d = *p.get(i)?;
+            i += 1;
+            if d & 0x01 == 0 {
+                break;
+            }
+        }
+    }
+    let ss = *p.get(i)?;
+    if ss & 0x10 == 0 {
+        return None;
+    }
+    let n = (ss >> 5) as usize + 1;
+    let mut sizes = [(0u16, 0u16); SPATIAL_LAYERS];
+    for (l, size) in sizes.iter_mut().enumerate().take(n) {
+        let at = i + 1 + 4 * l;
+        let b = p.get(at..at + 4)?;
+        *size = (
+            u16::from_be_bytes([b[0], b[1]]),
+            u16::from_be_bytes([b[2], b[3]]),
+        );
+    }
+    Some((sizes, n.min(SPATIAL_LAYERS)))
 }
 
 /// The URI of the AV1 dependency descriptor header extension.
@@ -269,6 +324,7 @@ impl DdTemplates {
             tid,
             sid,
             picture_start: start && sid == 0,
+            frame_end: b0 & 0x40 != 0,
         })
     }
 
@@ -412,7 +468,8 @@ mod tests {
             Some(Temporal {
                 tid: 2,
                 sid: 0,
-                picture_start: true
+                picture_start: true,
+                frame_end: false
             })
         );
         // T without I or L, a continuation packet.
@@ -422,7 +479,8 @@ mod tests {
             Some(Temporal {
                 tid: 1,
                 sid: 0,
-                picture_start: false
+                picture_start: false,
+                frame_end: false
             })
         );
         // No T bit, no X, truncated: nothing to go by.
@@ -440,7 +498,8 @@ mod tests {
             Some(Temporal {
                 tid: 2,
                 sid: 0,
-                picture_start: true
+                picture_start: true,
+                frame_end: false
             })
         );
         // 7-bit picture id, not the beginning of a frame, spatial layer 1.
@@ -450,11 +509,14 @@ mod tests {
             Some(Temporal {
                 tid: 1,
                 sid: 1,
-                picture_start: false
+                picture_start: false,
+                frame_end: false
             })
         );
-        // The beginning of a spatial layer 1 frame does not start the picture.
+        // The beginning of a spatial layer 1 frame does not start the picture; E ends the
+        // layer frame.
         assert!(!vp9_temporal(&[0x28, 1 << 1, 0]).unwrap().picture_start);
+        assert!(vp9_temporal(&[0x24, 1 << 1, 0]).unwrap().frame_end);
         // No layer indices, or truncated: nothing to go by.
         assert_eq!(vp9_temporal(&[0x88, 0x80, 0x05]), None);
         assert_eq!(vp9_temporal(&[0xA8, 0x80]), None);
@@ -585,5 +647,30 @@ mod tests {
         assert_eq!(red_block_payload_type(""), None);
         assert_eq!(red_block_payload_type("minptime=10"), None);
         assert_eq!(red_block_payload_type("200/200"), None);
+    }
+
+    #[test]
+    fn vp9_spatial_sizes_from_the_scalability_structure() {
+        // I (15-bit), L, B, V; TID 0, SID 0; TL0PICIDX; SS: N_S = 2 (three layers), Y.
+        let mut p = vec![0xAA, 0x80, 0x05, 0x00, 7, (2 << 5) | 0x10];
+        for (w, h) in [(320u16, 180u16), (640, 360), (1280, 720)] {
+            p.extend_from_slice(&w.to_be_bytes());
+            p.extend_from_slice(&h.to_be_bytes());
+        }
+        p.push(0xAA);
+        let (sizes, n) = vp9_spatial_sizes(&p).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(&sizes[..3], &[(320, 180), (640, 360), (1280, 720)]);
+        // Flexible mode with two reference indices (N on the first) before the SS.
+        let mut f = vec![0xFA, 0x05, 0x00, 0x03, 0x04, 0x10];
+        f.extend_from_slice(&[0x01, 0x40, 0x00, 0xB4]);
+        assert_eq!(
+            vp9_spatial_sizes(&f).unwrap(),
+            ([(320, 180), (0, 0), (0, 0), (0, 0)], 1)
+        );
+        // No V bit, SS without sizes (Y = 0), or cut short: no sizes.
+        assert_eq!(vp9_spatial_sizes(&[0xA8, 0x80, 0x05, 0x00, 7]), None);
+        assert_eq!(vp9_spatial_sizes(&[0xAA, 0x80, 0x05, 0x00, 7, 0x40]), None);
+        assert_eq!(vp9_spatial_sizes(&p[..12]), None);
     }
 }

@@ -349,6 +349,9 @@ pub struct SubscriptionInfo {
     /// the publisher sends (a lower frame rate: the allocator's step below a layer's full
     /// rate); None: all of them.
     pub temporal_layer: Option<u8>,
+    /// The highest spatial layer id of an SVC stream the subscriber receives when that is
+    /// fewer than the publisher sends (a lower resolution); None: all of them.
+    pub spatial_layer: Option<u8>,
     /// Paused: the subscriber's tile is 0x0, or not even the lowest layer fits its
     /// bandwidth estimate.
     pub paused: bool,

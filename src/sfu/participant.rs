@@ -436,6 +436,7 @@ impl Participant {
                 track: t.clone(),
                 layer: leg.layer_rid(),
                 temporal_layer: leg.sink.temporal_layer(),
+                spatial_layer: leg.sink.spatial_layer(),
                 red: leg.sink.red_delivery(),
                 paused: leg.sink.paused.load(Ordering::Relaxed)
                     || leg.sink.step.bw_paused.load(Ordering::Relaxed),

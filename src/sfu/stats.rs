@@ -152,6 +152,9 @@ pub struct Stats {
     /// Packets left out of a leg that receives fewer temporal layers (frames per second)
     /// than the publisher sends.
     pub temporal_layer_skipped: AtomicU64,
+    /// Packets left out of a leg that receives fewer spatial layers (a lower resolution)
+    /// of an SVC stream than the publisher sends.
+    pub spatial_layer_skipped: AtomicU64,
     /// RED (RFC 2198 redundant audio) packets received from publishers.
     pub red_received: AtomicU64,
     /// RED packets sent unwrapped (their primary block as a plain packet of the codec) to
@@ -199,6 +202,7 @@ impl Default for Stats {
             temporal_layer_skipped: AtomicU64::new(0),
             red_unwrapped: AtomicU64::new(0),
             red_received: AtomicU64::new(0),
+            spatial_layer_skipped: AtomicU64::new(0),
             probe_packets: AtomicU64::new(0),
             probes: Default::default(),
             data_channel_messages_refused: AtomicU64::new(0),

@@ -62,11 +62,24 @@ pub struct LayerState {
     bytes_seen: AtomicU64,
     /// Smoothed bitrate (bits/s), updated by the housekeeping task.
     rate_bps: AtomicU64,
-    /// The same per temporal layer id (ids above the last count as the last), for
-    /// packets whose temporal layer is known.
-    tid_bytes: [AtomicU64; TEMPORAL_LAYERS],
-    tid_bytes_seen: [AtomicU64; TEMPORAL_LAYERS],
-    tid_rate_bps: [AtomicU64; TEMPORAL_LAYERS],
+    /// The same per spatial and temporal layer id, at `sid * TEMPORAL_LAYERS + tid` (ids
+    /// above the last count as the last), for packets whose layers are known.
+    st_bytes: [AtomicU64; LAYER_CELLS],
+    st_bytes_seen: [AtomicU64; LAYER_CELLS],
+    st_rate_bps: [AtomicU64; LAYER_CELLS],
+    /// `width << 16 | height` of each spatial layer, from a VP9 keyframe's scalability
+    /// structure; 0 while unknown.
+    spatial_size: [AtomicU32; codec::SPATIAL_LAYERS],
+}
+
+/// Counters per (spatial, temporal) layer pair.
+const LAYER_CELLS: usize = codec::SPATIAL_LAYERS * TEMPORAL_LAYERS;
+
+/// The counter index of a packet's layers.
+#[inline]
+fn cell(sid: u8, tid: u8) -> usize {
+    (sid as usize).min(codec::SPATIAL_LAYERS - 1) * TEMPORAL_LAYERS
+        + (tid as usize).min(TEMPORAL_LAYERS - 1)
 }
 
 /// Temporal layers Sluice tells apart per stream (L1T3 is what browsers send).
@@ -75,13 +88,19 @@ pub const TEMPORAL_LAYERS: usize = 4;
 /// A leg's temporal-layer target meaning "every layer the publisher sends".
 pub(crate) const ALL_TEMPORAL: u8 = u8::MAX;
 
+/// A leg's spatial-layer target meaning "every spatial layer the stream carries".
+pub(crate) const ALL_SPATIAL: u8 = u8::MAX;
+
 /// One step of a track's quality ladder for the allocator: a simulcast layer (its rank
-/// among the live layers, low to high) with its temporal layers up to `tid` (frames per
-/// second), and what that costs.
+/// among the live layers, low to high) with its spatial layers up to `sid` (resolution,
+/// for an SVC stream) and temporal layers up to `tid` (frames per second), and what that
+/// costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Rung {
     /// Rank of the simulcast layer among the live ones.
     pub(crate) layer: usize,
+    /// Highest spatial layer id forwarded; [`ALL_SPATIAL`] on the rungs of the top one.
+    pub(crate) sid: u8,
     /// Highest temporal layer id forwarded; [`ALL_TEMPORAL`] on a layer's top rung.
     pub(crate) tid: u8,
     /// Bitrate of this rung, bits/s.
@@ -99,28 +118,86 @@ impl LayerState {
             bytes: AtomicU64::new(0),
             bytes_seen: AtomicU64::new(0),
             rate_bps: AtomicU64::new(0),
-            tid_bytes: Default::default(),
-            tid_bytes_seen: Default::default(),
-            tid_rate_bps: Default::default(),
+            st_bytes: Default::default(),
+            st_bytes_seen: Default::default(),
+            st_rate_bps: Default::default(),
+            spatial_size: Default::default(),
         }
     }
 
-    /// The rungs of this layer (rank `layer`): one per temporal layer it carries, each
-    /// with the temporal layers below it, or a single one when it has none.
+    /// The rungs of this layer (rank `layer`): per spatial layer it carries, low to high,
+    /// one per temporal layer, each with the spatial and temporal layers below it (an
+    /// SVC frame references lower spatial layers of its picture); a single rung when it
+    /// has no layers of either kind.
     fn rungs(&self, layer: usize, out: &mut Vec<Rung>) {
-        let rates: [u64; TEMPORAL_LAYERS] =
-            std::array::from_fn(|t| self.tid_rate_bps[t].load(Ordering::Relaxed));
-        let count = rates.iter().rposition(|r| *r > 0).map_or(1, |t| t + 1);
+        let rates: [u64; LAYER_CELLS] =
+            std::array::from_fn(|c| self.st_rate_bps[c].load(Ordering::Relaxed));
+        let spatial = (0..codec::SPATIAL_LAYERS)
+            .rposition(|s| {
+                rates[s * TEMPORAL_LAYERS..][..TEMPORAL_LAYERS]
+                    .iter()
+                    .any(|r| *r > 0)
+            })
+            .map_or(1, |s| s + 1);
+        let temporal = (0..TEMPORAL_LAYERS)
+            .rposition(|t| (0..spatial).any(|s| rates[s * TEMPORAL_LAYERS + t] > 0))
+            .map_or(1, |t| t + 1);
         let total = self.rate_bps();
-        let mut sum = 0;
-        for (t, r) in rates.iter().enumerate().take(count) {
-            sum += r;
-            let top = t + 1 == count;
-            out.push(Rung {
-                layer,
-                tid: if top { ALL_TEMPORAL } else { t as u8 },
-                rate: if top { sum.max(total) } else { sum },
-            });
+        for s in 0..spatial {
+            let top_s = s + 1 == spatial;
+            for t in 0..temporal {
+                let top_t = t + 1 == temporal;
+                let sum: u64 = (0..=s)
+                    .flat_map(|s| (0..=t).map(move |t| s * TEMPORAL_LAYERS + t))
+                    .map(|c| rates[c])
+                    .sum();
+                out.push(Rung {
+                    layer,
+                    sid: if top_s { ALL_SPATIAL } else { s as u8 },
+                    tid: if top_t { ALL_TEMPORAL } else { t as u8 },
+                    rate: if top_s && top_t { sum.max(total) } else { sum },
+                });
+            }
+        }
+    }
+
+    /// The lowest spatial layer that covers a tile of `want` (as [`choose_layer`] judges
+    /// a layer), when the stream announced its spatial layers' sizes; [`ALL_SPATIAL`]
+    /// otherwise, or when the top one is needed.
+    fn preferred_sid(&self, want: Option<(u32, u32)>) -> u8 {
+        let Some((w, h)) = want else {
+            return ALL_SPATIAL;
+        };
+        let sizes: Vec<(u32, u32)> = self
+            .spatial_size
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .take_while(|s| *s != 0)
+            .map(|s| (s >> 16, s & 0xFFFF))
+            .collect();
+        if sizes.len() < 2 {
+            return ALL_SPATIAL;
+        }
+        match sizes
+            .iter()
+            .position(|&(lw, lh)| lw * 10 >= w * 9 || lh * 10 >= h * 9)
+        {
+            Some(s) if s + 1 < sizes.len() => s as u8,
+            _ => ALL_SPATIAL,
+        }
+    }
+
+    /// Records the spatial layers' sizes a VP9 keyframe announced; the stream's size is
+    /// the top one's.
+    fn set_spatial_sizes(&self, sizes: &[(u16, u16)]) {
+        for (i, slot) in self.spatial_size.iter().enumerate() {
+            let v = sizes
+                .get(i)
+                .map_or(0, |&(w, h)| ((w as u32) << 16) | h as u32);
+            slot.store(v, Ordering::Relaxed);
+        }
+        if let Some(&(w, h)) = sizes.last() {
+            self.set_size(w, h);
         }
     }
 
@@ -136,12 +213,12 @@ impl LayerState {
             return;
         }
         smooth(&self.bytes, &self.bytes_seen, &self.rate_bps, secs, 0.0);
-        // A temporal layer the publisher stopped sending decays out of the ladder.
-        for t in 0..TEMPORAL_LAYERS {
+        // A layer the publisher stopped sending decays out of the ladder.
+        for c in 0..LAYER_CELLS {
             smooth(
-                &self.tid_bytes[t],
-                &self.tid_bytes_seen[t],
-                &self.tid_rate_bps[t],
+                &self.st_bytes[c],
+                &self.st_bytes_seen[c],
+                &self.st_rate_bps[c],
                 secs,
                 1000.0,
             );
@@ -402,6 +479,16 @@ impl PublishedTrack {
         choose_layer(&alive, want)
     }
 
+    /// The highest spatial layer of stream `ssrc` a subscriber wanting `want` needs
+    /// ([`ALL_SPATIAL`]: all, or not an SVC stream with known sizes).
+    pub(crate) fn preferred_sid(&self, ssrc: u32, want: Option<(u32, u32)>) -> u8 {
+        self.layers
+            .load()
+            .iter()
+            .find(|l| l.ssrc == ssrc)
+            .map_or(ALL_SPATIAL, |l| l.preferred_sid(want))
+    }
+
     /// Layers that had a packet within [`LAYER_STALL`] (all when none did), low to high.
     pub(crate) fn live_ranked(&self, now: Instant) -> Vec<Arc<LayerState>> {
         let layers = self.layers.load();
@@ -523,13 +610,21 @@ impl PublishedTrack {
             l.bytes
                 .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
             if let Some(t) = temporal {
-                l.tid_bytes[(t.tid as usize).min(TEMPORAL_LAYERS - 1)]
+                l.st_bytes[cell(t.sid, t.tid)]
                     .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
             }
-            if self.video_codec == VideoCodec::Vp8
-                && let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload)
-            {
-                l.set_size(w, h);
+            match self.video_codec {
+                VideoCodec::Vp8 => {
+                    if let Some((w, h)) = codec::vp8_keyframe_size(&pkt.payload) {
+                        l.set_size(w, h);
+                    }
+                }
+                VideoCodec::Vp9 => {
+                    if let Some((sizes, n)) = codec::vp9_spatial_sizes(&pkt.payload) {
+                        l.set_spatial_sizes(&sizes[..n]);
+                    }
+                }
+                _ => {}
             }
         }
         let legs = self.legs.load();
@@ -560,16 +655,28 @@ impl PublishedTrack {
                 sink.selected_ssrc.store(ssrc, Ordering::Relaxed);
                 sink.target_ssrc.store(ssrc, Ordering::Relaxed);
             }
-            if let Some(t) = temporal
-                && !sink.keeps(t)
-            {
-                sink.skip(&pkt);
-                self.stats
-                    .temporal_layer_skipped
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
+            let mut mark = false;
+            if let Some(t) = temporal {
+                let key = || {
+                    *keyframe.get_or_insert_with(|| {
+                        codec::is_keyframe_start(self.video_codec, &pkt.payload)
+                    })
+                };
+                match sink.keeps(t, key) {
+                    Keep::Forward { end_of_picture } => mark = end_of_picture,
+                    Keep::Skip { spatial } => {
+                        sink.skip(&pkt);
+                        let counter = if spatial {
+                            &self.stats.spatial_layer_skipped
+                        } else {
+                            &self.stats.temporal_layer_skipped
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
             }
-            sink.write(&pkt, red, now, &self.stats, self.info.kind);
+            sink.write(&pkt, red, mark, now, &self.stats, self.info.kind);
         }
     }
 
@@ -665,6 +772,52 @@ pub(crate) fn follow_temporal_target(cur: u8, target: u8, t: codec::Temporal) ->
     }
 }
 
+/// The highest spatial layer a leg receives from the packet at `t` on, given what it
+/// received (`cur`) and what the allocator wants (`target`): changes only where a picture
+/// starts; down at once (a spatial layer references only lower ones of its picture, and
+/// its own earlier frames, which the leg keeps receiving); up only at a keyframe (`key`,
+/// asked only then), the one picture whose higher spatial frames reference no earlier
+/// picture.
+#[inline]
+pub(crate) fn follow_spatial_target(
+    cur: u8,
+    target: u8,
+    t: codec::Temporal,
+    key: impl FnOnce() -> bool,
+) -> u8 {
+    if !t.picture_start || target == cur {
+        cur
+    } else if target < cur || key() {
+        target
+    } else {
+        cur
+    }
+}
+
+/// What a leg that receives temporal layers up to `tid` and spatial layers up to `sid`
+/// does with a packet at `t`.
+#[inline]
+pub(crate) fn keep(t: codec::Temporal, tid: u8, sid: u8) -> Keep {
+    if t.sid > sid {
+        Keep::Skip { spatial: true }
+    } else if t.tid > tid {
+        Keep::Skip { spatial: false }
+    } else {
+        Keep::Forward {
+            end_of_picture: t.sid == sid && t.frame_end,
+        }
+    }
+}
+
+/// What the forwarder does with a packet for one leg, from its layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Leave it out: a spatial (or else temporal) layer above the leg's.
+    Skip { spatial: bool },
+    /// Forward it; with the RTP marker set when it ends the leg's picture.
+    Forward { end_of_picture: bool },
+}
+
 /// The forwarder's handle on one subscriber leg.
 pub(crate) struct LegSink {
     /// The leg's send track: the forwarder hands packets to webrtc through it directly.
@@ -687,6 +840,12 @@ pub(crate) struct LegSink {
     /// The highest temporal layer it receives now: follows the target at picture starts
     /// (downward at once, upward at a base-layer picture). Written only by the forwarder.
     pub(crate) tid_cur: AtomicU8,
+    /// The highest spatial layer of an SVC stream the leg should receive
+    /// ([`ALL_SPATIAL`]: all); from the subscriber's tile size and the allocator.
+    pub(crate) sid_target: AtomicU8,
+    /// The highest spatial layer it receives now: follows the target at picture starts
+    /// (downward at once, upward at a keyframe). Written only by the forwarder.
+    pub(crate) sid_cur: AtomicU8,
 }
 
 impl LegSink {
@@ -698,15 +857,18 @@ impl LegSink {
     /// behind) or the context is busy, it is dropped, which cancels the send, and the
     /// packet is lost for this leg only and counted as `queue_full`. The forwarder never
     /// waits on a leg, and no task or queue of Sluice's sits between it and webrtc.
-    #[inline]
     ///
     /// A `red` packet (the publisher's RFC 2198 RED) goes out as RED, untouched, when the
     /// leg negotiated RED over the same payload type; otherwise only its primary block goes,
-    /// as a plain packet of the codec (a slice of the payload, not a copy).
+    /// as a plain packet of the codec (a slice of the payload, not a copy). With
+    /// `end_of_picture`, the packet goes with the RTP marker set (the leg's picture ends
+    /// there: higher spatial layers are left out).
+    #[inline]
     fn write(
         &self,
         pkt: &rtp::Packet,
         red: bool,
+        end_of_picture: bool,
         arrival: Instant,
         stats: &Stats,
         kind: MediaKind,
@@ -736,6 +898,9 @@ impl LegSink {
                 stats.record_drop(DropReason::Late);
                 return;
             }
+            if end_of_picture {
+                out.header.marker = true;
+            }
             if red && !unwrap {
                 out.header.payload_type = p.red_payload_type;
             } else if unwrap {
@@ -761,17 +926,23 @@ impl LegSink {
     }
 
     /// Whether the leg receives a packet at temporal position `t`, moving the leg's
-    /// temporal layer toward its target first when `t` starts a picture: down at any
-    /// picture, up only at a base-layer (tid 0) picture, which references no frame of a
-    /// higher layer, so every frame forwarded after it has its references.
+    /// temporal and spatial layers toward their targets first when `t` starts a picture
+    /// (see [`follow_temporal_target`] and [`follow_spatial_target`]; `key` tells whether
+    /// the packet starts a keyframe). A kept packet that ends the frame of the highest
+    /// spatial layer the leg receives, below the stream's top, ends the leg's picture.
     #[inline]
-    fn keeps(&self, t: codec::Temporal) -> bool {
+    fn keeps(&self, t: codec::Temporal, key: impl FnOnce() -> bool) -> Keep {
         let cur = self.tid_cur.load(Ordering::Relaxed);
         let next = follow_temporal_target(cur, self.tid_target.load(Ordering::Relaxed), t);
         if next != cur {
             self.tid_cur.store(next, Ordering::Relaxed);
         }
-        t.tid <= next
+        let scur = self.sid_cur.load(Ordering::Relaxed);
+        let snext = follow_spatial_target(scur, self.sid_target.load(Ordering::Relaxed), t, key);
+        if snext != scur {
+            self.sid_cur.store(snext, Ordering::Relaxed);
+        }
+        keep(t, next, snext)
     }
 
     /// Leaves `pkt` out of this leg without a gap in its sequence numbers.
@@ -793,6 +964,14 @@ impl LegSink {
             (0, _) => None,
             (_, 0) => Some(super::RedDelivery::Unwrapped),
             _ => Some(super::RedDelivery::Passthrough),
+        }
+    }
+
+    /// The highest spatial layer the leg receives now, when it receives fewer than all.
+    pub(crate) fn spatial_layer(&self) -> Option<u8> {
+        match self.sid_cur.load(Ordering::Relaxed) {
+            ALL_SPATIAL => None,
+            s => Some(s),
         }
     }
 
@@ -904,6 +1083,8 @@ impl Leg {
             step: alloc::StepState::default(),
             tid_target: AtomicU8::new(ALL_TEMPORAL),
             tid_cur: AtomicU8::new(ALL_TEMPORAL),
+            sid_target: AtomicU8::new(ALL_SPATIAL),
+            sid_cur: AtomicU8::new(ALL_SPATIAL),
         });
         let rtcp = tokio::spawn(rtcp_loop(
             local,
@@ -1074,23 +1255,34 @@ pub(crate) async fn retarget_sink(source: &PublishedTrack, sink: &LegSink, now: 
     let Some(mut want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
         return false;
     };
-    // The allocator's cap is a rung of the track's ladder: a layer, and the temporal
-    // layers of it. Below the cap's layer, the leg gets every temporal layer.
+    // The allocator's cap is a rung of the track's ladder: a layer, and the spatial and
+    // temporal layers of it. Below the cap's layer, the leg gets every temporal layer;
+    // of an SVC stream, the spatial layers its tile needs.
     let cap = sink.step.cap_rank.load(Ordering::Relaxed);
     let mut tid = ALL_TEMPORAL;
+    let mut sid = source.preferred_sid(want, sink.want());
     if cap != u32::MAX {
         let (ranked, rungs) = source.ladder(now);
         if rungs.len() > 1
             && let Some(pos) = ranked.iter().position(|l| l.ssrc == want)
         {
             let r = rungs[(cap as usize).min(rungs.len() - 1)];
-            if pos >= r.layer {
+            if pos > r.layer || (pos == r.layer && r.sid <= sid) {
                 want = ranked[r.layer].ssrc;
-                tid = r.tid;
+                (sid, tid) = (r.sid, r.tid);
             }
         }
     }
     sink.tid_target.store(tid, Ordering::Relaxed);
+    sink.sid_target.store(sid, Ordering::Relaxed);
+    // More spatial layers start at a keyframe.
+    if sid > sink.sid_cur.load(Ordering::Relaxed) && source.info.kind == MediaKind::Video {
+        let on = match sink.selected_ssrc.load(Ordering::Relaxed) {
+            0 => want,
+            s => s,
+        };
+        source.request_keyframe(on).await;
+    }
     let old = sink.target_ssrc.swap(want, Ordering::Relaxed);
     let selected = sink.selected_ssrc.load(Ordering::Relaxed);
     if old == want && selected != 0 {
@@ -1183,18 +1375,24 @@ pub(crate) async fn allocate(
                 .preferred_layer(sink.want(), now, LAYER_STALL)
                 .and_then(|p| ranked.iter().position(|l| l.ssrc == p))
                 .unwrap_or(ranked.len().saturating_sub(1));
+            // Of an SVC stream, the spatial layers the tile needs.
+            let pref_sid = ranked
+                .get(pref_layer)
+                .map_or(ALL_SPATIAL, |l| l.preferred_sid(sink.want()));
             let pref = rungs
                 .iter()
-                .rposition(|r| r.layer <= pref_layer)
+                .rposition(|r| r.layer < pref_layer || (r.layer == pref_layer && r.sid <= pref_sid))
                 .unwrap_or(0);
             let rates: Vec<u64> = rungs.iter().map(|r| r.rate).collect();
             let layer_of: Vec<usize> = rungs.iter().map(|r| r.layer).collect();
             let target = sink.target_ssrc.load(Ordering::Relaxed);
             let target_tid = sink.tid_target.load(Ordering::Relaxed);
+            let target_sid = sink.sid_target.load(Ordering::Relaxed);
             let cur = ranked.iter().position(|l| l.ssrc == target).and_then(|lp| {
-                rungs
-                    .iter()
-                    .position(|r| r.layer == lp && r.tid >= target_tid)
+                rungs.iter().position(|r| {
+                    r.layer == lp
+                        && (r.sid > target_sid || (r.sid == target_sid && r.tid >= target_tid))
+                })
             });
             let d = alloc::plan_leg(
                 &sink.step, &rates, &layer_of, pref, cur, remaining, stale, clock_ms, can_probe,
@@ -1328,6 +1526,7 @@ mod tests {
             tid,
             sid: 0,
             picture_start,
+            frame_end: false,
         };
         // Down: not inside a picture, then at the next picture start of any layer.
         assert_eq!(follow_temporal_target(2, 0, at(1, false)), 2);
@@ -1349,7 +1548,7 @@ mod tests {
         let f = layer("f", 2, None);
         // q carries three temporal layers, f none known.
         for (t, r) in [180_000, 120_000, 120_000].into_iter().enumerate() {
-            q.tid_rate_bps[t].store(r, Ordering::Relaxed);
+            q.st_rate_bps[t].store(r, Ordering::Relaxed);
         }
         q.rate_bps.store(400_000, Ordering::Relaxed);
         f.rate_bps.store(900_000, Ordering::Relaxed);
@@ -1367,6 +1566,113 @@ mod tests {
                 (1, ALL_TEMPORAL, 900_000),
             ]
         );
+    }
+
+    #[test]
+    fn spatial_layers_change_only_where_pictures_start_and_go_up_at_keyframes() {
+        let at = |sid, picture_start| codec::Temporal {
+            tid: 0,
+            sid,
+            picture_start,
+            frame_end: false,
+        };
+        let never = || -> bool { panic!("asked for a keyframe where no switch up can be") };
+        // Down: at the next picture start, without a keyframe.
+        assert_eq!(follow_spatial_target(2, 0, at(1, false), never), 2);
+        assert_eq!(follow_spatial_target(2, 0, at(0, true), never), 0);
+        // Up: only at a keyframe picture.
+        assert_eq!(follow_spatial_target(0, 2, at(0, true), || false), 0);
+        assert_eq!(follow_spatial_target(0, 2, at(0, true), || true), 2);
+        assert_eq!(
+            follow_spatial_target(0, ALL_SPATIAL, at(2, false), never),
+            0
+        );
+        assert_eq!(follow_spatial_target(1, 1, at(0, true), never), 1);
+    }
+
+    #[test]
+    fn a_leg_below_the_top_spatial_layer_ends_pictures_at_its_own() {
+        let sink_keeps = |sid: u8, t: codec::Temporal| keep(t, ALL_TEMPORAL, sid);
+        let pkt = |sid, frame_end| codec::Temporal {
+            tid: 0,
+            sid,
+            picture_start: sid == 0,
+            frame_end,
+        };
+        assert_eq!(
+            sink_keeps(1, pkt(1, true)),
+            Keep::Forward {
+                end_of_picture: true
+            }
+        );
+        assert_eq!(
+            sink_keeps(1, pkt(0, true)),
+            Keep::Forward {
+                end_of_picture: false
+            }
+        );
+        assert_eq!(sink_keeps(1, pkt(2, true)), Keep::Skip { spatial: true });
+        assert_eq!(
+            keep(
+                codec::Temporal {
+                    tid: 2,
+                    ..pkt(0, true)
+                },
+                1,
+                ALL_SPATIAL
+            ),
+            Keep::Skip { spatial: false }
+        );
+        assert_eq!(
+            sink_keeps(ALL_SPATIAL, pkt(2, true)),
+            Keep::Forward {
+                end_of_picture: false
+            }
+        );
+    }
+
+    #[test]
+    fn an_svc_ladder_climbs_temporal_layers_within_each_spatial_layer() {
+        let l = layer("x", 1, None);
+        // L3T2: spatial layer s, temporal layer t at 100·(s+1)·(t+1) kbit/s.
+        for s in 0..3 {
+            for t in 0..2 {
+                l.st_rate_bps[cell(s, t)]
+                    .store(100_000 * (s as u64 + 1) * (t as u64 + 1), Ordering::Relaxed);
+            }
+        }
+        let mut rungs = vec![];
+        l.rungs(0, &mut rungs);
+        let got: Vec<(u8, u8, u64)> = rungs.iter().map(|r| (r.sid, r.tid, r.rate)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, 100_000),
+                (0, ALL_TEMPORAL, 300_000),
+                (1, 0, 300_000),
+                (1, ALL_TEMPORAL, 900_000),
+                (ALL_SPATIAL, 0, 600_000),
+                (ALL_SPATIAL, ALL_TEMPORAL, 1_800_000),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_tile_chooses_the_spatial_layer_once_sizes_are_known() {
+        let l = layer("x", 1, None);
+        assert_eq!(
+            l.preferred_sid(Some((320, 180))),
+            ALL_SPATIAL,
+            "sizes unknown"
+        );
+        l.set_spatial_sizes(&[(320, 180), (640, 360), (1280, 720)]);
+        assert_eq!(l.size(), Some((1280, 720)));
+        assert_eq!(l.preferred_sid(Some((320, 180))), 0);
+        assert_eq!(l.preferred_sid(Some((300, 170))), 0);
+        assert_eq!(l.preferred_sid(Some((600, 340))), 1);
+        assert_eq!(l.preferred_sid(Some((1280, 720))), ALL_SPATIAL);
+        assert_eq!(l.preferred_sid(Some((1920, 1080))), ALL_SPATIAL);
+        assert_eq!(l.preferred_sid(None), ALL_SPATIAL);
     }
 
     #[test]

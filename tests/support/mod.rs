@@ -56,7 +56,7 @@ pub fn payload(sender: u8, kind: u8, seq: u32, len: usize) -> Bytes {
 pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
     // Plain test payloads start with the marker; VP8-framed ones (simulcast) carry it
     // after the payload descriptor and frame header.
-    let at = (0..=16).find(|i| p.len() >= i + 10 && &p[*i..i + 4] == MAGIC)?;
+    let at = (0..=24).find(|i| p.len() >= i + 10 && &p[*i..i + 4] == MAGIC)?;
     let p = &p[at..];
     Some((p[4], p[5], u32::from_be_bytes([p[6], p[7], p[8], p[9]])))
 }
@@ -159,6 +159,21 @@ pub const SVC_PATTERN: [u8; 4] = [0, 2, 1, 2];
 /// Packets per frame of that stream, by temporal layer id.
 pub const SVC_PACKETS: [usize; 3] = [3, 2, 1];
 
+/// Packets per spatial layer frame of [`TestPeer::start_spatial_sending`] (600 bytes each:
+/// about 36, 72 and 144 kbit/s per temporal layer of the pattern's T0).
+pub const SPATIAL_PACKETS: [usize; 3] = [1, 2, 4];
+
+/// The payload kind byte of a spatial SVC packet: 40 + 16·key + 4·sid + tid.
+pub fn spatial_kind(sid: u8, tid: u8, key: bool) -> u8 {
+    40 + 16 * u8::from(key) + 4 * sid + tid
+}
+
+/// `(sid, tid, key)` of a packet sent by [`TestPeer::start_spatial_sending`].
+pub fn spatial_of(r: &Received) -> (u8, u8, bool) {
+    let k = r.kind - 40;
+    ((k % 16) / 4, k % 4, k >= 16)
+}
+
 /// Simulcast layers the test publisher sends: (rid, width, height).
 pub const LAYERS: [(&str, u16, u16); 3] = [("q", 320, 180), ("h", 640, 360), ("f", 1280, 720)];
 
@@ -207,6 +222,8 @@ pub struct Received {
     pub seq: u32,
     /// RTP timestamp as received on the leg.
     pub ts: u32,
+    /// The RTP marker bit.
+    pub marker: bool,
     pub payload: Bytes,
     pub extensions: Vec<(u8, Bytes)>,
 }
@@ -383,6 +400,7 @@ impl PeerConnectionEventHandler for PeerHandler {
                             kind,
                             seq,
                             ts: p.header.timestamp,
+                            marker: p.header.marker,
                             payload: p.payload.clone(),
                             extensions: p
                                 .header
@@ -1135,6 +1153,91 @@ impl TestPeer {
                         return;
                     }
                     seq = seq.wrapping_add(1);
+                }
+                frame += 1;
+            }
+        });
+        self.tasks.lock().unwrap().push(task);
+    }
+
+    /// Sends VP9 spatial SVC as Chrome's K-SVC does (L3T3_KEY): 30 pictures/s in the
+    /// temporal pattern of [`SVC_PATTERN`], each with three spatial layer frames of
+    /// [`SPATIAL_PACKETS`] packets (320×180, 640×360, 1280×720, announced in the
+    /// scalability structure of every keyframe), a keyframe every 2 s and on request.
+    /// Upper spatial frames reference their own layer's earlier frames, and the lower
+    /// layer only in a keyframe picture. Payload kind bytes: see [`spatial_kind`].
+    pub fn start_spatial_sending(self: &Arc<Self>) {
+        let s = self
+            .sends
+            .iter()
+            .find(|s| s.kind == RtpCodecKind::Video)
+            .expect("a video track");
+        let (local, pt, ssrc) = (s.local.clone(), s.pt, s.ssrc);
+        let stop = self.stop.clone();
+        let plis = self.pli_ssrcs.clone();
+        let ignore_plis = self.ignore_plis.clone();
+        let idx = self.idx;
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(33));
+            let mut frame: u32 = 0;
+            let mut seq: u16 = 0;
+            let mut key_asked = false;
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                key_asked |= !std::mem::take(&mut *plis.lock().unwrap()).is_empty()
+                    && !ignore_plis.load(Ordering::Relaxed);
+                let tid = SVC_PATTERN[frame as usize % 4];
+                let key = tid == 0 && (frame.is_multiple_of(60) || key_asked);
+                if key {
+                    key_asked = false;
+                }
+                for sid in 0..3u8 {
+                    let n = SPATIAL_PACKETS[sid as usize];
+                    for i in 0..n {
+                        let (first, last) = (i == 0, i + 1 == n);
+                        // I, P (not in a keyframe picture), L, B on a layer frame's first
+                        // packet, E on its last, V on the keyframe's first.
+                        let mut b0 = 0xA0u8;
+                        if !key {
+                            b0 |= 0x40;
+                        }
+                        if first {
+                            b0 |= 0x08;
+                        }
+                        if last {
+                            b0 |= 0x04;
+                        }
+                        let ss = key && sid == 0 && first;
+                        if ss {
+                            b0 |= 0x02;
+                        }
+                        let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
+                        // TID, SID, D (inter-layer dependency: in a keyframe picture).
+                        let layer = (tid << 5) | (sid << 1) | u8::from(key && sid > 0);
+                        let mut v = vec![b0, pic[0], pic[1], layer, (frame / 4) as u8];
+                        if ss {
+                            // N_S = 2 (three layers), Y: their sizes follow.
+                            v.push((2 << 5) | 0x10);
+                            for (w, h) in [(320u16, 180u16), (640, 360), (1280, 720)] {
+                                v.extend_from_slice(&w.to_be_bytes());
+                                v.extend_from_slice(&h.to_be_bytes());
+                            }
+                        }
+                        v.extend_from_slice(&payload(idx, spatial_kind(sid, tid, key), frame, 600));
+                        let mut p = rtp::Packet::default();
+                        p.header.version = 2;
+                        p.header.payload_type = pt;
+                        p.header.ssrc = ssrc;
+                        p.header.sequence_number = seq;
+                        p.header.timestamp = frame.wrapping_mul(3000);
+                        // The end of the picture: the top spatial layer's last packet.
+                        p.header.marker = sid == 2 && last;
+                        p.payload = Bytes::from(v);
+                        if local.write_rtp(p).await.is_err() {
+                            return;
+                        }
+                        seq = seq.wrapping_add(1);
+                    }
                 }
                 frame += 1;
             }
