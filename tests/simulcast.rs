@@ -774,7 +774,7 @@ async fn a_vp9_svc_leg_gets_the_spatial_layers_its_tile_needs() {
     let publisher = TestPeer::new_svc(&sfu, 0, true, TestVideo::Vp9).await;
     let sub = TestPeer::new_svc(&sfu, 1, false, TestVideo::Vp9).await;
     let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_spatial_sending()
+        p.start_spatial_sending(TestVideo::Vp9)
     })
     .await;
     // The first keyframe has announced the layers' sizes by now.
@@ -785,19 +785,32 @@ async fn a_vp9_svc_leg_gets_the_spatial_layers_its_tile_needs() {
     sfu.set_track_size(CONF, &sub.id, &track, 320, 180)
         .await
         .unwrap();
-    sub.wait_for("60 packets", LONG, |st| {
-        st.remotes
-            .get("video-0")
-            .is_some_and(|r| r.packets.len() >= 60)
+    sub.wait_for("40 base-layer pictures", LONG, |st| {
+        st.remotes.get("video-0").is_some_and(|r| {
+            r.packets.len() >= 40
+                && r.packets[r.packets.len() - 40..]
+                    .iter()
+                    .all(|p| spatial_of(p).0 == 0)
+        })
     })
     .await;
     let got = packets(&sub);
     for w in got.windows(2) {
         assert_eq!(w[1].rtp_seq, w[0].rtp_seq.wrapping_add(1), "gap in the leg");
     }
-    // Past the first (possibly partial) picture: the base layer only.
+    // From the first picture after the size arrived (the leg starts with every layer):
+    // the base layer only.
     let pics = pictures(&got);
-    assert_pictures_end_at(&pics[1..], 0);
+    let down = 1 + pics[1..]
+        .iter()
+        .position(|(_, p)| p.iter().all(|x| x.0 == 0))
+        .unwrap();
+    assert!(
+        pics.len() - down >= 30,
+        "{} base-layer pictures",
+        pics.len() - down
+    );
+    assert_pictures_end_at(&pics[down..], 0);
     let info = |sfu: &Sfu| {
         sfu.conferences()
             .into_iter()
@@ -877,6 +890,16 @@ async fn a_vp9_svc_leg_gets_the_spatial_layers_its_tile_needs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vp9_svc_leg_steps_down_spatial_layers_to_fit_its_bandwidth() {
+    spatial_layers_step_down_and_back_up(TestVideo::Vp9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_av1_svc_leg_steps_down_spatial_layers_to_fit_its_bandwidth() {
+    // The layers come from the dependency descriptor's templates.
+    spatial_layers_step_down_and_back_up(TestVideo::Av1).await;
+}
+
+async fn spatial_layers_step_down_and_back_up(video: TestVideo) {
     // The same K-SVC stream, for a 1280×720 tile. Its ladder (kbit/s): base layer 36 /
     // 72 / 144 for T0 / +T1 / +T2, with the middle layer 108 / 216 / 432, all three 252 /
     // 504 / 1008. Behind 250 kbit/s the best rung that fits is the middle layer at T0+T1;
@@ -884,10 +907,10 @@ async fn a_vp9_svc_leg_steps_down_spatial_layers_to_fit_its_bandwidth() {
     // keyframe picture.
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_svc(&sfu, 0, true, TestVideo::Vp9).await;
-    let sub = TestPeer::new_svc(&sfu, 1, false, TestVideo::Vp9).await;
+    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
+    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
     let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_spatial_sending()
+        p.start_spatial_sending(video)
     })
     .await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))

@@ -153,6 +153,35 @@ pub fn svc_dependency_descriptor(first: bool, last: bool, tid: u8, key: bool, fr
     Bytes::from(bit_fields(&f))
 }
 
+/// The dependency descriptor of a layer frame of [`TestPeer::start_spatial_sending`]'s AV1
+/// stream: template `3·sid + tid` (offset 0); the keyframe picture's first packet carries
+/// the structure (nine templates, S0T0 … S2T2; the rest is zeros, which Sluice does not
+/// read).
+pub fn spatial_dependency_descriptor(
+    first: bool,
+    last: bool,
+    sid: u8,
+    tid: u8,
+    structure: bool,
+    frame: u32,
+) -> Bytes {
+    let mut f = vec![
+        (first as u32, 1),
+        (last as u32, 1),
+        (3 * sid as u32 + tid as u32, 6),
+        (frame & 0xFFFF, 16),
+    ];
+    if structure {
+        f.extend([(1, 1), (0, 4), (0, 6), (2, 5)]);
+        // Next temporal layer, twice, then the next spatial layer; the end after S2T2.
+        for idc in [1, 1, 2, 1, 1, 2, 1, 1, 3] {
+            f.push((idc, 2));
+        }
+        f.push((0, 32));
+    }
+    Bytes::from(bit_fields(&f))
+}
+
 /// Temporal layer id of each frame of [`TestPeer::start_svc_sending`]'s stream, by frame
 /// number modulo 4 (L1T3).
 pub const SVC_PATTERN: [u8; 4] = [0, 2, 1, 2];
@@ -1160,13 +1189,15 @@ impl TestPeer {
         self.tasks.lock().unwrap().push(task);
     }
 
-    /// Sends VP9 spatial SVC as Chrome's K-SVC does (L3T3_KEY): 30 pictures/s in the
+    /// Sends spatial SVC as Chrome's K-SVC does (L3T3_KEY): 30 pictures/s in the
     /// temporal pattern of [`SVC_PATTERN`], each with three spatial layer frames of
-    /// [`SPATIAL_PACKETS`] packets (320×180, 640×360, 1280×720, announced in the
-    /// scalability structure of every keyframe), a keyframe every 2 s and on request.
-    /// Upper spatial frames reference their own layer's earlier frames, and the lower
-    /// layer only in a keyframe picture. Payload kind bytes: see [`spatial_kind`].
-    pub fn start_spatial_sending(self: &Arc<Self>) {
+    /// [`SPATIAL_PACKETS`] packets (320×180, 640×360, 1280×720), a keyframe every 2 s and
+    /// on request. Upper spatial frames reference their own layer's earlier frames, and
+    /// the lower layer only in a keyframe picture. VP9: layers in the payload descriptor,
+    /// sizes in every keyframe's scalability structure. AV1: layers in the dependency
+    /// descriptor (see [`spatial_dependency_descriptor`]), no sizes. Payload kind bytes:
+    /// see [`spatial_kind`].
+    pub fn start_spatial_sending(self: &Arc<Self>, video: TestVideo) {
         let s = self
             .sends
             .iter()
@@ -1177,7 +1208,19 @@ impl TestPeer {
         let plis = self.pli_ssrcs.clone();
         let ignore_plis = self.ignore_plis.clone();
         let idx = self.idx;
+        let sender = s.sender.clone();
         let task = tokio::spawn(async move {
+            let dd_id = sender.get_parameters().await.ok().and_then(|p| {
+                p.rtp_parameters
+                    .header_extensions
+                    .iter()
+                    .find(|e| e.uri == DEPENDENCY_DESCRIPTOR)
+                    .map(|e| e.id as u8)
+            });
+            assert!(
+                video != TestVideo::Av1 || dd_id.is_some(),
+                "the dependency descriptor was not negotiated"
+            );
             let mut tick = tokio::time::interval(Duration::from_millis(33));
             let mut frame: u32 = 0;
             let mut seq: u16 = 0;
@@ -1214,8 +1257,24 @@ impl TestPeer {
                         let pic = ((frame & 0x7FFF) as u16 | 0x8000).to_be_bytes();
                         // TID, SID, D (inter-layer dependency: in a keyframe picture).
                         let layer = (tid << 5) | (sid << 1) | u8::from(key && sid > 0);
-                        let mut v = vec![b0, pic[0], pic[1], layer, (frame / 4) as u8];
-                        if ss {
+                        let mut v = if video == TestVideo::Av1 {
+                            // Aggregation header: Z/Y on inner packets, W=1, N on the
+                            // keyframe picture's first packet.
+                            let mut h = 0x10u8;
+                            if !first {
+                                h |= 0x80;
+                            }
+                            if !last {
+                                h |= 0x40;
+                            }
+                            if ss {
+                                h |= 0x08;
+                            }
+                            vec![h]
+                        } else {
+                            vec![b0, pic[0], pic[1], layer, (frame / 4) as u8]
+                        };
+                        if ss && video != TestVideo::Av1 {
                             // N_S = 2 (three layers), Y: their sizes follow.
                             v.push((2 << 5) | 0x10);
                             for (w, h) in [(320u16, 180u16), (640, 360), (1280, 720)] {
@@ -1225,6 +1284,18 @@ impl TestPeer {
                         }
                         v.extend_from_slice(&payload(idx, spatial_kind(sid, tid, key), frame, 600));
                         let mut p = rtp::Packet::default();
+                        if let Some(id) = dd_id
+                            && video == TestVideo::Av1
+                        {
+                            p.header.extension = true;
+                            p.header.extension_profile = 0xBEDE;
+                            p.header.extensions.push(rtp::header::Extension {
+                                id,
+                                payload: spatial_dependency_descriptor(
+                                    first, last, sid, tid, ss, frame,
+                                ),
+                            });
+                        }
                         p.header.version = 2;
                         p.header.payload_type = pt;
                         p.header.ssrc = ssrc;
