@@ -764,17 +764,27 @@ fn assert_pictures_end_at(pics: &[Picture], top: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vp9_svc_leg_gets_the_spatial_layers_its_tile_needs() {
-    // One VP9 stream with three spatial layers (K-SVC, 320×180 to 1280×720). A subscriber
+    spatial_layers_follow_the_tile(TestVideo::Vp9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_av1_svc_leg_gets_the_spatial_layers_its_tile_needs() {
+    // The sizes come from the dependency descriptor's render resolutions.
+    spatial_layers_follow_the_tile(TestVideo::Av1).await;
+}
+
+async fn spatial_layers_follow_the_tile(video: TestVideo) {
+    // One stream with three spatial layers (K-SVC, 320×180 to 1280×720). A subscriber
     // rendering 320×180 gets only the base layer, each picture ending there (marker);
     // at 1280×720 it gets all three from the next keyframe picture on (asked for), never
     // an upper layer frame before; at 640×360 two, from the next picture. The leg's
     // sequence numbers stay contiguous throughout.
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_svc(&sfu, 0, true, TestVideo::Vp9).await;
-    let sub = TestPeer::new_svc(&sfu, 1, false, TestVideo::Vp9).await;
+    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
+    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
     let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_spatial_sending(TestVideo::Vp9)
+        p.start_spatial_sending(video)
     })
     .await;
     // The first keyframe has announced the layers' sizes by now.

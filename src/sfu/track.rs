@@ -68,7 +68,7 @@ pub struct LayerState {
     st_bytes_seen: [AtomicU64; LAYER_CELLS],
     st_rate_bps: [AtomicU64; LAYER_CELLS],
     /// `width << 16 | height` of each spatial layer, from a VP9 keyframe's scalability
-    /// structure; 0 while unknown.
+    /// structure or an AV1 dependency descriptor's render resolutions; 0 while unknown.
     spatial_size: [AtomicU32; codec::SPATIAL_LAYERS],
 }
 
@@ -187,8 +187,9 @@ impl LayerState {
         }
     }
 
-    /// Records the spatial layers' sizes a VP9 keyframe announced; the stream's size is
-    /// the top one's.
+    /// Records the spatial layers' sizes a keyframe announced (a VP9 scalability
+    /// structure, an AV1 dependency descriptor's render resolutions); the stream's size
+    /// is the top one's.
     fn set_spatial_sizes(&self, sizes: &[(u16, u16)]) {
         for (i, slot) in self.spatial_size.iter().enumerate() {
             let v = sizes
@@ -612,6 +613,11 @@ impl PublishedTrack {
             if let Some(t) = temporal {
                 l.st_bytes[cell(t.sid, t.tid)]
                     .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);
+            }
+            if self.dd_id != 0
+                && let Some(sizes) = self.dd.take_sizes()
+            {
+                l.set_spatial_sizes(&sizes);
             }
             match self.video_codec {
                 VideoCodec::Vp8 => {

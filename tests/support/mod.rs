@@ -155,8 +155,8 @@ pub fn svc_dependency_descriptor(first: bool, last: bool, tid: u8, key: bool, fr
 
 /// The dependency descriptor of a layer frame of [`TestPeer::start_spatial_sending`]'s AV1
 /// stream: template `3·sid + tid` (offset 0); the keyframe picture's first packet carries
-/// the structure (nine templates, S0T0 … S2T2; the rest is zeros, which Sluice does not
-/// read).
+/// the structure: nine templates, S0T0 … S2T2, three decode targets (their indications
+/// all 0), no frame diffs, no chains, and the layers' render resolutions.
 pub fn spatial_dependency_descriptor(
     first: bool,
     last: bool,
@@ -177,7 +177,13 @@ pub fn spatial_dependency_descriptor(
         for idc in [1, 1, 2, 1, 1, 2, 1, 1, 3] {
             f.push((idc, 2));
         }
-        f.push((0, 32));
+        // Decode target indications (9 × 3 × 2 bits), no fdiffs, no chains (ns(4): 2
+        // bits).
+        f.extend([(0, 27), (0, 27), (0, 9), (0, 2)]);
+        f.push((1, 1));
+        for (w, h) in [(320u32, 180u32), (640, 360), (1280, 720)] {
+            f.extend([(w - 1, 16), (h - 1, 16)]);
+        }
     }
     Bytes::from(bit_fields(&f))
 }
@@ -1287,14 +1293,16 @@ impl TestPeer {
                         if let Some(id) = dd_id
                             && video == TestVideo::Av1
                         {
+                            let dd =
+                                spatial_dependency_descriptor(first, last, sid, tid, ss, frame);
                             p.header.extension = true;
-                            p.header.extension_profile = 0xBEDE;
-                            p.header.extensions.push(rtp::header::Extension {
-                                id,
-                                payload: spatial_dependency_descriptor(
-                                    first, last, sid, tid, ss, frame,
-                                ),
-                            });
+                            // A descriptor with its structure is longer than the one-byte
+                            // form allows (16 bytes).
+                            p.header.extension_profile =
+                                if dd.len() > 16 { 0x1000 } else { 0xBEDE };
+                            p.header
+                                .extensions
+                                .push(rtp::header::Extension { id, payload: dd });
                         }
                         p.header.version = 2;
                         p.header.payload_type = pt;
