@@ -215,6 +215,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &[],
     ),
     (
+        "sluice_red_packets_recovered_total",
+        "Audio packets lost on a publisher's path, rebuilt from the next RED packet's redundancy for subscriber legs that take RED unwrapped.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_red_packets_unwrapped_total",
         "RED (redundant audio) packets sent as their primary block alone to subscriber legs that did not negotiate the publisher's RED.",
         MetricType::COUNTER,
@@ -563,6 +569,10 @@ impl Collector for CoreCollector {
         push(
             "sluice_red_packets_received_total",
             vec![counter(&[], st.red_received.load(Ordering::Relaxed))],
+        );
+        push(
+            "sluice_red_packets_recovered_total",
+            vec![counter(&[], st.red_recovered.load(Ordering::Relaxed))],
         );
         push(
             "sluice_red_packets_unwrapped_total",

@@ -790,12 +790,15 @@ async fn audio_payload_types(peer: &TestPeer) -> (u8, Option<u8>) {
 async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
     // A publisher that prefers RED (RFC 2198) sends its audio in RED, with plain Opus
     // between (as Chrome does when RED would not fit) and, now and then, RED whose block
-    // headers do not parse (as an end-to-end encrypted payload's need not).
+    // headers do not parse (as an end-to-end encrypted payload's need not); one packet in
+    // 25 is lost on its way to Sluice.
     // - A subscriber that negotiated RED over the same Opus payload type gets every
-    //   packet untouched: RED as RED, Opus as Opus, the unparsable ones too.
+    //   packet untouched: RED as RED, Opus as Opus, the unparsable ones too, and the
+    //   losses as gaps (its own RED recovers them).
     // - One without RED, and one whose RED wraps another Opus payload type, get the
-    //   primary blocks as plain Opus, byte for byte; the unparsable ones are left out,
-    //   counted, with no gap in their sequence numbers.
+    //   primary blocks as plain Opus, byte for byte, and the lost packets rebuilt from
+    //   the next packet's redundancy; the unparsable ones are left out, counted, with no
+    //   gap in their sequence numbers.
     let (sfu, events) = Sfu::new(test_config());
     let router = Router::start(&sfu, events);
     let publisher = TestPeer::new_red(&sfu, 0, true).await;
@@ -848,7 +851,21 @@ async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
     let (opus_pt, red_pt) = audio_payload_types(&with_red).await;
     let red_pt = red_pt.expect("the RED subscriber negotiated no RED");
     let got = audio(&with_red);
-    contiguous(&got, "RED subscriber");
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].rtp_seq.wrapping_sub(w[0].rtp_seq) as u32,
+            w[1].seq - w[0].seq,
+            "RED subscriber: the publisher's numbering changed between frames {} and {}",
+            w[0].seq,
+            w[1].seq
+        );
+        assert!(
+            w[1].seq == w[0].seq + 1 || (w[1].seq == w[0].seq + 2 && red_lost(w[0].seq + 1)),
+            "RED subscriber: frames missing between {} and {}",
+            w[0].seq,
+            w[1].seq
+        );
+    }
     let (mut red, mut plain, mut opaque) = (0, 0, 0);
     for r in &got {
         let (is_red, body) = red_frame(0, r.seq, 111);
@@ -897,6 +914,21 @@ async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
                 .all(|w| w[1] == w[0] + 1 || (w[1] == w[0] + 2 && w[0] % 25 == 11)),
             "{who}: frames missing besides the unparsable ones: {seqs:?}"
         );
+        let rebuilt: Vec<&Received> = got.iter().filter(|r| red_lost(r.seq)).collect();
+        assert!(
+            rebuilt.len() >= 3,
+            "{who}: {} lost frames rebuilt",
+            rebuilt.len()
+        );
+        for r in rebuilt {
+            let next = got.iter().find(|n| n.seq == r.seq + 1).unwrap();
+            assert_eq!(
+                next.ts.wrapping_sub(r.ts),
+                960,
+                "{who}: rebuilt frame {} not 20 ms before the next",
+                r.seq
+            );
+        }
     }
     let other_opus = audio_payload_types(&other_red).await.0;
     assert_ne!(
@@ -922,6 +954,7 @@ async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
     assert_eq!(info(&other_red), Some(RedDelivery::Unwrapped));
     let stats = sfu.stats();
     assert!(stats.red_unwrapped.load(Ordering::Relaxed) > 100);
+    assert!(stats.red_recovered.load(Ordering::Relaxed) >= 3);
     assert!(stats.dropped(sluice::sfu::stats::DropReason::RedUnusable) >= 4);
 
     for p in std::iter::once(&publisher).chain(subs.iter()) {

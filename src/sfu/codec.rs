@@ -484,16 +484,51 @@ pub fn red_block_payload_type(fmtp: &str) -> Option<u8> {
 /// (an encrypted payload, a malformed packet).
 #[inline]
 pub fn red_primary(p: &[u8]) -> Option<(usize, u8)> {
+    red_blocks(p).map(|b| (b.primary, b.primary_pt))
+}
+
+/// The blocks of an RFC 2198 RED payload Sluice uses: see [`red_blocks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedBlocks {
+    /// Where the primary block starts (it runs to the end of the payload).
+    pub primary: usize,
+    /// The primary block's payload type.
+    pub primary_pt: u8,
+    /// The newest redundant block, the one just before the primary (the previous packet's
+    /// primary): its byte range, how many timestamp ticks before the packet's it is, and
+    /// its payload type. None without redundancy.
+    pub newest: Option<(std::ops::Range<usize>, u32, u8)>,
+}
+
+/// The primary and the newest redundant block of a RED payload (see [`red_primary`]);
+/// None when the headers do not fit the payload or leave an empty primary.
+#[inline]
+pub fn red_blocks(p: &[u8]) -> Option<RedBlocks> {
     let mut at = 0usize;
     let mut redundant = 0usize;
+    // The last redundant header: (payload type, timestamp offset, length).
+    let mut last: Option<(u8, u32, usize)> = None;
     loop {
         let b = *p.get(at)?;
         if b & 0x80 == 0 {
             let start = at + 1 + redundant;
-            return (start < p.len()).then_some((start, b & 0x7F));
+            if start >= p.len() {
+                return None;
+            }
+            let newest = last
+                .filter(|(_, _, len)| *len > 0)
+                .map(|(pt, offset, len)| (start - len..start, offset, pt));
+            return Some(RedBlocks {
+                primary: start,
+                primary_pt: b & 0x7F,
+                newest,
+            });
         }
-        let len = ((*p.get(at + 2)? as usize & 0x03) << 8) | *p.get(at + 3)? as usize;
+        let h = p.get(at + 1..at + 4)?;
+        let offset = ((h[0] as u32) << 6) | (h[1] as u32 >> 2);
+        let len = ((h[1] as usize & 0x03) << 8) | h[2] as usize;
         redundant += len;
+        last = Some((b & 0x7F, offset, len));
         at += 4;
     }
 }
@@ -757,6 +792,19 @@ mod tests {
         // A redundant block longer than 255 bytes uses the length's upper bits.
         let p = red(100, &[&[1; 700]], &[3; 2]);
         assert_eq!(red_primary(&p), Some((5 + 700, 100)));
+    }
+
+    #[test]
+    fn red_blocks_finds_the_newest_redundant_block() {
+        let p = red(111, &[&[1; 300], &[2; 40]], &[3; 70]);
+        let b = red_blocks(&p).unwrap();
+        assert_eq!(b.primary, 349);
+        // Blocks 960 ticks apart: the newest redundant one is 960 ticks back.
+        assert_eq!(b.newest, Some((309..349, 960, 111)));
+        assert!(p[309..349].iter().all(|&x| x == 2));
+        assert_eq!(red_blocks(&red(111, &[], &[9; 5])).unwrap().newest, None);
+        let p = red(100, &[&[1; 700]], &[3; 2]);
+        assert_eq!(red_blocks(&p).unwrap().newest, Some((5..705, 960, 100)));
     }
 
     #[test]

@@ -155,6 +155,9 @@ pub struct Stats {
     /// Packets left out of a leg that receives fewer spatial layers (a lower resolution)
     /// of an SVC stream than the publisher sends.
     pub spatial_layer_skipped: AtomicU64,
+    /// Packets lost on a publisher's path rebuilt from the next RED packet's redundancy,
+    /// for legs that take RED unwrapped.
+    pub red_recovered: AtomicU64,
     /// RED (RFC 2198 redundant audio) packets received from publishers.
     pub red_received: AtomicU64,
     /// RED packets sent unwrapped (their primary block as a plain packet of the codec) to
@@ -202,6 +205,7 @@ impl Default for Stats {
             temporal_layer_skipped: AtomicU64::new(0),
             red_unwrapped: AtomicU64::new(0),
             red_received: AtomicU64::new(0),
+            red_recovered: AtomicU64::new(0),
             spatial_layer_skipped: AtomicU64::new(0),
             probe_packets: AtomicU64::new(0),
             probes: Default::default(),

@@ -335,6 +335,9 @@ pub(crate) struct PublishedTrack {
     /// packets go to each leg as RED or unwrapped (see [`LegParams::red_payload_type`]).
     red_pt: u8,
     red_block_pt: u8,
+    /// The newest sequence number of the track's audio (RED tracks only; `u32::MAX`:
+    /// none yet), to see a packet lost before a RED packet that carries it again.
+    red_last_seq: AtomicU32,
     remote: Arc<dyn TrackRemote>,
     /// Simulcast layers (or the one stream); read per packet without locking.
     layers: ArcSwap<Vec<Arc<LayerState>>>,
@@ -415,6 +418,7 @@ impl PublishedTrack {
             media_pts,
             red_pt,
             red_block_pt,
+            red_last_seq: AtomicU32::new(u32::MAX),
             remote,
             layers: ArcSwap::from_pointee(vec![Arc::new(LayerState::new(first))]),
             legs: ArcSwap::from_pointee(Vec::new()),
@@ -598,6 +602,10 @@ impl PublishedTrack {
         if red {
             self.stats.red_received.fetch_add(1, Ordering::Relaxed);
         }
+        // A RED packet right after a loss carries the lost packet again (its newest
+        // redundant block): legs that take RED unwrapped get it back, built only then.
+        let after_loss = self.red_pt != 0 && self.note_red_seq(pkt.header.sequence_number) && red;
+        let mut recovered: Option<Option<rtp::Packet>> = None;
         let ssrc = pkt.header.ssrc;
         let layers = self.layers.load();
         let single = layers.len() <= 1;
@@ -682,8 +690,44 @@ impl PublishedTrack {
                     }
                 }
             }
+            if after_loss
+                && sink.red_unwraps.load(Ordering::Relaxed)
+                && let Some(lost) = recovered.get_or_insert_with(|| self.recover_from_red(&pkt))
+            {
+                sink.write(lost, false, false, now, &self.stats, self.info.kind);
+            }
             sink.write(&pkt, red, mark, now, &self.stats, self.info.kind);
         }
+    }
+
+    /// Notes the sequence number of an audio packet of a RED track; true when packets
+    /// are missing right before it (a loss on the publisher's path, as far as seen).
+    #[inline]
+    fn note_red_seq(&self, seq: u16) -> bool {
+        let last = self.red_last_seq.load(Ordering::Relaxed);
+        if last != u32::MAX && (seq.wrapping_sub(last as u16) as i16) <= 0 {
+            return false;
+        }
+        self.red_last_seq.store(seq as u32, Ordering::Relaxed);
+        last != u32::MAX && seq.wrapping_sub(last as u16) >= 2
+    }
+
+    /// The packet before RED packet `pkt`, rebuilt from its newest redundant block
+    /// (sequence number one less, the block's timestamp); None when it has none of the
+    /// track's codec.
+    #[cold]
+    fn recover_from_red(&self, pkt: &rtp::Packet) -> Option<rtp::Packet> {
+        let (range, offset, pt) = codec::red_blocks(&pkt.payload)?.newest?;
+        if pt != self.red_block_pt || offset == 0 {
+            return None;
+        }
+        let mut lost = pkt.clone();
+        lost.header.sequence_number = pkt.header.sequence_number.wrapping_sub(1);
+        lost.header.timestamp = pkt.header.timestamp.wrapping_sub(offset);
+        lost.header.marker = false;
+        lost.payload = pkt.payload.slice(range);
+        self.stats.red_recovered.fetch_add(1, Ordering::Relaxed);
+        Some(lost)
     }
 
     /// Updates the smoothed loudness from the packet's audio-level extension. Single
@@ -852,6 +896,9 @@ pub(crate) struct LegSink {
     /// The highest spatial layer it receives now: follows the target at picture starts
     /// (downward at once, upward at a keyframe). Written only by the forwarder.
     pub(crate) sid_cur: AtomicU8,
+    /// The leg takes the publisher's RED unwrapped (set at activation): it also gets
+    /// packets lost before a RED packet back from its redundancy.
+    pub(crate) red_unwraps: AtomicBool,
 }
 
 impl LegSink {
@@ -1091,6 +1138,7 @@ impl Leg {
             tid_cur: AtomicU8::new(ALL_TEMPORAL),
             sid_target: AtomicU8::new(ALL_SPATIAL),
             sid_cur: AtomicU8::new(ALL_SPATIAL),
+            red_unwraps: AtomicBool::new(false),
         });
         let rtcp = tokio::spawn(rtcp_loop(
             local,
@@ -1178,6 +1226,9 @@ impl Leg {
                 if leg_red != 0 { "as RED" } else { "unwrapped" }
             );
         }
+        self.sink
+            .red_unwraps
+            .store(self.source.red_pt != 0 && leg_red == 0, Ordering::Relaxed);
         let leg_params = LegParams::new(
             self.ssrc,
             codec.payload_type,

@@ -65,12 +65,12 @@ pub fn parse_payload(p: &[u8]) -> Option<(u8, u8, u32)> {
 pub const RED_PT: u8 = 63;
 
 /// How a RED-sending test peer (`red_send`) sends its audio frame `seq`, as a browser's
-/// RED does: most frames in RED with the previous frame as the redundant block (its
-/// marker replaced, so a test payload is found only in the primary), every fifth as plain
-/// Opus (Chrome's fallback when RED would not fit the packet), and every 25th as RED whose
-/// block headers do not fit the payload, as an encrypted RED payload's may not (a 1000-byte
-/// redundant block is announced, then a test payload follows the primary header).
-/// Returns (sent as RED, payload).
+/// RED does: most frames in RED with the previous frame as the redundant block, every
+/// fifth as plain Opus (Chrome's fallback when RED would not fit the packet), and every
+/// 25th as RED whose block headers do not fit the payload, as an encrypted RED payload's
+/// may not (a 1000-byte redundant block is announced, then a test payload follows the
+/// primary header). Frames for which [`red_lost`] holds are lost on the way (not sent;
+/// their sequence numbers are skipped). Returns (sent as RED, payload).
 pub fn red_frame(sender: u8, seq: u32, block_pt: u8) -> (bool, Bytes) {
     let primary = payload(sender, 0, seq, 120);
     if seq % 5 == 4 {
@@ -91,10 +91,15 @@ pub fn red_frame(sender: u8, seq: u32, block_pt: u8) -> (bool, Bytes) {
         120,
     ]);
     v.push(block_pt);
-    v.extend_from_slice(b"REDN");
-    v.extend_from_slice(&prev[4..]);
+    v.extend_from_slice(&prev);
     v.extend_from_slice(&primary);
     (true, Bytes::from(v))
+}
+
+/// The audio frames a RED-sending test peer loses on the way to Sluice (one in 25; the
+/// next frame is RED and carries it again).
+pub fn red_lost(seq: u32) -> bool {
+    seq % 25 == 20
 }
 
 /// The 15-bit VP8 picture id of a payload made by [`vp8_payload`].
@@ -415,11 +420,11 @@ impl PeerConnectionEventHandler for PeerHandler {
                         }
                     }
                     TrackRemoteEvent::OnRtpPacket(p) => {
-                        // A RED packet's test payload is its primary block.
-                        let parsed = parse_payload(&p.payload).or_else(|| {
-                            let (at, _) = sluice::sfu::codec::red_primary(&p.payload)?;
-                            parse_payload(&p.payload[at..])
-                        });
+                        // A RED packet's test payload is its primary block (its redundant
+                        // block is the previous one).
+                        let parsed = sluice::sfu::codec::red_primary(&p.payload)
+                            .and_then(|(at, _)| parse_payload(&p.payload[at..]))
+                            .or_else(|| parse_payload(&p.payload));
                         let Some((sender, kind, seq)) = parsed else {
                             // Real media (from a browser): counted, not recorded.
                             if let Some(r) = state.lock().unwrap().remotes.get_mut(&track_id) {
@@ -970,6 +975,10 @@ impl TestPeer {
                         && let Some(red_pt) = red_pt
                         && red_send.load(Ordering::Relaxed)
                     {
+                        if red_lost(seq) {
+                            seq += 1;
+                            continue;
+                        }
                         let (is_red, body) = red_frame(idx, seq, pt);
                         p.payload = body;
                         if is_red {
