@@ -93,6 +93,8 @@ async fn account(prefix: &str) -> (String, String) {
 struct JoinOptions<'a> {
     e2ee_key: Option<&'a str>,
     plain_signaling: bool,
+    /// Publish video as VP9 SVC (L3T3) instead of simulcast.
+    svc: bool,
 }
 
 /// Opens the web client in a new browser and logs in as `user`.
@@ -125,6 +127,9 @@ async fn join_call(b: &Browser, room: &str, opts: JoinOptions<'_>) {
     }
     if opts.plain_signaling {
         b.click("#olm").await;
+    }
+    if opts.svc {
+        b.click("#svc").await;
     }
     b.click("#join-button").await;
     b.wait_until(
@@ -403,6 +408,73 @@ async fn simulcast_layer_follows_each_browsers_tile_size() {
     );
     assert_media_flows(&small).await;
     assert_media_flows(&large).await;
+    for p in [&a, &small, &large] {
+        p.click("#leave").await;
+    }
+    wait_empty(&stack).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vp9_svc_spatial_layer_follows_each_browsers_tile_size() {
+    // Every page publishes one VP9 stream with three spatial layers (L3T3_KEY). The
+    // small-tile page gets only the base spatial layer of each (Sluice leaves the upper
+    // ones out and ends each picture at the base layer's last packet), and its decoder
+    // keeps decoding; the large-tile page gets a higher one.
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = stack().await;
+    let room = room_alias(&stack);
+    let svc = || JoinOptions {
+        svc: true,
+        ..Default::default()
+    };
+    let (a, _) = join(&stack, "alice", &room, svc()).await;
+    let (small, _) = join(&stack, "small", &room, svc()).await;
+    let (large, _) = join(&stack, "large", &room, svc()).await;
+    small.click("#compact").await;
+    for p in [&a, &small, &large] {
+        wait_media(p, 2).await;
+    }
+    let published: Vec<String> = stack
+        .sluice
+        .sfu
+        .conferences()
+        .into_iter()
+        .flat_map(|c| c.participants)
+        .flat_map(|p| p.published)
+        .filter(|t| t.kind == sluice::sfu::MediaKind::Video)
+        .map(|t| t.mime_type)
+        .collect();
+    assert_eq!(published, vec!["video/VP9"; 3], "the pages publish VP9");
+    large
+        .wait_until(
+            "higher spatial layers (width > 320)",
+            LONG,
+            "return window.sluice.call.inboundStats().then(s =>
+               s.filter(x => x.kind === 'video' && x.frameWidth > 320).length === 2);",
+        )
+        .await;
+    small
+        .wait_until(
+            "only the base spatial layer (width <= 320)",
+            LONG,
+            "return window.sluice.call.inboundStats().then(s => {
+               const v = s.filter(x => x.kind === 'video');
+               return v.length === 2 && v.every(x => x.frameWidth > 0 && x.frameWidth <= 320);
+             });",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = inbound(&small).await;
+    assert!(
+        s.iter()
+            .filter(|x| x["kind"] == "video")
+            .all(|x| x["frameWidth"].as_u64().unwrap() <= 320),
+        "small tiles stay on the base spatial layer: {s:?}"
+    );
+    assert_media_flows(&small).await;
+    assert_media_flows(&large).await;
+    let stats = stack.sluice.sfu.stats();
+    assert!(stats.spatial_layer_skipped.load(Ordering::Relaxed) > 0);
     for p in [&a, &small, &large] {
         p.click("#leave").await;
     }

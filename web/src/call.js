@@ -39,10 +39,12 @@ export class SluiceCall extends EventTarget {
    * @param o.localStream camera/microphone stream to publish (may be null: receive only)
    * @param o.simulcast publish video as three layers q/h/f
    * @param o.red prefer RED (RFC 2198 redundant audio) for the microphone
+   * @param o.svc publish video as one VP9 stream with three spatial layers (L3T3_KEY)
+   *   instead of simulcast, when the browser can
    * @param o.encryptSignaling Olm-encrypt to-device signaling when possible
    * @param o.e2ee a MediaE2ee, or null
    */
-  constructor({ client, roomId, transport, localStream, simulcast, red, encryptSignaling, e2ee }) {
+  constructor({ client, roomId, transport, localStream, simulcast, red, svc, encryptSignaling, e2ee }) {
     super();
     this.client = client;
     this.roomId = roomId;
@@ -50,6 +52,7 @@ export class SluiceCall extends EventTarget {
     this.localStream = localStream;
     this.simulcast = simulcast;
     this.red = red;
+    this.svc = svc;
     this.e2ee = e2ee;
     this.deviceId = client.getDeviceId();
     this.callId = randomId();
@@ -169,7 +172,10 @@ export class SluiceCall extends EventTarget {
     if (this.localStream) {
       for (const track of this.localStream.getTracks()) {
         const init = { direction: "sendonly", streams: [this.localStream] };
-        if (track.kind === "video" && this.simulcast) {
+        const svc = track.kind === "video" && this.svc && hasVp9();
+        if (svc) {
+          init.sendEncodings = [{ scalabilityMode: "L3T3_KEY" }];
+        } else if (track.kind === "video" && this.simulcast) {
           init.sendEncodings = [
             { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
             { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
@@ -178,6 +184,7 @@ export class SluiceCall extends EventTarget {
         }
         const tr = pc.addTransceiver(track, init);
         if (track.kind === "audio" && this.red) preferRed(tr);
+        if (svc) preferVp9(tr);
         this.e2ee?.attachSender(tr.sender, track.kind);
       }
     }
@@ -484,4 +491,20 @@ function preferRed(transceiver) {
   const isRed = (c) => c.mimeType.toLowerCase() === "audio/red";
   if (!transceiver.setCodecPreferences || !codecs.some(isRed)) return;
   transceiver.setCodecPreferences([...codecs.filter(isRed), ...codecs.filter((c) => !isRed(c))]);
+}
+
+/** Whether the browser can send VP9. */
+function hasVp9() {
+  return (RTCRtpSender.getCapabilities?.("video")?.codecs ?? []).some((c) => c.mimeType.toLowerCase() === "video/vp9");
+}
+
+/**
+ * Puts VP9 first in the transceiver's codec list: an L3T3 stream is VP9 SVC only when
+ * VP9 is the codec sent, and Sluice answers in the offer's order.
+ */
+function preferVp9(transceiver) {
+  const codecs = RTCRtpReceiver.getCapabilities?.("video")?.codecs ?? [];
+  const isVp9 = (c) => c.mimeType.toLowerCase() === "video/vp9";
+  if (!transceiver.setCodecPreferences || !codecs.some(isVp9)) return;
+  transceiver.setCodecPreferences([...codecs.filter(isVp9), ...codecs.filter((c) => !isVp9(c))]);
 }

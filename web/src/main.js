@@ -102,6 +102,7 @@ async function onJoin(e) {
       localStream: app.localStream,
       simulcast: $("simulcast").checked,
       red: $("red").checked,
+      svc: $("svc").checked,
       encryptSignaling: $("olm").checked,
       e2ee: app.e2ee,
     });
