@@ -814,17 +814,7 @@ async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
     }
     publisher.red_send.store(true, Ordering::Relaxed);
     publisher.start_sending();
-    let id = publisher.id.clone();
-    router
-        .wait_for("the publisher's tracks published", LONG, |log| {
-            log.iter()
-                .filter(|e| {
-                    e.participant == id && matches!(e.kind, SfuEventKind::TrackPublished(_))
-                })
-                .count()
-                == 2
-        })
-        .await;
+    wait_published(&router, &publisher, 2).await;
     subscribe_all(&sfu, &subs, std::slice::from_ref(&publisher)).await;
     for s in &subs {
         s.wait_for("100 audio packets", LONG, |st| {

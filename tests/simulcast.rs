@@ -5,7 +5,7 @@
 mod support;
 
 use sluice::sfu::codec::vp8_keyframe_start;
-use sluice::sfu::{HangupReason, Sfu, SfuEventKind, TrackRef};
+use sluice::sfu::{HangupReason, Sfu, SfuEventKind, SubscriptionInfo, TrackRef};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -26,6 +26,31 @@ async fn setup() -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
     })
     .await;
     (sfu, router, publisher, subscriber, track)
+}
+
+/// A publisher of one `video` stream (started with `start`) and a receiving peer of the
+/// same codec, connected as [`connect_pair`] does.
+async fn svc_setup(
+    video: TestVideo,
+    start: impl FnOnce(&Arc<TestPeer>),
+) -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
+    let (sfu, events) = Sfu::new(test_config());
+    let router = Router::start(&sfu, events);
+    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
+    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
+    let track = connect_pair(&sfu, &router, &publisher, &sub, start).await;
+    (sfu, router, publisher, sub, track)
+}
+
+/// `peer`'s first subscription as the admin API lists it.
+fn first_subscription(sfu: &Sfu, peer: &TestPeer) -> SubscriptionInfo {
+    sfu.conferences()
+        .into_iter()
+        .flat_map(|c| c.participants)
+        .find(|p| p.id == peer.id)
+        .unwrap()
+        .subscriptions[0]
+        .clone()
 }
 
 /// Joins `publisher` and starts its sending with `start`, then joins `sub`; waits until
@@ -504,14 +529,8 @@ async fn a_vp8_leg_drops_temporal_layers_with_consecutive_picture_ids() {
 async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
     // One stream (no simulcast) with three temporal layers: about 180 kbit/s for T0, 300
     // with T1, 420 with T2. Behind 250 kbit/s the leg can only have T0.
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
-    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
-    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_svc_sending(video)
-    })
-    .await;
+    let (sfu, _router, publisher, sub, track) =
+        svc_setup(video, |p| p.start_svc_sending(video)).await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
         .await
         .unwrap();
@@ -537,13 +556,8 @@ async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let squeezed = packets(&sub).len();
-    let info = sfu
-        .conferences()
-        .into_iter()
-        .flat_map(|c| c.participants)
-        .find(|p| p.id == sub.id)
-        .unwrap();
-    assert_eq!(info.subscriptions[0].temporal_layer, Some(0), "{info:?}");
+    let info = first_subscription(&sfu, &sub);
+    assert_eq!(info.temporal_layer, Some(0), "{info:?}");
     assert_eq!(sfu.allocation_detail().temporal_layers, [1, 0, 0]);
     assert!(sfu.stats().temporal_layer_skipped.load(Ordering::Relaxed) > 0);
 
@@ -779,14 +793,8 @@ async fn spatial_layers_follow_the_tile(video: TestVideo) {
     // at 1280×720 it gets all three from the next keyframe picture on (asked for), never
     // an upper layer frame before; at 640×360 two, from the next picture. The leg's
     // sequence numbers stay contiguous throughout.
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
-    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
-    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_spatial_sending(video)
-    })
-    .await;
+    let (sfu, _router, publisher, sub, track) =
+        svc_setup(video, |p| p.start_spatial_sending(video)).await;
     // The first keyframe has announced the layers' sizes by now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
@@ -821,16 +829,7 @@ async fn spatial_layers_follow_the_tile(video: TestVideo) {
         pics.len() - down
     );
     assert_pictures_end_at(&pics[down..], 0);
-    let info = |sfu: &Sfu| {
-        sfu.conferences()
-            .into_iter()
-            .flat_map(|c| c.participants)
-            .find(|p| p.id == sub.id)
-            .unwrap()
-            .subscriptions[0]
-            .clone()
-    };
-    assert_eq!(info(&sfu).spatial_layer, Some(0));
+    assert_eq!(first_subscription(&sfu, &sub).spatial_layer, Some(0));
     assert!(sfu.stats().spatial_layer_skipped.load(Ordering::Relaxed) > 0);
 
     // Larger tile: all three layers, from a keyframe picture on. The publisher sends
@@ -871,7 +870,7 @@ async fn spatial_layers_follow_the_tile(video: TestVideo) {
     );
     assert_pictures_end_at(&pics[..up], 0);
     assert_pictures_end_at(&pics[up..pics.len() - 1], 2);
-    assert_eq!(info(&sfu).spatial_layer, None);
+    assert_eq!(first_subscription(&sfu, &sub).spatial_layer, None);
     publisher.ignore_plis.store(false, Ordering::SeqCst);
 
     // Medium tile: two layers, from the next picture (no keyframe needed).
@@ -892,7 +891,7 @@ async fn spatial_layers_follow_the_tile(video: TestVideo) {
         pics.len() - down
     );
     assert_pictures_end_at(&pics[down..pics.len() - 1], 1);
-    assert_eq!(info(&sfu).spatial_layer, Some(1));
+    assert_eq!(first_subscription(&sfu, &sub).spatial_layer, Some(1));
     publisher.close().await;
     sub.close().await;
     sfu.shutdown(HangupReason::UserHangup).await;
@@ -915,14 +914,8 @@ async fn spatial_layers_step_down_and_back_up(video: TestVideo) {
     // 504 / 1008. Behind 250 kbit/s the best rung that fits is the middle layer at T0+T1;
     // the leg's pictures end there. When the limit lifts, all layers come back, at a
     // keyframe picture.
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
-    let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
-    let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
-    let track = connect_pair(&sfu, &router, &publisher, &sub, |p| {
-        p.start_spatial_sending(video)
-    })
-    .await;
+    let (sfu, _router, publisher, sub, track) =
+        svc_setup(video, |p| p.start_spatial_sending(video)).await;
     sfu.subscribe(CONF, &sub.id, std::slice::from_ref(&track))
         .await
         .unwrap();
@@ -955,14 +948,7 @@ async fn spatial_layers_step_down_and_back_up(video: TestVideo) {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let sub_info = sfu
-        .conferences()
-        .into_iter()
-        .flat_map(|c| c.participants)
-        .find(|p| p.id == sub.id)
-        .unwrap()
-        .subscriptions[0]
-        .clone();
+    let sub_info = first_subscription(&sfu, &sub);
     assert_eq!(
         (sub_info.spatial_layer, sub_info.temporal_layer),
         (Some(1), Some(1)),

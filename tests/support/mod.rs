@@ -158,6 +158,38 @@ pub fn svc_dependency_descriptor(first: bool, last: bool, tid: u8, key: bool, fr
     Bytes::from(bit_fields(&f))
 }
 
+/// The id the dependency descriptor extension got on `sender` (AV1 test streams need it).
+async fn dependency_descriptor_id(sender: &Arc<dyn RtpSender>, video: TestVideo) -> Option<u8> {
+    let id = sender.get_parameters().await.ok().and_then(|p| {
+        p.rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|e| e.uri == DEPENDENCY_DESCRIPTOR)
+            .map(|e| e.id as u8)
+    });
+    assert!(
+        video != TestVideo::Av1 || id.is_some(),
+        "the dependency descriptor was not negotiated"
+    );
+    id
+}
+
+/// An AV1 RTP aggregation header for one OBU element (W=1): Z and Y (continuation) on
+/// inner packets, N on the first packet of a new coded video sequence (a keyframe).
+fn av1_aggregation_header(first: bool, last: bool, new_sequence: bool) -> u8 {
+    let mut h = 0x10u8;
+    if !first {
+        h |= 0x80;
+    }
+    if !last {
+        h |= 0x40;
+    }
+    if new_sequence {
+        h |= 0x08;
+    }
+    h
+}
+
 /// The dependency descriptor of a layer frame of [`TestPeer::start_spatial_sending`]'s AV1
 /// stream: template `3·sid + tid` (offset 0); the keyframe picture's first packet carries
 /// the structure: nine templates, S0T0 … S2T2, three decode targets (their indications
@@ -1095,17 +1127,7 @@ impl TestPeer {
         let plis = self.pli_ssrcs.clone();
         let idx = self.idx;
         let task = tokio::spawn(async move {
-            let dd_id = sender.get_parameters().await.ok().and_then(|p| {
-                p.rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|e| e.uri == DEPENDENCY_DESCRIPTOR)
-                    .map(|e| e.id as u8)
-            });
-            assert!(
-                video != TestVideo::Av1 || dd_id.is_some(),
-                "the dependency descriptor was not negotiated"
-            );
+            let dd_id = dependency_descriptor_id(&sender, video).await;
             let mut tick = tokio::time::interval(Duration::from_millis(33));
             let mut frame: u32 = 0;
             let mut seq: u16 = 0;
@@ -1145,19 +1167,7 @@ impl TestPeer {
                         }
                         d
                     } else if video == TestVideo::Av1 {
-                        // Aggregation header: Z/Y (continuation) on inner packets, W=1
-                        // (one OBU element), N on a keyframe's first packet.
-                        let mut h = 0x10u8;
-                        if !first {
-                            h |= 0x80;
-                        }
-                        if !last {
-                            h |= 0x40;
-                        }
-                        if key && first {
-                            h |= 0x08;
-                        }
-                        vec![h]
+                        vec![av1_aggregation_header(first, last, key && first)]
                     } else {
                         // I, P (unless a keyframe), L, B on the first, E on the last.
                         let mut b0 = 0xA0u8;
@@ -1225,17 +1235,7 @@ impl TestPeer {
         let idx = self.idx;
         let sender = s.sender.clone();
         let task = tokio::spawn(async move {
-            let dd_id = sender.get_parameters().await.ok().and_then(|p| {
-                p.rtp_parameters
-                    .header_extensions
-                    .iter()
-                    .find(|e| e.uri == DEPENDENCY_DESCRIPTOR)
-                    .map(|e| e.id as u8)
-            });
-            assert!(
-                video != TestVideo::Av1 || dd_id.is_some(),
-                "the dependency descriptor was not negotiated"
-            );
+            let dd_id = dependency_descriptor_id(&sender, video).await;
             let mut tick = tokio::time::interval(Duration::from_millis(33));
             let mut frame: u32 = 0;
             let mut seq: u16 = 0;
@@ -1273,19 +1273,7 @@ impl TestPeer {
                         // TID, SID, D (inter-layer dependency: in a keyframe picture).
                         let layer = (tid << 5) | (sid << 1) | u8::from(key && sid > 0);
                         let mut v = if video == TestVideo::Av1 {
-                            // Aggregation header: Z/Y on inner packets, W=1, N on the
-                            // keyframe picture's first packet.
-                            let mut h = 0x10u8;
-                            if !first {
-                                h |= 0x80;
-                            }
-                            if !last {
-                                h |= 0x40;
-                            }
-                            if ss {
-                                h |= 0x08;
-                            }
-                            vec![h]
+                            vec![av1_aggregation_header(first, last, ss)]
                         } else {
                             vec![b0, pic[0], pic[1], layer, (frame / 4) as u8]
                         };
@@ -1598,19 +1586,23 @@ pub async fn join_peers(sfu: &Sfu, router: &Arc<Router>, idxs: &[u8]) -> Vec<Arc
         peers.push(p);
     }
     for p in &peers {
-        let id = p.id.clone();
-        router
-            .wait_for("tracks published", LONG, |log| {
-                log.iter()
-                    .filter(|e| {
-                        e.participant == id && matches!(e.kind, SfuEventKind::TrackPublished(_))
-                    })
-                    .count()
-                    == 2
-            })
-            .await;
+        wait_published(router, p, 2).await;
     }
     peers
+}
+
+/// Waits until Sluice has announced `n` tracks published by `peer`.
+pub async fn wait_published(router: &Router, peer: &TestPeer, n: usize) {
+    router
+        .wait_for("tracks published", LONG, |log| {
+            log.iter()
+                .filter(|e| {
+                    e.participant == peer.id && matches!(e.kind, SfuEventKind::TrackPublished(_))
+                })
+                .count()
+                == n
+        })
+        .await;
 }
 
 /// Subscribes every peer in `subs` to every track of every peer in `pubs` (other than its
