@@ -5,7 +5,7 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when Matrix sync is up (or Matrix is off) and not draining; 503 with the reason |
-//! | `GET /.well-known/sluice` | `{"transports": [...]}` (protocol.md §1) |
+//! | `GET /.well-known/sluice` | `{"transports": [...]}` (docs/protocol.md §1) |
 //! | `GET /admin/conferences` | conferences, participants, tracks |
 //! | `DELETE /admin/conferences/{conference}/participants/{participant}` | kick |
 //! | `GET/POST/DELETE /admin/drain` | drain status / start / cancel |
@@ -40,7 +40,7 @@ pub struct AppState {
     pub sync_up: Option<Arc<AtomicBool>>,
     /// Admin bearer token; `None` disables the admin API.
     pub admin_token: Option<String>,
-    /// This instance's transport object (protocol.md §1), when Matrix is configured.
+    /// This instance's transport object (docs/protocol.md §1), when Matrix is configured.
     pub transport: Option<Value>,
     /// The reference web client, when served.
     pub web: Option<WebClient>,

@@ -1,5 +1,5 @@
 //! MatrixRTC call membership, read from raw `org.matrix.msc3401.call.member` state
-//! (protocol.md §2). ruma's typed content reads a non-LiveKit focus as "left", so this
+//! (docs/protocol.md §2). ruma's typed content reads a non-LiveKit focus as "left", so this
 //! parses the JSON itself.
 
 use serde_json::Value;

@@ -1,12 +1,12 @@
-//! The to-device wire format (protocol.md §3): parsing what clients send and building
+//! The to-device wire format (docs/protocol.md §3): parsing what clients send and building
 //! what Sluice replies. Pure functions over JSON; no Matrix client here.
 
 use crate::sfu::IceCandidate;
 use serde_json::{Map, Value, json};
 
-/// Largest to-device event accepted (protocol.md §8).
+/// Largest to-device event accepted (docs/protocol.md §8).
 pub const MAX_TO_DEVICE_BYTES: usize = 60 * 1024;
-/// Largest SDP accepted (protocol.md §8).
+/// Largest SDP accepted (docs/protocol.md §8).
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
 /// Sluice's session id on the wire.
 pub const SFU_SESSION_ID: &str = "sfu";

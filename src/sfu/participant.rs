@@ -32,7 +32,7 @@ use webrtc::peer_connection::{
     configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 
-/// Largest data-channel message accepted or sent (protocol.md §8).
+/// Largest data-channel message accepted or sent (docs/protocol.md §8).
 pub const MAX_DATA_CHANNEL_MESSAGE: usize = 64 * 1024;
 
 /// Header extensions Sluice negotiates besides the ones webrtc's defaults register

@@ -4,7 +4,7 @@ use super::SfuError;
 use rtc::sdp::description::session::SessionDescription;
 use std::io::Cursor;
 
-/// Largest SDP accepted (protocol.md §8).
+/// Largest SDP accepted (docs/protocol.md §8).
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
 
 /// Audio codecs the media engine can receive and forward.

@@ -1,5 +1,5 @@
 //! Matrix test participants against a real Synapse: matrix-sdk clients (own stores) with
-//! webrtc-rs peers, signaling exactly as protocol.md says.
+//! webrtc-rs peers, signaling exactly as docs/protocol.md says.
 #![allow(dead_code)]
 
 use super::{CandidateSink, DcEvent, TestPeer};

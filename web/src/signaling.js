@@ -1,8 +1,8 @@
 // Matrix side of a Sluice call: login, room, MatrixRTC membership, and the to-device
-// transport (plain or Olm-encrypted) of protocol.md §2–3.
+// transport (plain or Olm-encrypted) of docs/protocol.md §2–3.
 import { ClientEvent, createClient } from "matrix-js-sdk";
 
-/** The membership state event type (protocol.md §2). */
+/** The membership state event type (docs/protocol.md §2). */
 export const MEMBER_EVENT = "org.matrix.msc3401.call.member";
 /** How long one membership write is valid; refreshed well before it runs out. */
 export const MEMBERSHIP_LIFETIME_MS = 60 * 60 * 1000;
@@ -133,7 +133,7 @@ async function waitForSluice(client, roomId, sfuUserId) {
   throw new UserError(`Sluice (${sfuUserId}) did not join the room within 30 s: is it running and allowed to join?`);
 }
 
-/** The membership of this device in `roomId`'s main call, naming `transport` (protocol.md §2). */
+/** The membership of this device in `roomId`'s main call, naming `transport` (docs/protocol.md §2). */
 export class Membership {
   constructor(client, roomId, transport) {
     this.client = client;
