@@ -394,6 +394,72 @@ async fn hangup_cleared_membership_and_expiry_each_end_a_session() {
     }
 }
 
+/// A member who is kicked, banned or leaves the room loses the call within seconds, even
+/// though their call-membership state event stays (they can no longer change it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicked_banned_and_departed_room_members_are_hung_up() {
+    let (sluice, parts, room) = setup(4).await;
+    run_call(&parts, false).await;
+    assert_eq!(sluice.signaling().session_count(), 4);
+    let (owner, kicked, banned, leaver) = (&parts[0], &parts[1], &parts[2], &parts[3]);
+    room.kick_user(&kicked.user_id, Some("test kick"))
+        .await
+        .unwrap();
+    room.ban_user(&banned.user_id, Some("test ban"))
+        .await
+        .unwrap();
+    room_of(leaver, &room.room_id().to_owned())
+        .await
+        .leave()
+        .await
+        .unwrap();
+    for (p, why) in [
+        (kicked, "removed from the room"),
+        (banned, "banned from the room"),
+        (leaver, "left the room"),
+    ] {
+        // Generous: the homeserver delivers the state change on Sluice's next sync.
+        p.wait_for(
+            "hangup after losing the room",
+            Duration::from_secs(10),
+            |p| p.hangup_reason().is_some(),
+        )
+        .await;
+        assert_eq!(p.hangup_reason().as_deref(), Some("sluice.unauthorized"));
+        let hangup = &p.received("m.call.hangup")[0];
+        let error = hangup.content["error"].as_str().unwrap_or("");
+        assert!(error.contains(why), "{}: error {error:?}", p.user_id);
+        let gone = p.peer.sends[0].stream_id.clone();
+        owner
+            .wait_for("metadata without the removed member", LONG, |o| {
+                o.last_metadata().is_some_and(|m| m.get(&gone).is_none())
+            })
+            .await;
+    }
+    // Their call.member events are still in the room state, valid for an hour.
+    let state = room
+        .get_state_events("org.matrix.msc3401.call.member".into())
+        .await
+        .unwrap();
+    assert_eq!(state.len(), 4, "the removed members' memberships remain");
+    assert_eq!(sluice.signaling().session_count(), 1);
+    let snap = sluice.sfu.snapshot();
+    assert_eq!((snap.participants, snap.subscriptions), (1, 0));
+    // A removed member cannot call again.
+    kicked.invite().await;
+    kicked
+        .wait_for("the refusal of a new invite", LONG, |p| {
+            p.received("m.call.hangup").len() >= 2
+        })
+        .await;
+    let refusal = &kicked.received("m.call.hangup")[1];
+    assert_eq!(refusal.content["reason"], "sluice.unauthorized");
+    assert_eq!(sluice.signaling().session_count(), 1);
+    for p in &parts {
+        p.close().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_stops_answering_pings_is_hung_up() {
     let sluice = SluiceUnderTest::start(|c| {

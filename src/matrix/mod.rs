@@ -128,6 +128,7 @@ impl Focus {
                 client.clone(),
                 sync_up.clone(),
                 sync_errors.clone(),
+                signaling.room_changes(),
             )),
             tokio::spawn(signaling.clone().run_sfu_events(events)),
             tokio::spawn(signaling.clone().watch_memberships()),
@@ -184,8 +185,14 @@ async fn join_with_retry(room: Room) {
 }
 
 /// Syncs forever. Errors back off (1 s doubling to 30 s) and never stop the loop; media
-/// already flowing is not touched by a homeserver outage.
-async fn sync_loop(client: Client, up: Arc<AtomicBool>, errors: Arc<std::sync::atomic::AtomicU64>) {
+/// already flowing is not touched by a homeserver outage. Rooms whose membership state a
+/// response changed go to the membership watch (`room_changes`), after the store has them.
+async fn sync_loop(
+    client: Client,
+    up: Arc<AtomicBool>,
+    errors: Arc<std::sync::atomic::AtomicU64>,
+    room_changes: mpsc::UnboundedSender<matrix_sdk::ruma::OwnedRoomId>,
+) {
     let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
     let mut delay = Duration::from_secs(1);
     loop {
@@ -195,6 +202,9 @@ async fn sync_loop(client: Client, up: Arc<AtomicBool>, errors: Arc<std::sync::a
                     info!("matrix sync is up");
                 }
                 delay = Duration::from_secs(1);
+                for room in signaling::changed_rooms(&response) {
+                    let _ = room_changes.send(room);
+                }
                 settings = settings.token(response.next_batch);
             }
             Err(e) => {

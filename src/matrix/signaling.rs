@@ -1,4 +1,4 @@
-//! Sessions between clients and the media core: authorization (protocol.md §6), the
+//! Sessions between clients and the media core: authorization (docs/protocol.md §6), the
 //! to-device flow (§3), the data-channel protocol (§4) and stream metadata (§5).
 //!
 //! Every to-device message from one sender is handled in order by that sender's worker;
@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+mod watch;
+pub use watch::{RoomMembership, Verdict, changed_rooms, verdict};
 
 /// Features announced in `sluice.hello`.
 pub const FEATURES: &[&str] = &[
@@ -130,6 +133,8 @@ pub struct Session {
     outbox: Mutex<Option<mpsc::UnboundedSender<(&'static str, Value)>>>,
     /// The session ended: nothing more is queued after its hangup.
     closed: AtomicBool,
+    /// The `error` text of the hangup Sluice sends, when the watch ended the session.
+    hangup_error: Mutex<Option<&'static str>>,
 }
 
 impl Session {
@@ -226,6 +231,8 @@ pub struct Signaling {
     workers: Mutex<HashMap<OwnedUserId, mpsc::UnboundedSender<Job>>>,
     buckets: Mutex<HashMap<OwnedUserId, Bucket>>,
     next_session: AtomicU64,
+    room_changes: mpsc::UnboundedSender<OwnedRoomId>,
+    room_changes_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnedRoomId>>>,
     /// Counters.
     pub stats: SignalingStats,
 }
@@ -233,7 +240,10 @@ pub struct Signaling {
 impl Signaling {
     /// Creates the signaling state for a logged-in client.
     pub fn new(client: Client, sfu: Sfu, cfg: MatrixConfig) -> Arc<Signaling> {
+        let (room_changes, rx) = mpsc::unbounded_channel();
         Arc::new(Signaling {
+            room_changes,
+            room_changes_rx: Mutex::new(Some(rx)),
             own_user: cfg.user_id.clone(),
             own_device: cfg.device_id.clone(),
             client,
@@ -527,7 +537,7 @@ impl Signaling {
         out
     }
 
-    /// Authorizes an invite per protocol.md §6; returns the room of the call.
+    /// Authorizes an invite per docs/protocol.md §6; returns the room of the call.
     async fn authorize(
         &self,
         sender: &UserId,
@@ -651,6 +661,7 @@ impl Signaling {
             keepalive: Mutex::new(None),
             outbox: Mutex::new(None),
             closed: AtomicBool::new(false),
+            hangup_error: Mutex::new(None),
         });
         self.sessions
             .lock()
@@ -667,6 +678,9 @@ impl Signaling {
                 .await;
         }
         self.apply_purposes(&session);
+        // The watch learns the new session's membership expiry (and catches a kick that
+        // raced the invite).
+        self.room_changed(session.room_id.clone());
         self.stats.invites_accepted.fetch_add(1, Ordering::Relaxed);
         self.stats.record("m.call.invite", ACCEPTED);
         info!(conference = %conference, participant = %participant, encrypted, "invite accepted");
@@ -801,7 +815,7 @@ impl Signaling {
     }
 
     /// Tells the media core which of the session's streams are screenshares (the
-    /// `purpose` of its stream metadata, protocol.md §5), for the bandwidth allocator.
+    /// `purpose` of its stream metadata, docs/protocol.md §5), for the bandwidth allocator.
     fn apply_purposes(&self, s: &Session) {
         let streams: Vec<String> = s
             .metadata
@@ -1004,7 +1018,8 @@ impl Signaling {
                 }
                 s.closed.store(true, Ordering::Release);
                 if !s.client_ended.load(Ordering::Relaxed) {
-                    let content = s.reply(&own).borrow().hangup(reason.as_str(), None);
+                    let error = *s.hangup_error.lock().unwrap();
+                    let content = s.reply(&own).borrow().hangup(reason.as_str(), error);
                     self.send_to_session(&s, "m.call.hangup", content);
                     self.stats.hangups_sent.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1205,39 +1220,6 @@ impl Signaling {
             }
             other => {
                 debug!(participant = %s.participant, kind = other, "unknown data-channel message")
-            }
-        }
-    }
-
-    /// Hangs up sessions whose membership is gone or expired, and whose member left the
-    /// room. Runs every second.
-    pub async fn watch_memberships(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let sessions: Vec<Arc<Session>> =
-                self.sessions.lock().unwrap().values().cloned().collect();
-            let now = now_ms();
-            let mut by_room: HashMap<OwnedRoomId, Vec<Membership>> = HashMap::new();
-            for s in sessions {
-                if !by_room.contains_key(&s.room_id) {
-                    let ms = self.memberships(&s.room_id).await;
-                    by_room.insert(s.room_id.clone(), ms);
-                }
-                let ms = &by_room[&s.room_id];
-                let valid = ms.iter().any(|m| {
-                    m.user_id == s.user_id.as_str()
-                        && m.device_id == s.device_id
-                        && m.conf_id == s.conf_id
-                        && m.is_valid(now)
-                });
-                if !valid {
-                    info!(participant = %s.participant, "membership gone or expired: hanging up");
-                    let _ = self
-                        .sfu
-                        .leave(&s.conference, &s.participant, HangupReason::UserHangup)
-                        .await;
-                }
             }
         }
     }

@@ -57,6 +57,9 @@ pub enum HangupReason {
     UnknownError,
     /// The instance is shutting down.
     Draining,
+    /// The member may no longer be in the call: kicked, banned or departed from the room,
+    /// or Sluice itself was removed from it.
+    Unauthorized,
 }
 
 impl HangupReason {
@@ -68,6 +71,7 @@ impl HangupReason {
         HangupReason::InviteTimeout,
         HangupReason::UnknownError,
         HangupReason::Draining,
+        HangupReason::Unauthorized,
     ];
 
     pub(crate) fn index(self) -> usize {
@@ -85,6 +89,7 @@ impl HangupReason {
             HangupReason::InviteTimeout => "invite_timeout",
             HangupReason::UnknownError => "unknown_error",
             HangupReason::Draining => "sluice.draining",
+            HangupReason::Unauthorized => "sluice.unauthorized",
         }
     }
 }

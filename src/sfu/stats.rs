@@ -133,7 +133,7 @@ pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 pub const RTT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0];
 
 /// Hangup reasons, for counting; the order of [`super::HangupReason::ALL`].
-pub const HANGUP_REASONS: usize = 6;
+pub const HANGUP_REASONS: usize = 7;
 
 /// Counters of one SFU instance.
 #[derive(Debug)]
