@@ -1,5 +1,5 @@
 // One participant's call through Sluice: the peer connection, the to-device handshake
-// (protocol.md §3) and the data-channel protocol (§4) after it.
+// (docs/protocol.md §3) and the data-channel protocol (§4) after it.
 import { Membership, ToDevice } from "./signaling.js";
 
 const randomId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b) => b.toString(16).padStart(2, "0")).join("");
@@ -7,9 +7,17 @@ const randomId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b
 /** Default size asked for a tile before the page has laid it out. */
 const DEFAULT_TILE = { width: 640, height: 360 };
 
-/** Human text for Sluice's hangup reasons (protocol.md §7). */
-export function describeHangup(reason, error) {
+/**
+ * Human text for Sluice's hangup reasons (docs/protocol.md §7). `connected`: the call had
+ * connected, so a refusal reason means Sluice ended it rather than refused it.
+ */
+export function describeHangup(reason, error, connected = false) {
+  const midCall = {
+    "sluice.unauthorized": "Sluice ended the call: no longer authorized",
+    "sluice.draining": "the call ended: the server is shutting down",
+  };
   const text =
+    (connected ? midCall[reason] : undefined) ??
     {
       user_hangup: "the call was ended",
       keep_alive_timeout: "Sluice lost contact with this page (keep-alive timeout)",
@@ -21,7 +29,8 @@ export function describeHangup(reason, error) {
       "sluice.server_full": "Sluice refused the call: the server is full",
       "sluice.draining": "Sluice refused the call: the server is draining for maintenance",
       "sluice.bad_request": "Sluice refused the call: bad request",
-    }[reason] ?? `the call ended (${reason})`;
+    }[reason] ??
+    `the call ended (${reason})`;
   return error ? `${text}: ${error}` : text;
 }
 
@@ -35,7 +44,7 @@ export class SluiceCall extends EventTarget {
    * @param {object} o
    * @param o.client a started matrix-js-sdk client
    * @param o.roomId the call's room
-   * @param o.transport Sluice's transport object (protocol.md §1)
+   * @param o.transport Sluice's transport object (docs/protocol.md §1)
    * @param o.localStream camera/microphone stream to publish (may be null: receive only)
    * @param o.simulcast publish video as three layers q/h/f
    * @param o.red prefer RED (RFC 2198 redundant audio) for the microphone
@@ -122,7 +131,7 @@ export class SluiceCall extends EventTarget {
     };
   }
 
-  /** This participant's published streams (protocol.md §5). */
+  /** This participant's published streams (docs/protocol.md §5). */
   ownMetadata() {
     const meta = {};
     const describe = (stream, purpose, audioMuted, videoMuted) => {
@@ -156,11 +165,12 @@ export class SluiceCall extends EventTarget {
     this.dc.onopen = () => this.dispatchEvent(new CustomEvent("state", { detail: "datachannel open" }));
     pc.onconnectionstatechange = () => {
       this.dispatchEvent(new CustomEvent("state", { detail: pc.connectionState }));
+      if (pc.connectionState === "connected") this.wasConnected = true;
       if (pc.connectionState === "failed") this.end("ice_failed", null, true);
     };
     pc.ontrack = (e) => this.onTrack(e);
     pc.onicecandidate = (e) => {
-      // Candidates gathered after the invite went out trickle (protocol.md §3.3).
+      // Candidates gathered after the invite went out trickle (docs/protocol.md §3.3).
       if (!this.inviteSent) return;
       this.pendingCandidates.push(
         e.candidate
@@ -348,7 +358,7 @@ export class SluiceCall extends EventTarget {
     if (c.sdp_stream_metadata) this.mergeMeta(c.sdp_stream_metadata);
     try {
       if (d.type === "offer") {
-        // Sluice is the polite side (protocol.md §4): on a collision ours wins and Sluice
+        // Sluice is the polite side (docs/protocol.md §4): on a collision ours wins and Sluice
         // offers its change again after.
         if (this.makingOffer || this.pc.signalingState !== "stable") return;
         await this.pc.setRemoteDescription(d);
@@ -476,7 +486,7 @@ export class SluiceCall extends EventTarget {
     await this.membership.remove().catch((e) => console.warn("could not remove the membership", e));
     this.remoteStreams.clear();
     this.remoteMeta = {};
-    this.dispatchEvent(new CustomEvent("ended", { detail: { reason, text: describeHangup(reason, error) } }));
+    this.dispatchEvent(new CustomEvent("ended", { detail: { reason, text: describeHangup(reason, error, this.wasConnected) } }));
   }
 }
 
