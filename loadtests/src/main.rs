@@ -39,9 +39,10 @@ use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
 use sluice::sfu::codec::{
     DdTemplates, VideoCodec, is_keyframe_start, vp9_spatial_sizes, vp9_temporal,
 };
+use sluice::sfu::estimates::Estimates;
+use sluice::sfu::keyframe::KeyframeThrottle;
 use sluice::sfu::probe::ProbeInterceptor;
 use sluice::sfu::rewrite::{LegParams, LegRewriter};
-use sluice::sfu::rtcp::{Estimates, KeyframeThrottle};
 use sluice::sfu::stats::Stats;
 use sluice::sfu::{Layer, LayerState, choose_layer};
 use std::hint::black_box;

@@ -16,7 +16,7 @@ pub(crate) struct Conference {
     pub(crate) id: ConferenceId,
     slots: Mutex<HashMap<ParticipantId, Slot>>,
     tracks: Mutex<HashMap<TrackRef, Arc<PublishedTrack>>>,
-    pub(crate) speakers: Mutex<super::speakers::SpeakerState>,
+    pub(crate) speakers: Mutex<sluice_media::speakers::SpeakerState>,
 }
 
 impl Conference {

@@ -11,18 +11,21 @@
 //! negotiated (see [`rewrite`]) and hands it to the subscriber's connection without
 //! waiting.
 
-pub mod alloc;
 pub mod bwe;
-pub mod codec;
 mod conference;
+mod housekeeping;
 mod participant;
 pub mod probe;
-pub mod rewrite;
 pub mod rtcp;
 pub mod sdp;
-pub mod speakers;
-pub mod stats;
 mod track;
+
+pub use sluice_media::{
+    ConferenceId, HangupReason, ParticipantId, RedDelivery, TrackInfo, TrackRef,
+};
+pub use sluice_media::{
+    alloc, codec, estimates, keyframe, layers, rewrite, select, source, speakers, stats,
+};
 
 use crate::config::SfuConfig;
 use conference::Conference;
@@ -33,66 +36,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+pub use sluice_media::layers::{Layer, LayerState, choose_layer};
 pub use speakers::Speaker;
 pub use stats::{DropReason, MediaKind, Stats};
-pub use track::{Layer, LayerState, choose_layer};
-
-/// Conference key, chosen by the signaling layer (Matrix: room id + call id).
-pub type ConferenceId = String;
-/// Participant key within a conference, chosen by the signaling layer (Matrix: user + device).
-pub type ParticipantId = String;
-
-/// Why a participant's session ended. The strings are the protocol's hangup reasons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum HangupReason {
-    /// Normal end: the client left or its membership is gone.
-    UserHangup,
-    /// The client stopped answering keep-alives.
-    KeepAliveTimeout,
-    /// ICE or DTLS failed after connecting, or the connection failed.
-    IceFailed,
-    /// ICE did not connect within the configured deadline.
-    InviteTimeout,
-    /// An internal error ended the session.
-    UnknownError,
-    /// The instance is shutting down.
-    Draining,
-    /// The member may no longer be in the call: kicked, banned or departed from the room,
-    /// or Sluice itself was removed from it.
-    Unauthorized,
-}
-
-impl HangupReason {
-    /// Every reason, in the order of [`Stats::left`].
-    pub const ALL: [HangupReason; stats::HANGUP_REASONS] = [
-        HangupReason::UserHangup,
-        HangupReason::KeepAliveTimeout,
-        HangupReason::IceFailed,
-        HangupReason::InviteTimeout,
-        HangupReason::UnknownError,
-        HangupReason::Draining,
-        HangupReason::Unauthorized,
-    ];
-
-    pub(crate) fn index(self) -> usize {
-        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
-    }
-}
-
-impl HangupReason {
-    /// The reason string sent in `m.call.hangup`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HangupReason::UserHangup => "user_hangup",
-            HangupReason::KeepAliveTimeout => "keep_alive_timeout",
-            HangupReason::IceFailed => "ice_failed",
-            HangupReason::InviteTimeout => "invite_timeout",
-            HangupReason::UnknownError => "unknown_error",
-            HangupReason::Draining => "sluice.draining",
-            HangupReason::Unauthorized => "sluice.unauthorized",
-        }
-    }
-}
 
 /// A refused command. [`SfuError::code`] is stable and suitable for clients and metrics.
 #[derive(Debug, thiserror::Error)]
@@ -219,28 +165,6 @@ pub struct SessionDescription {
     pub sdp: String,
 }
 
-/// A track named by its MediaStream id and track id, as in SDP `msid` and stream metadata.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-pub struct TrackRef {
-    /// MediaStream id.
-    pub stream_id: String,
-    /// Track id.
-    pub track_id: String,
-}
-
-/// A published track as the conference sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TrackInfo {
-    /// Who publishes it.
-    pub publisher: ParticipantId,
-    /// Stream and track id, kept unchanged on every subscriber leg.
-    pub track: TrackRef,
-    /// Audio or video.
-    pub kind: MediaKind,
-    /// Codec MIME type, e.g. `video/VP8`.
-    pub mime_type: String,
-}
-
 /// What happened, for one participant of one conference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SfuEventKind {
@@ -365,16 +289,6 @@ pub struct SubscriptionInfo {
     pub red: Option<RedDelivery>,
 }
 
-/// How a subscriber leg receives a publisher's RFC 2198 RED audio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RedDelivery {
-    /// As RED, payload untouched (the leg negotiated RED over the same Opus payload type).
-    Passthrough,
-    /// Each packet's primary block alone, as plain Opus (the leg has no matching RED).
-    Unwrapped,
-}
-
 /// A conference as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConferenceInfo {
@@ -491,7 +405,7 @@ impl Sfu {
 
     fn start_housekeeping(&self) {
         self.inner.speaker_task.get_or_init(|| {
-            tokio::spawn(speakers::run(Arc::downgrade(&self.inner)));
+            tokio::spawn(housekeeping::run(Arc::downgrade(&self.inner)));
         });
     }
 

@@ -7,7 +7,7 @@ use super::rewrite::MID_EXTENSION;
 use super::rtcp::with_keyframe_requests_counted;
 use super::sdp;
 use super::stats::MediaKind;
-use super::track::{Layer, Leg, PublishedTrack, SourceNegotiation};
+use super::track::{Leg, PublishedTrack};
 use super::{
     HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription, SfuError,
     SfuEventKind, TrackInfo, TrackRef,
@@ -16,6 +16,9 @@ use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, Twcc
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
+use sluice_media::JoinClock;
+use sluice_media::layers::Layer;
+use sluice_media::source::SourceNegotiation;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,13 +87,7 @@ pub(crate) struct Participant {
     /// Join time, for the join-to-first-media histogram.
     pub(crate) join_clock: Arc<JoinClock>,
     /// The subscriber's bandwidth estimates (send-side GCC and REMB).
-    pub(crate) estimates: Arc<super::rtcp::Estimates>,
-}
-
-/// When a participant joined, and whether its first forwarded packet was timed yet.
-pub(crate) struct JoinClock {
-    pub(crate) at: Instant,
-    pub(crate) done: AtomicBool,
+    pub(crate) estimates: Arc<sluice_media::estimates::Estimates>,
 }
 
 struct Handler {
@@ -177,7 +174,7 @@ fn first_mid(sdp: &str) -> Option<String> {
 async fn build_pc(
     inner: &Inner,
     handler: Arc<Handler>,
-    estimates: Arc<super::rtcp::Estimates>,
+    estimates: Arc<sluice_media::estimates::Estimates>,
 ) -> Result<Arc<dyn PeerConnection>, SfuError> {
     let cfg = &inner.config;
     let mut last_err = None;
@@ -304,7 +301,7 @@ impl Participant {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
         });
-        let estimates = Arc::new(super::rtcp::Estimates::new(
+        let estimates = Arc::new(sluice_media::estimates::Estimates::new(
             inner.config.bandwidth_initial_kbps * 1000,
         ));
         let pc = build_pc(inner, handler.clone(), estimates.clone()).await?;
@@ -326,10 +323,7 @@ impl Participant {
             removed: AtomicBool::new(false),
             idle_since: Mutex::new(Some(Instant::now())),
             estimates,
-            join_clock: Arc::new(JoinClock {
-                at: Instant::now(),
-                done: AtomicBool::new(false),
-            }),
+            join_clock: Arc::new(JoinClock::start()),
         });
         let _ = handler.me.set(Arc::downgrade(&p));
 

@@ -16,13 +16,13 @@
 //! (and then reported lost). So only streams whose subscriber negotiated RTX are probed
 //! on; a connection without one gets no probe and the allocator steps up unprobed.
 
-use super::rtcp::Estimates;
 use super::stats::Stats;
 use rtc::interceptor::{Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::shared::TransportContext;
 use rtc::shared::error::Error;
 use rtc::shared::marshal::MarshalSize;
+use sluice_media::estimates::Estimates;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -15,107 +15,14 @@ use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::shared::error::Error;
+use sluice_media::estimates::Estimates;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 /// The transport-wide congestion control header extension URI.
 const TRANSPORT_CC_URI: &str =
     "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
-
-/// One subscriber connection's bandwidth estimates, bits/s (0: none yet).
-///
-/// Two sources: the send-side estimate (GCC in webrtc's congestion control interceptor,
-/// fed by the subscriber's transport-wide congestion control feedback), and the REMB a
-/// subscriber may send. The effective estimate is the lower of those present.
-#[derive(Debug)]
-pub struct Estimates {
-    /// The send-side (GCC) estimate; set to the initial estimate once a sent stream
-    /// negotiated transport-wide congestion control.
-    pub gcc: AtomicU64,
-    /// The subscriber's latest REMB.
-    pub remb: AtomicU64,
-    /// The initial send-side estimate, bits/s.
-    pub initial: u64,
-    /// Transport-wide feedback packets received.
-    pub twcc_feedback: AtomicU64,
-    /// When the last transport-wide feedback arrived, ms since `epoch` plus one (0: never).
-    last_feedback_ms: AtomicU64,
-    epoch: Instant,
-    /// Extra traffic the allocator wants sent on this connection now to probe for more
-    /// bandwidth, bits/s (0: none); see [`super::probe`].
-    pub probe_bps: AtomicU64,
-    /// The connection sends a video stream whose subscriber negotiated RTX, so it can
-    /// probe (set by the prober).
-    pub can_probe: std::sync::atomic::AtomicBool,
-}
-
-/// Without transport-wide feedback for this long, the send-side estimate is stale: it
-/// only changes when feedback arrives, and feedback only comes for what is sent.
-pub const STALE_AFTER: Duration = Duration::from_secs(2);
-
-impl Estimates {
-    /// Estimates starting (once TWCC is negotiated) from `initial` bits/s.
-    pub fn new(initial: u64) -> Self {
-        Self {
-            gcc: AtomicU64::new(0),
-            remb: AtomicU64::new(0),
-            initial,
-            twcc_feedback: AtomicU64::new(0),
-            last_feedback_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-            probe_bps: AtomicU64::new(0),
-            can_probe: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    /// Notes transport-wide feedback arriving at `now`.
-    pub fn feedback_at(&self, now: Instant) {
-        self.twcc_feedback.fetch_add(1, Ordering::Relaxed);
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
-        self.last_feedback_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// True when the effective estimate is the send-side one and no feedback has arrived
-    /// for [`STALE_AFTER`] (say, because nothing is being sent): it says nothing about the
-    /// path any more.
-    pub fn is_stale(&self, now: Instant) -> bool {
-        if self.source() != "twcc" {
-            return false;
-        }
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
-        let last = self.last_feedback_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(last) > STALE_AFTER.as_millis() as u64
-    }
-
-    /// The effective estimate: the lower of the send-side estimate and the REMB, whichever
-    /// are known; 0 when neither is (no cap).
-    pub fn effective(&self) -> u64 {
-        match (
-            self.gcc.load(Ordering::Relaxed),
-            self.remb.load(Ordering::Relaxed),
-        ) {
-            (0, r) => r,
-            (g, 0) => g,
-            (g, r) => g.min(r),
-        }
-    }
-
-    /// Which source the effective estimate comes from: `"twcc"`, `"remb"` or `"none"`.
-    pub fn source(&self) -> &'static str {
-        let (g, r) = (
-            self.gcc.load(Ordering::Relaxed),
-            self.remb.load(Ordering::Relaxed),
-        );
-        match (g, r) {
-            (0, 0) => "none",
-            (0, _) => "remb",
-            (_, 0) => "twcc",
-            (g, r) if r < g => "remb",
-            _ => "twcc",
-        }
-    }
-}
 
 /// Slot of [`KeyframeRequestInterceptor`]: application-side of every built-in interceptor.
 pub const KEYFRAME_REQUEST_SLOT: usize = 14_000;
@@ -443,62 +350,10 @@ pub fn with_nack_budget(
     )
 }
 
-/// Lets at most one keyframe request through per interval for one publisher stream.
-///
-/// Lock-free: many subscriber legs may ask at once; exactly one wins each interval.
-#[derive(Debug)]
-pub struct KeyframeThrottle {
-    epoch: Instant,
-    interval_ms: u64,
-    /// Milliseconds since `epoch` of the last request let through, plus one (0 = never).
-    last: AtomicU64,
-}
-
-impl KeyframeThrottle {
-    /// A throttle allowing one request per `interval`.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            epoch: Instant::now(),
-            interval_ms: interval.as_millis() as u64,
-            last: AtomicU64::new(0),
-        }
-    }
-
-    /// True when a request at `now` may go to the publisher; false when it is coalesced
-    /// into one sent less than an interval ago.
-    pub fn try_acquire(&self, now: Instant) -> bool {
-        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
-        let mut last = self.last.load(Ordering::Relaxed);
-        loop {
-            if last != 0 && now_ms < last + self.interval_ms {
-                return false;
-            }
-            match self
-                .last
-                .compare_exchange_weak(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => last = actual,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn throttle_lets_one_through_per_interval() {
-        let t = KeyframeThrottle::new(Duration::from_millis(1000));
-        let t0 = Instant::now();
-        assert!(t.try_acquire(t0));
-        let passed = (1..20)
-            .filter(|i| t.try_acquire(t0 + Duration::from_millis(i * 5)))
-            .count();
-        assert_eq!(passed, 0);
-        assert!(t.try_acquire(t0 + Duration::from_millis(1001)));
-    }
+    use std::time::Duration;
 
     #[test]
     fn rtt_from_lsr_and_dlsr() {
@@ -512,41 +367,12 @@ mod tests {
     }
 
     #[test]
-    fn effective_estimate_is_the_lower_known_one() {
-        let e = Estimates::new(1_000_000);
-        assert_eq!((e.effective(), e.source()), (0, "none"));
-        e.remb.store(400_000, Ordering::Relaxed);
-        assert_eq!((e.effective(), e.source()), (400_000, "remb"));
-        e.gcc.store(300_000, Ordering::Relaxed);
-        assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
-        e.remb.store(0, Ordering::Relaxed);
-        assert_eq!((e.effective(), e.source()), (300_000, "twcc"));
-    }
-
-    #[test]
-    fn a_send_side_estimate_without_feedback_goes_stale() {
-        let e = Estimates::new(1_000_000);
-        let t0 = Instant::now();
-        // No send-side estimate yet: nothing to be stale.
-        assert!(!e.is_stale(t0 + Duration::from_secs(10)));
-        e.gcc.store(300_000, Ordering::Relaxed);
-        e.feedback_at(t0 + Duration::from_secs(1));
-        assert!(!e.is_stale(t0 + Duration::from_secs(2)));
-        assert!(e.is_stale(t0 + Duration::from_secs(4)));
-        e.feedback_at(t0 + Duration::from_secs(4));
-        assert!(!e.is_stale(t0 + Duration::from_millis(4500)));
-        // A REMB below it makes REMB the source: REMB does not go stale here.
-        e.remb.store(100_000, Ordering::Relaxed);
-        assert!(!e.is_stale(t0 + Duration::from_secs(60)));
-    }
-
-    #[test]
     fn nack_budget_keeps_what_the_share_of_the_estimate_covers() {
         use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
         let estimates = std::sync::Arc::new(Estimates::new(0));
         // 960 kbit/s: a quarter is 25 packets/s of 1200 bytes, 12.5 in a half-second burst.
         estimates.gcc.store(960_000, Ordering::Relaxed);
-        let stats = std::sync::Arc::new(super::super::stats::Stats::default());
+        let stats = std::sync::Arc::new(super::super::Stats::default());
         let mut b = NackBudgetInterceptor {
             estimates,
             stats,
@@ -585,14 +411,6 @@ mod tests {
         assert_eq!(again.nacks.len(), 12);
         // Unknown estimate: the floor rate.
         assert_eq!(NackBudgetInterceptor::rate(0), MIN_RETRANSMITS_PER_SEC);
-    }
-
-    #[test]
-    fn zero_interval_throttles_nothing() {
-        let t = KeyframeThrottle::new(Duration::ZERO);
-        let t0 = Instant::now();
-        assert!(t.try_acquire(t0));
-        assert!(t.try_acquire(t0));
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub const JITTER_BUCKETS: &[f64] = &[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1,
 /// Buckets of the per-leg round-trip time histogram (seconds).
 pub const RTT_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 1.0];
 
-/// Hangup reasons, for counting; the order of [`super::HangupReason::ALL`].
+/// Hangup reasons, for counting; the order of [`crate::HangupReason::ALL`].
 pub const HANGUP_REASONS: usize = 7;
 
 /// Counters of one SFU instance.

@@ -1,20 +1,16 @@
-//! Active speaker detection from the RFC 6464 audio level each publisher's audio carries,
-//! and the periodic housekeeping task that runs it (it also re-balances simulcast legs).
+//! Active speaker ranking from the RFC 6464 audio level each publisher's audio carries.
 //!
-//! The forwarder keeps a smoothed loudness per audio track (no work beyond one extension
-//! lookup per packet). Every 250 ms a detector ranks, per conference, the tracks that were
-//! above the threshold within the hold time, loudest first, and announces the ranking
-//! when it changed: at most 4 announcements a second.
+//! The forwarder keeps a smoothed loudness per audio source (no work beyond one extension
+//! lookup per packet). Every housekeeping tick, [`detect`] ranks a conference's sources
+//! that were above the threshold within the hold time, loudest first, and reports the
+//! ranking when it changed.
 
-use super::conference::Conference;
-use super::{Inner, MediaKind, ParticipantId, SfuEventKind};
+use crate::ParticipantId;
+use crate::source::Source;
+use crate::stats::MediaKind;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::Weak;
 use std::time::{Duration, Instant};
-
-/// Detector period: announcements are at most this frequent.
-pub const PERIOD: Duration = Duration::from_millis(250);
 
 /// One announced speaker.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,26 +26,29 @@ pub struct Speaker {
 }
 
 /// Per-conference detector state.
-#[derive(Default)]
-pub(crate) struct SpeakerState {
+#[derive(Debug, Default)]
+pub struct SpeakerState {
     /// When each track was last above the threshold.
     last_loud: HashMap<(ParticipantId, String), Instant>,
     /// The last announced order.
     announced: Vec<(ParticipantId, String)>,
 }
 
-/// Ranks the conference's speakers at `now`; `Some` when the ranking changed.
-pub(crate) fn detect(
-    conf: &Conference,
+/// Ranks the speakers among `sources` at `now` (a loudness ≥ `threshold`, 0..127, within
+/// `hold`; at most `max`); `Some` when the ranking changed since the last call.
+pub fn detect<'a>(
+    state: &mut SpeakerState,
+    sources: impl IntoIterator<Item = &'a Source>,
     now: Instant,
     threshold: f32,
     hold: Duration,
     max: usize,
 ) -> Option<Vec<Speaker>> {
-    let tracks = conf.tracks();
-    let mut state = conf.speakers.lock().unwrap();
     let mut current = Vec::new();
-    for t in tracks.iter().filter(|t| t.info.kind == MediaKind::Audio) {
+    for t in sources
+        .into_iter()
+        .filter(|t| t.info.kind == MediaKind::Audio)
+    {
         let key = (t.info.publisher.clone(), t.info.track.track_id.clone());
         let loudness = t.loudness(now);
         if loudness >= threshold {
@@ -91,7 +90,7 @@ pub(crate) fn detect(
 
 impl SpeakerState {
     /// The participants among the current speakers, loudest first, each once.
-    pub(crate) fn participants(&self) -> Vec<ParticipantId> {
+    pub fn participants(&self) -> Vec<ParticipantId> {
         let mut out: Vec<ParticipantId> = Vec::with_capacity(self.announced.len());
         for (p, _) in &self.announced {
             if !out.contains(p) {
@@ -99,33 +98,5 @@ impl SpeakerState {
             }
         }
         out
-    }
-}
-
-/// Runs the detector for every conference until the SFU is dropped.
-pub(crate) async fn run(inner: Weak<Inner>) {
-    let mut tick = tokio::time::interval(PERIOD);
-    loop {
-        tick.tick().await;
-        let Some(inner) = inner.upgrade() else { return };
-        let cfg = &inner.config;
-        let threshold = 127.0 - cfg.speaker_threshold_dbov as f32;
-        let hold = Duration::from_millis(cfg.speaker_hold_ms);
-        let confs = inner.all_conferences();
-        let now = Instant::now();
-        for c in confs {
-            if let Some(list) = detect(&c, now, threshold, hold, cfg.max_active_speakers) {
-                inner.emit(&c.id, "", SfuEventKind::ActiveSpeakers(list));
-            }
-            // Simulcast: layer rates, then each subscriber's allocation (sizes learned
-            // from keyframes, stalled layers, bandwidth estimates).
-            for t in c.tracks() {
-                t.update_rates(PERIOD);
-            }
-            let speakers = c.speaker_order();
-            for p in c.participants() {
-                p.allocate(now, &speakers).await;
-            }
-        }
     }
 }
