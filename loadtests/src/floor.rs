@@ -8,7 +8,7 @@
 //! No ICE, DTLS, RTCP or header rewriting: Sluice's CPU per packet divided by this is the
 //! price of everything else.
 
-use crate::call::Profile;
+use crate::peer::Profile;
 use rtc::crypto::providers::AwsLcRsCrypto;
 use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
@@ -92,7 +92,7 @@ fn streams(o: &FloorOptions) -> Vec<Stream> {
                     publisher,
                     forwarded: true,
                     len: 1200,
-                    interval: Duration::from_secs_f64(1.0 / crate::call::screen_pps()),
+                    interval: Duration::from_secs_f64(1.0 / crate::peer::screen_pps()),
                 });
             }
             if o.profile == Profile::Video {

@@ -8,7 +8,7 @@
 //! (`0.0.0.0`; `SLUICE_LOADTEST_JANUS_BIND` overrides): Janus gathers its candidates on
 //! interface addresses, not on loopback, and cannot reach a participant bound to it.
 
-use crate::call::{Profile, Send, Shared, build_pc, start_sending};
+use crate::peer::{Profile, Send, Shared, build_pc, start_sending};
 use serde_json::{Value, json};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,4 +5,5 @@ pub mod call;
 pub mod floor;
 pub mod janus;
 pub mod matrix;
+pub mod peer;
 pub mod plot;

@@ -343,7 +343,8 @@ const USAGE: &str = "usage: sluice-loadtest micro [--iterations N] [--json FILE]
        sluice-loadtest call --janus URL [--sluice-pid JANUS_PID] [same layout options]";
 
 fn call_main(args: &[String]) -> ExitCode {
-    use sluice_loadtest::call::{CallOptions, Profile, run, table};
+    use sluice_loadtest::call::{CallOptions, run, table};
+    use sluice_loadtest::peer::Profile;
     let mut o = CallOptions {
         homeserver: String::new(),
         sluice_user: String::new(),
@@ -441,8 +442,8 @@ fn call_main(args: &[String]) -> ExitCode {
 }
 
 fn floor_main(args: &[String]) -> ExitCode {
-    use sluice_loadtest::call::Profile;
     use sluice_loadtest::floor::{FloorOptions, run_floor};
+    use sluice_loadtest::peer::Profile;
     let mut o = FloorOptions {
         rooms: 1,
         participants: 3,

@@ -7,8 +7,9 @@ use serde_json::Value;
 use sluice::config::{MatrixConfig, Secret, SfuConfig};
 use sluice::matrix::Focus;
 use sluice::sfu::Sfu;
-use sluice_loadtest::call::{CallOptions, Profile, run};
+use sluice_loadtest::call::{CallOptions, run};
 use sluice_loadtest::matrix::Account;
+use sluice_loadtest::peer::Profile;
 use std::time::{Duration, Instant};
 
 /// A Sluice in this process, signed in to the test homeserver and synced.

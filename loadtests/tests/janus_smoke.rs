@@ -5,7 +5,8 @@
 //! asserted. Needs the `janus` package (scripts/test installs it).
 
 use serde_json::Value;
-use sluice_loadtest::call::{CallOptions, Profile, run};
+use sluice_loadtest::call::{CallOptions, run};
+use sluice_loadtest::peer::Profile;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
