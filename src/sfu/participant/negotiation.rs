@@ -1,0 +1,133 @@
+//! Negotiation: remote candidates, the client's offers and answers, Sluice's offers
+//! (one at a time; Sluice is the polite side on glare).
+
+use super::*;
+
+impl Participant {
+    pub(crate) async fn add_remote_candidate(&self, c: IceCandidate) -> Result<(), SfuError> {
+        if c.candidate.trim().is_empty() {
+            return Ok(());
+        }
+        if c.candidate.len() > 1024 {
+            return Err(SfuError::BadCandidate(
+                "candidate longer than 1024 bytes".into(),
+            ));
+        }
+        self.pc
+            .add_ice_candidate(RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| SfuError::BadCandidate(e.to_string()))
+    }
+
+    /// Sends a Sluice offer for pending changes, unless one is already out.
+    pub(super) async fn renegotiate(&self, neg: &mut Negotiation) -> Result<(), SfuError> {
+        if self.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if neg.awaiting_answer {
+            neg.needs_offer = true;
+            return Ok(());
+        }
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        let sdp = self
+            .pc
+            .local_description()
+            .await
+            .ok_or_else(|| SfuError::WebRtc("no local description after offer".into()))?
+            .sdp;
+        let mut unsent = std::mem::take(&mut neg.unsent);
+        neg.in_flight.append(&mut unsent);
+        neg.awaiting_answer = true;
+        neg.needs_offer = false;
+        self.emit(SfuEventKind::Offer(sdp));
+        Ok(())
+    }
+
+    pub(crate) async fn remote_description(
+        &self,
+        desc: SessionDescription,
+    ) -> Result<(), SfuError> {
+        if desc.sdp.len() > sdp::MAX_SDP_BYTES {
+            return Err(SfuError::BadSdp(format!(
+                "SDP is {} bytes, above the limit of {}",
+                desc.sdp.len(),
+                sdp::MAX_SDP_BYTES
+            )));
+        }
+        let mut neg = self.neg.lock().await;
+        match desc.kind {
+            SdpKind::Answer => {
+                if !neg.awaiting_answer {
+                    return Err(SfuError::InvalidState(
+                        "answer received but no Sluice offer is outstanding".into(),
+                    ));
+                }
+                let answer = RTCSessionDescription::answer(desc.sdp)
+                    .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+                if let Err(e) = self.pc.set_remote_description(answer).await {
+                    // Take the offer back so the next change can be offered afresh.
+                    let _ = self
+                        .pc
+                        .set_local_description(RTCSessionDescription::rollback(None)?)
+                        .await;
+                    neg.awaiting_answer = false;
+                    let mut flight = std::mem::take(&mut neg.in_flight);
+                    neg.unsent.append(&mut flight);
+                    return Err(SfuError::BadSdp(e.to_string()));
+                }
+                neg.awaiting_answer = false;
+                let legs = std::mem::take(&mut neg.in_flight);
+                for leg in legs {
+                    if let Err(e) = leg.activate(&*self.pc).await {
+                        warn!(participant = %self.id, error = %e, "cannot activate leg");
+                    }
+                }
+                if neg.needs_offer || !neg.unsent.is_empty() {
+                    self.renegotiate(&mut neg).await?;
+                }
+                Ok(())
+            }
+            SdpKind::Offer => {
+                sdp::check_offer(&desc.sdp)?;
+                let offer = RTCSessionDescription::offer(desc.sdp)
+                    .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+                if neg.awaiting_answer {
+                    // Glare: Sluice is polite. Roll back, answer, offer the change again.
+                    debug!(participant = %self.id, "glare: rolling back the Sluice offer");
+                    self.pc
+                        .set_local_description(RTCSessionDescription::rollback(None)?)
+                        .await?;
+                    neg.awaiting_answer = false;
+                    let mut flight = std::mem::take(&mut neg.in_flight);
+                    flight.append(&mut neg.unsent);
+                    neg.unsent = flight;
+                    neg.needs_offer = true;
+                }
+                self.pc
+                    .set_remote_description(offer)
+                    .await
+                    .map_err(|e| SfuError::BadSdp(e.to_string()))?;
+                let answer = self.pc.create_answer(None).await?;
+                self.pc.set_local_description(answer).await?;
+                let sdp = self
+                    .pc
+                    .local_description()
+                    .await
+                    .ok_or_else(|| SfuError::WebRtc("no local description after answer".into()))?
+                    .sdp;
+                self.emit(SfuEventKind::Answer(sdp));
+                self.reap_stopped_publications().await;
+                if neg.needs_offer || !neg.unsent.is_empty() {
+                    self.renegotiate(&mut neg).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
