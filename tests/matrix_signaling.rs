@@ -613,6 +613,11 @@ async fn malformed_to_device_messages_are_refused_without_leftovers() {
             "lifetime",
         ),
         (json!({"offer": {"type": "offer", "sdp": "garbage"}}), "SDP"),
+        // No device to reply to: the refusal goes to all the sender's devices.
+        (
+            json!({"offer": {"type": "offer", "sdp": sdp}, "device_id": "", "party_id": ""}),
+            "`device_id` is empty",
+        ),
     ];
     for (i, (extra, field)) in cases.iter().enumerate() {
         let before = p.received("m.call.hangup").len();

@@ -33,6 +33,7 @@ mod events;
 mod inbox;
 mod metadata;
 mod outbox;
+use outbox::ALL_DEVICES;
 mod watch;
 pub use watch::{RoomMembership, Verdict, changed_rooms, verdict};
 

@@ -189,19 +189,33 @@ impl Signaling {
     }
 
     pub(super) async fn reply_bad_request(&self, job: &Job, why: &str) {
-        // Reply only when the message names enough to address it.
+        // Reply only when the message names enough to address it: its call, and the
+        // device it came from (Olm names it; a plaintext invite without one, or with an
+        // empty one, is answered on all the sender's devices: only the client with that
+        // call acts on the hangup).
         let c = &job.content;
-        let (Some(call_id), Some(device)) = (
-            c.get("call_id").and_then(Value::as_str),
-            c.get("device_id")
-                .or_else(|| c.get("party_id"))
-                .and_then(Value::as_str),
-        ) else {
+        let Some(call_id) = c.get("call_id").and_then(Value::as_str) else {
             return;
         };
         if job.event_type != "m.call.invite" {
             return;
         }
+        let olm_device = job
+            .encryption
+            .as_ref()
+            .and_then(|e| e.sender_device.as_ref())
+            .map(|d| d.to_string());
+        let claimed = c
+            .get("device_id")
+            .or_else(|| c.get("party_id"))
+            .and_then(Value::as_str)
+            .filter(|d| !d.is_empty());
+        let device = match (&olm_device, claimed) {
+            (Some(d), _) => d.as_str(),
+            (None, Some(d)) => d,
+            (None, None) if job.encryption.is_none() => ALL_DEVICES,
+            (None, None) => return,
+        };
         let reply = ReplyOwned {
             call_id: call_id.to_owned(),
             conf_id: c

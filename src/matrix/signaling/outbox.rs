@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The `device` of [`Signaling::send`] that means every device of the user (plaintext only).
+pub(super) const ALL_DEVICES: &str = "*";
+
 impl Signaling {
     /// Sends a to-device event, Olm-encrypted when `encrypted`.
     pub(super) async fn send(
@@ -41,7 +44,12 @@ impl Signaling {
             return;
         }
         let mut per_device = BTreeMap::new();
-        per_device.insert(DeviceIdOrAllDevices::DeviceId(device.into()), raw);
+        let to = if device == ALL_DEVICES {
+            DeviceIdOrAllDevices::AllDevices
+        } else {
+            DeviceIdOrAllDevices::DeviceId(device.into())
+        };
+        per_device.insert(to, raw);
         let mut messages = BTreeMap::new();
         messages.insert(user.to_owned(), per_device);
         let req = send_event_to_device::v3::Request::new_raw(
