@@ -116,11 +116,10 @@ async fn serve(cfg: Config) -> ExitCode {
     };
     let load = sluice::metrics::LoadEstimator::new(sfu.stats(), cfg.http.capacity_packets_per_sec);
     tokio::spawn(load.clone().run(Duration::from_secs(5)));
-    let metrics = Arc::new(sluice::metrics::Metrics::new(
-        sfu.clone(),
-        focus.as_ref().map(|f| f.metrics_view()),
-        load,
-    ));
+    let metrics = Arc::new(sluice::metrics::Metrics::new(sfu.clone(), load));
+    if let Some(f) = &focus {
+        metrics.register(Box::new(f.metrics_collector()));
+    }
     let ops = sluice::ops::Ops::new(
         sfu.clone(),
         Duration::from_secs(cfg.http.drain_deadline_secs),

@@ -1,30 +1,19 @@
 //! The metric set, in one registry owned by the app.
 //!
 //! Counters on the packet path live in the media core as plain atomics
-//! ([`crate::sfu::Stats`]); [`CoreCollector`] turns them, the core's counts and the
-//! signaling counters into Prometheus families at scrape time, so a scrape costs nothing
-//! on the packet path. Label values are bounded sets (kind, direction, reason, …): no room,
-//! user or call ids.
+//! ([`crate::sfu::Stats`]); [`CoreCollector`] turns them and the core's counts into
+//! Prometheus families at scrape time, so a scrape costs nothing on the packet path. Each
+//! front end registers a collector of its own ([`Metrics::register`]; the Matrix one is
+//! `crate::matrix::metrics`), built with the helpers here. Label values are bounded sets
+//! (kind, direction, reason, …): no room, user or call ids.
 
-use crate::matrix::signaling::{EVENT_RESULTS, EVENT_TYPES, Signaling};
 use crate::sfu::{DropReason, HangupReason, MediaKind, Sfu, Stats};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What the collector reads from the Matrix side.
-#[derive(Clone)]
-pub struct MatrixView {
-    /// Signaling counters and sessions.
-    pub signaling: Arc<Signaling>,
-    /// Whether the last sync succeeded.
-    pub sync_up: Arc<AtomicBool>,
-    /// Failed syncs.
-    pub sync_errors: Arc<AtomicU64>,
-}
 
 /// The instance's own load estimate in 0..1: the larger of the process's CPU use over the
 /// machine's cores and the forwarded packet rate over the configured capacity. Sampled every
@@ -111,13 +100,20 @@ const CONFERENCE_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 
 
 struct CoreCollector {
     sfu: Sfu,
-    matrix: Option<MatrixView>,
     load: Arc<LoadEstimator>,
     descs: Vec<Desc>,
 }
 
-/// (name, help, type, label names) of every family the collector exports.
-const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+/// (name, help, type, label names) of a metric family.
+pub type FamilySpec = (
+    &'static str,
+    &'static str,
+    MetricType,
+    &'static [&'static str],
+);
+
+/// Every family the core collector exports.
+const FAMILIES: &[FamilySpec] = &[
     (
         "sluice_conferences",
         "Live conferences.",
@@ -316,36 +312,40 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         MetricType::GAUGE,
         &[],
     ),
-    (
-        "sluice_matrix_sync_up",
-        "1 when the last Matrix sync succeeded (absent without Matrix).",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "sluice_matrix_sync_errors_total",
-        "Failed Matrix syncs.",
-        MetricType::COUNTER,
-        &[],
-    ),
-    (
-        "sluice_signaling_sessions",
-        "Live signaling sessions.",
-        MetricType::GAUGE,
-        &[],
-    ),
-    (
-        "sluice_signaling_events_total",
-        "To-device signaling events, by type and result.",
-        MetricType::COUNTER,
-        &["type", "result"],
-    ),
 ];
 
-/// Names of every metric family Sluice exports itself (histograms add `_bucket`, `_sum`
-/// and `_count` series).
+/// Names of every metric family the core exports (histograms add `_bucket`, `_sum` and
+/// `_count` series); each front end lists its own.
 pub fn family_names() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.0).collect()
+}
+
+/// The descriptions of `specs`, for a collector's [`Collector::desc`].
+pub fn descs(specs: &[FamilySpec]) -> Vec<Desc> {
+    specs
+        .iter()
+        .map(|(name, help, _, labels)| {
+            Desc::new(
+                (*name).to_owned(),
+                (*help).to_owned(),
+                labels.iter().map(|l| (*l).to_owned()).collect(),
+                Default::default(),
+            )
+            .expect("valid metric description")
+        })
+        .collect()
+}
+
+/// The family `name` of `specs` with `metrics`; None when `specs` does not declare it (a
+/// scrape must never panic, and a unit test renders every declared family).
+pub fn declared_family(
+    specs: &[FamilySpec],
+    name: &str,
+    metrics: Vec<proto::Metric>,
+) -> Option<MetricFamily> {
+    let found = specs.iter().find(|f| f.0 == name);
+    debug_assert!(found.is_some(), "metric family {name} is not declared");
+    found.map(|(_, help, t, _)| family(name, help, *t, metrics))
 }
 
 fn family(name: &str, help: &str, t: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
@@ -369,7 +369,8 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<proto::LabelPair> {
         .collect()
 }
 
-fn gauge(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
+/// A gauge sample with `pairs` as labels.
+pub fn gauge(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
     let mut m = proto::Metric::default();
     m.set_label(labels(pairs));
     let mut g = proto::Gauge::default();
@@ -378,7 +379,8 @@ fn gauge(pairs: &[(&str, &str)], v: f64) -> proto::Metric {
     m
 }
 
-fn counter(pairs: &[(&str, &str)], v: u64) -> proto::Metric {
+/// A counter sample with `pairs` as labels.
+pub fn counter(pairs: &[(&str, &str)], v: u64) -> proto::Metric {
     let mut m = proto::Metric::default();
     m.set_label(labels(pairs));
     let mut c = proto::Counter::default();
@@ -435,13 +437,7 @@ impl Collector for CoreCollector {
         let st = self.sfu.stats();
         let mut out: Vec<MetricFamily> = Vec::new();
         let mut push = |name: &str, metrics: Vec<proto::Metric>| {
-            // Every name pushed is in FAMILIES (a unit test renders them all); a scrape
-            // must never panic, so an unknown one is skipped.
-            if let Some((_, help, t, _)) = FAMILIES.iter().find(|f| f.0 == name) {
-                out.push(family(name, help, *t, metrics));
-            } else {
-                debug_assert!(false, "metric family {name} is not declared");
-            }
+            out.extend(declared_family(FAMILIES, name, metrics));
         };
         push(
             "sluice_conferences",
@@ -652,37 +648,6 @@ impl Collector for CoreCollector {
             vec![gauge(&[], if self.sfu.is_draining() { 1.0 } else { 0.0 })],
         );
         push("sluice_load_ratio", vec![gauge(&[], self.load.ratio())]);
-        if let Some(m) = &self.matrix {
-            push(
-                "sluice_matrix_sync_up",
-                vec![gauge(
-                    &[],
-                    if m.sync_up.load(Ordering::Relaxed) {
-                        1.0
-                    } else {
-                        0.0
-                    },
-                )],
-            );
-            push(
-                "sluice_matrix_sync_errors_total",
-                vec![counter(&[], m.sync_errors.load(Ordering::Relaxed))],
-            );
-            push(
-                "sluice_signaling_sessions",
-                vec![gauge(&[], m.signaling.session_count() as f64)],
-            );
-            let mut events = Vec::new();
-            for (ti, t) in EVENT_TYPES.iter().enumerate() {
-                for (ri, r) in EVENT_RESULTS.iter().enumerate() {
-                    events.push(counter(
-                        &[("type", t), ("result", r)],
-                        m.signaling.stats.events[ti][ri].load(Ordering::Relaxed),
-                    ));
-                }
-            }
-            push("sluice_signaling_events_total", events);
-        }
         out
     }
 }
@@ -694,26 +659,13 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the core collector and the process collector (CPU, memory, fds).
-    pub fn new(sfu: Sfu, matrix: Option<MatrixView>, load: Arc<LoadEstimator>) -> Metrics {
+    pub fn new(sfu: Sfu, load: Arc<LoadEstimator>) -> Metrics {
         let registry = Registry::new();
-        let descs = FAMILIES
-            .iter()
-            .map(|(name, help, _, labels)| {
-                Desc::new(
-                    (*name).to_owned(),
-                    (*help).to_owned(),
-                    labels.iter().map(|l| (*l).to_owned()).collect(),
-                    Default::default(),
-                )
-                .expect("valid metric description")
-            })
-            .collect();
         registry
             .register(Box::new(CoreCollector {
                 sfu,
-                matrix,
                 load,
-                descs,
+                descs: descs(FAMILIES),
             }))
             .expect("core collector registers once");
         #[cfg(target_os = "linux")]
@@ -722,6 +674,13 @@ impl Metrics {
             let _ = registry.register(Box::new(pc));
         }
         Metrics { registry }
+    }
+
+    /// Adds a front end's collector (once per front end).
+    pub fn register(&self, collector: Box<dyn Collector>) {
+        if let Err(e) = self.registry.register(collector) {
+            tracing::warn!(error = %e, "a front end's metrics could not be registered");
+        }
     }
 
     /// The text exposition of every metric.
@@ -748,7 +707,7 @@ mod tests {
         sfu.stats()
             .forward_latency
             .observe(Duration::from_micros(300));
-        let m = Metrics::new(sfu, None, load);
+        let m = Metrics::new(sfu, load);
         let text = m.render();
         for name in [
             "sluice_conferences 0",

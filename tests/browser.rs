@@ -55,7 +55,7 @@ async fn stack() -> Stack {
     let load = LoadEstimator::new(sluice.sfu.stats(), 10_000);
     let state = AppState {
         sfu: sluice.sfu.clone(),
-        metrics: Arc::new(Metrics::new(sluice.sfu.clone(), None, load)),
+        metrics: Arc::new(Metrics::new(sluice.sfu.clone(), load)),
         ops: Ops::new(sluice.sfu.clone(), Duration::from_secs(60)),
         sync_up: None,
         admin_token: None,

@@ -108,7 +108,8 @@ fn metric_names(expr: &str) -> Vec<String> {
 }
 
 fn known(name: &str) -> bool {
-    let families = sluice::metrics::family_names();
+    let mut families = sluice::metrics::family_names();
+    families.extend(sluice::matrix::metrics::family_names());
     families.contains(&name)
         || ["_bucket", "_sum", "_count"]
             .iter()

@@ -27,7 +27,7 @@ struct Http {
 async fn start_http(sfu: &Sfu, token: Option<&str>, deadline: Duration) -> Http {
     let load = LoadEstimator::new(sfu.stats(), 10_000);
     load.sample();
-    let metrics = Arc::new(Metrics::new(sfu.clone(), None, load));
+    let metrics = Arc::new(Metrics::new(sfu.clone(), load));
     let ops = Ops::new(sfu.clone(), deadline);
     let sync_up = Arc::new(AtomicBool::new(true));
     let state = AppState {

@@ -6,6 +6,7 @@
 //! media core ([`crate::sfu`]) knows nothing of this: [`signaling::Signaling`] translates.
 
 pub mod membership;
+pub mod metrics;
 pub mod protocol;
 pub mod signaling;
 
@@ -142,13 +143,13 @@ impl Focus {
         })
     }
 
-    /// The view the metrics collector reads.
-    pub fn metrics_view(&self) -> crate::metrics::MatrixView {
-        crate::metrics::MatrixView {
-            signaling: self.signaling.clone(),
-            sync_up: self.sync_up.clone(),
-            sync_errors: self.sync_errors.clone(),
-        }
+    /// The front end's metrics collector, for [`crate::metrics::Metrics::register`].
+    pub fn metrics_collector(&self) -> metrics::MatrixCollector {
+        metrics::MatrixCollector::new(
+            self.signaling.clone(),
+            self.sync_up.clone(),
+            self.sync_errors.clone(),
+        )
     }
 
     /// Whether the homeserver is reachable (last sync succeeded).
