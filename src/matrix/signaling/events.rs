@@ -65,13 +65,7 @@ impl Signaling {
                     json!({"version": protocol::PROTOCOL_VERSION, "features": FEATURES}),
                 )
                 .await;
-                let md = self.metadata_for(&s);
-                self.send_dc(
-                    &s,
-                    "m.call.sdp_stream_metadata_changed",
-                    json!({"sdp_stream_metadata": md}),
-                )
-                .await;
+                self.send_metadata(&s).await;
                 let task = tokio::spawn(self.clone().keepalive(s.clone()));
                 if let Some(old) = s.keepalive.lock().unwrap().replace(task) {
                     old.abort();

@@ -114,13 +114,18 @@ impl Signaling {
             .cloned()
             .collect();
         for s in sessions {
-            let md = self.metadata_for(&s);
-            self.send_dc(
-                &s,
-                "m.call.sdp_stream_metadata_changed",
-                json!({"sdp_stream_metadata": md}),
-            )
-            .await;
+            self.send_metadata(&s).await;
         }
+    }
+
+    /// Sends `s` the stream metadata it sees now.
+    pub(super) async fn send_metadata(&self, s: &Session) {
+        let md = self.metadata_for(s);
+        self.send_dc(
+            s,
+            "m.call.sdp_stream_metadata_changed",
+            json!({"sdp_stream_metadata": md}),
+        )
+        .await;
     }
 }
