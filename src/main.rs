@@ -75,7 +75,7 @@ fn main() -> ExitCode {
 async fn serve(cfg: Config) -> ExitCode {
     use std::sync::Arc;
     use std::time::Duration;
-    let (sfu, mut events) = Sfu::new(cfg.sfu.clone());
+    let sfu = Sfu::new(cfg.sfu.clone());
     tracing::info!(
         bind = %cfg.sfu.bind_address,
         ports = ?cfg.sfu.port_range(),
@@ -96,7 +96,7 @@ async fn serve(cfg: Config) -> ExitCode {
         }
     };
     let focus = if cfg.matrix.enabled() {
-        match sluice::matrix::Focus::start(&cfg.matrix, sfu.clone(), events).await {
+        match sluice::matrix::Focus::start(&cfg.matrix, sfu.clone()).await {
             Ok(f) => Some(f),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start Matrix signaling");
@@ -107,11 +107,6 @@ async fn serve(cfg: Config) -> ExitCode {
         tracing::warn!(
             "no [matrix] homeserver_url configured: no signaling, the media core runs alone"
         );
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                tracing::debug!(conference = %ev.conference, participant = %ev.participant, event = ?ev.kind, "sfu event");
-            }
-        });
         None
     };
     let load = sluice::metrics::LoadEstimator::new(sfu.stats(), cfg.http.capacity_packets_per_sec);

@@ -701,7 +701,7 @@ mod tests {
 
     #[tokio::test]
     async fn exposition_has_the_core_families_with_bounded_labels() {
-        let (sfu, _rx) = Sfu::new(SfuConfig::default());
+        let sfu = Sfu::new(SfuConfig::default());
         let load = LoadEstimator::new(sfu.stats(), 1000);
         sfu.stats().record_in(MediaKind::Video, 1200);
         sfu.stats()

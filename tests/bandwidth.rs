@@ -288,8 +288,8 @@ impl LimitedCall {
         let ns = Netns::create();
         let mut cfg = test_config();
         cfg.bind_address = ns.host_ip.parse().unwrap();
-        let (sfu, events) = Sfu::new(cfg);
-        let router = Router::start(&sfu, events);
+        let sfu = Sfu::new(cfg);
+        let router = Router::start(&sfu);
         let publisher = TestPeer::new_at(&sfu, 0, true, true, &ns.host_ip).await;
         router.add(&publisher);
         publisher.join(&sfu).await.unwrap();

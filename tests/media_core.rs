@@ -13,8 +13,8 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_exchange_audio_and_video_intact_and_in_order() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1, 2]).await;
     subscribe_all(&sfu, &peers, &peers).await;
 
@@ -150,8 +150,8 @@ async fn settle<T: PartialEq + std::fmt::Debug>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_peer_is_removed_everywhere_and_releases_everything() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let pair = join_peers(&sfu, &router, &[0, 1]).await;
     subscribe_all(&sfu, &pair, &pair).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -235,8 +235,8 @@ async fn leaving_peer_is_removed_everywhere_and_releases_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_of_plis_reaches_the_publisher_once() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     let (a, b) = (&peers[0], &peers[1]);
     subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
@@ -297,16 +297,22 @@ fn hand_offer(media: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_specific_error_and_leaves_no_state() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let empty = SfuSnapshot::default();
     let tasks_before = alive_tasks();
 
-    let e = sfu.join(CONF, "a", "garbage, not SDP").await.unwrap_err();
+    let e = sfu
+        .join(CONF, "a", "garbage, not SDP", no_sink())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "bad_sdp", "{e}");
     assert_eq!(sfu.snapshot(), empty);
 
-    let e = sfu.join(CONF, "a", &hand_offer("")).await.unwrap_err();
+    let e = sfu
+        .join(CONF, "a", &hand_offer(""), no_sink())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "no_media", "{e}");
     assert_eq!(sfu.snapshot(), empty);
 
@@ -316,7 +322,10 @@ async fn bad_input_gets_a_specific_error_and_leaves_no_state() {
          a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
          a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:103 ISAC/16000\r\na=rtpmap:104 ISAC/32000\r\n",
     );
-    let e = sfu.join(CONF, "a", &isac_only).await.unwrap_err();
+    let e = sfu
+        .join(CONF, "a", &isac_only, no_sink())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), "unsupported_codec", "{e}");
     assert!(e.to_string().contains("isac"), "{e}");
     assert_eq!(sfu.snapshot(), empty);
@@ -439,11 +448,14 @@ async fn participant_that_never_connects_is_removed_with_invite_timeout() {
         ice_connect_timeout_secs: 1,
         ..test_config()
     };
-    let (sfu, events) = Sfu::new(cfg);
-    // No router: nobody applies the answer, so ICE never connects.
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(cfg);
+    // The peer never applies the answer, so ICE never connects.
+    let router = Router::start(&sfu);
     let peer = TestPeer::new(&sfu, 0, true).await;
-    peer.join(&sfu).await.unwrap();
+    let offer = peer.pc.create_offer(None).await.unwrap();
+    peer.pc.set_local_description(offer).await.unwrap();
+    let sdp = peer.pc.local_description().await.unwrap().sdp;
+    let _answer = sfu.join(CONF, &peer.id, &sdp, router.sink()).await.unwrap();
     assert_eq!(sfu.snapshot().participants, 1);
     router
         .wait_for("invite timeout", LONG, |log| {
@@ -457,8 +469,8 @@ async fn participant_that_never_connects_is_removed_with_invite_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_offer_during_a_sluice_offer_wins_and_the_change_is_offered_again() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     let (a, b) = (&peers[0], &peers[1]);
     // Hold Sluice's offers to A so A's own offer collides with one.
@@ -510,8 +522,8 @@ async fn client_offer_during_a_sluice_offer_wins_and_the_change_is_offered_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_forwarding_and_renegotiates() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     let (a, b) = (&peers[0], &peers[1]);
     subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
@@ -548,8 +560,8 @@ async fn unsubscribe_stops_forwarding_and_renegotiates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_stopping_a_track_by_renegotiation_unpublishes_it() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     let (a, b) = (&peers[0], &peers[1]);
     subscribe_all(&sfu, std::slice::from_ref(a), &peers).await;
@@ -605,8 +617,8 @@ async fn media_sockets_use_the_configured_port_range() {
         udp_port_max: base + 1,
         ..test_config()
     };
-    let (sfu, events) = Sfu::new(cfg);
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(cfg);
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     let ports: Vec<u16> = router
         .log
@@ -643,21 +655,26 @@ async fn media_sockets_use_the_configured_port_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1, 2]).await;
     // Levels in -dBov: 0 is the loudest.
     for (p, level) in peers.iter().zip([10u8, 30, 45]) {
         p.audio_level
             .store(level, std::sync::atomic::Ordering::Relaxed);
     }
+    // Every participant gets each announcement; follow the first one's.
+    let first = peers[0].id.clone();
     let order = |log: &[sluice::sfu::SfuEvent]| -> Option<Vec<String>> {
-        log.iter().rev().find_map(|e| match &e.kind {
-            SfuEventKind::ActiveSpeakers(list) => {
-                Some(list.iter().map(|s| s.participant.clone()).collect())
-            }
-            _ => None,
-        })
+        log.iter()
+            .rev()
+            .filter(|e| e.participant == first)
+            .find_map(|e| match &e.kind {
+                SfuEventKind::ActiveSpeakers(list) => {
+                    Some(list.iter().map(|s| s.participant.clone()).collect())
+                }
+                _ => None,
+            })
     };
     let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
     let want = ids.clone();
@@ -682,8 +699,20 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
     // Announcements are rate limited: consecutive ones at least one detector period apart
     // is implied by the 250 ms tick; count them to be sure none repeat an order.
     let log = router.log.lock().unwrap().clone();
+    for p in &peers {
+        let got = log
+            .iter()
+            .filter(|e| e.participant == p.id && matches!(e.kind, SfuEventKind::ActiveSpeakers(_)))
+            .count();
+        let want = log
+            .iter()
+            .filter(|e| e.participant == first && matches!(e.kind, SfuEventKind::ActiveSpeakers(_)))
+            .count();
+        assert_eq!(got, want, "{} missed announcements", p.id);
+    }
     let orders: Vec<Vec<String>> = log
         .iter()
+        .filter(|e| e.participant == first)
         .filter_map(|e| match &e.kind {
             SfuEventKind::ActiveSpeakers(l) => {
                 Some(l.iter().map(|s| s.participant.clone()).collect())
@@ -695,6 +724,7 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
     let last = log
         .iter()
         .rev()
+        .filter(|e| e.participant == first)
         .find_map(|e| match &e.kind {
             SfuEventKind::ActiveSpeakers(l) => Some(l.clone()),
             _ => None,
@@ -718,8 +748,8 @@ async fn opus_dtx_passes_through_untouched() {
     // timestamps 400 ms apart. A subscriber must get exactly that: no gap filled, no
     // timestamp changed, and the payloads byte for byte (end-to-end encrypted media
     // included: the SFU never looks inside).
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     subscribe_all(&sfu, &peers[1..], &peers[..1]).await;
     let (talker, listener) = (&peers[0], &peers[1]);
@@ -799,8 +829,8 @@ async fn red_passes_through_untouched_and_is_unwrapped_for_legs_without_it() {
     //   primary blocks as plain Opus, byte for byte, and the lost packets rebuilt from
     //   the next packet's redundancy; the unparsable ones are left out, counted, with no
     //   gap in their sequence numbers.
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let publisher = TestPeer::new_red(&sfu, 0, true).await;
     let with_red = TestPeer::new_red(&sfu, 1, false).await;
     let without_red = TestPeer::new(&sfu, 2, false).await;

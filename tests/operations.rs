@@ -78,8 +78,8 @@ async fn prom_query(client: &reqwest::Client, prom: &str, q: &str) -> Option<f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_core_series_during_a_conference() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let http = start_http(&sfu, None, Duration::from_secs(60)).await;
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     subscribe_all(&sfu, &peers, &peers).await;
@@ -175,8 +175,8 @@ async fn prometheus_scrapes_the_core_series_during_a_conference() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_discovery_and_admin_api() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let http = start_http(&sfu, Some(TOKEN), Duration::from_secs(60)).await;
     let base = format!("http://{}", http.addr);
     let c = reqwest::Client::new();
@@ -352,15 +352,15 @@ async fn join_elsewhere(sfu: &Sfu, idx: u8, conf: &str) -> Result<(), sluice::sf
     let offer = peer.pc.create_offer(None).await.unwrap();
     peer.pc.set_local_description(offer).await.unwrap();
     let sdp = peer.pc.local_description().await.unwrap().sdp;
-    let r = sfu.join(conf, &peer.id, &sdp).await;
+    let r = sfu.join(conf, &peer.id, &sdp, no_sink()).await;
     peer.close().await;
-    r
+    r.map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_refuses_new_conferences_admits_existing_and_ends_when_empty() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let http = start_http(&sfu, None, Duration::from_secs(60)).await;
     let a = join_peers(&sfu, &router, &[0]).await;
     assert!(http.ops.start_drain());
@@ -398,8 +398,8 @@ async fn drain_refuses_new_conferences_admits_existing_and_ends_when_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_deadline_hangs_up_the_rest() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let http = start_http(&sfu, None, Duration::from_secs(2)).await;
     let peers = join_peers(&sfu, &router, &[0]).await;
     let t0 = Instant::now();
@@ -421,8 +421,8 @@ async fn drain_deadline_hangs_up_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_participants_are_evicted_and_busy_ones_kept() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let busy = join_peers(&sfu, &router, &[0]).await;
     // A participant that publishes nothing and subscribes to nothing.
     let idle = TestPeer::new(&sfu, 1, false).await;

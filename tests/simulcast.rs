@@ -17,8 +17,8 @@ fn layer(r: &Received) -> usize {
 }
 
 async fn setup() -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let publisher = TestPeer::new_simulcast(&sfu, 0).await;
     let subscriber = TestPeer::new(&sfu, 1, false).await;
     let track = connect_pair(&sfu, &router, &publisher, &subscriber, |p| {
@@ -34,8 +34,8 @@ async fn svc_setup(
     video: TestVideo,
     start: impl FnOnce(&Arc<TestPeer>),
 ) -> (Sfu, Arc<Router>, Arc<TestPeer>, Arc<TestPeer>, TrackRef) {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let publisher = TestPeer::new_svc(&sfu, 0, true, video).await;
     let sub = TestPeer::new_svc(&sfu, 1, false, video).await;
     let track = connect_pair(&sfu, &router, &publisher, &sub, start).await;
@@ -666,8 +666,8 @@ async fn temporal_layers_step_down_and_back_up(video: TestVideo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upward_step_is_probed_for_on_the_rtx_stream_first() {
-    let (sfu, events) = Sfu::new(test_config());
-    let router = Router::start(&sfu, events);
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
     let publisher = TestPeer::new_simulcast(&sfu, 0).await;
     // A subscriber that negotiates NACK and RTX, as browsers do.
     let sub = TestPeer::new_with_rtx(&sfu, 1).await;

@@ -38,8 +38,8 @@ async fn start_sluice() -> (Sfu, Focus, MatrixConfig, String) {
         bind_address: "127.0.0.1".parse().unwrap(),
         ..SfuConfig::default()
     };
-    let (sfu, events) = Sfu::new(sfu_cfg);
-    let focus = Focus::start(&cfg, sfu.clone(), events).await.unwrap();
+    let sfu = Sfu::new(sfu_cfg);
+    let focus = Focus::start(&cfg, sfu.clone()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !focus.is_synced() {
         assert!(Instant::now() < deadline, "Sluice never synced");

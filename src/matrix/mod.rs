@@ -11,7 +11,7 @@ pub mod protocol;
 pub mod signaling;
 
 use crate::config::MatrixConfig;
-use crate::sfu::{Sfu, SfuEvent};
+use crate::sfu::Sfu;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::deserialized_responses::EncryptionInfo;
 use matrix_sdk::ruma::events::AnyToDeviceEvent;
@@ -56,12 +56,7 @@ pub struct Focus {
 
 impl Focus {
     /// Logs in, registers event handlers, and starts the sync loop and the signaling tasks.
-    /// `events` is the media core's event stream, which the focus consumes.
-    pub async fn start(
-        cfg: &MatrixConfig,
-        sfu: Sfu,
-        events: mpsc::UnboundedReceiver<SfuEvent>,
-    ) -> Result<Focus, MatrixError> {
+    pub async fn start(cfg: &MatrixConfig, sfu: Sfu) -> Result<Focus, MatrixError> {
         let password = cfg
             .resolve_password()
             .map_err(|e| MatrixError::Setup(e.to_string()))?;
@@ -131,7 +126,6 @@ impl Focus {
                 sync_errors.clone(),
                 signaling.room_changes(),
             )),
-            tokio::spawn(signaling.clone().run_sfu_events(events)),
             tokio::spawn(signaling.clone().watch_memberships()),
         ];
         Ok(Focus {

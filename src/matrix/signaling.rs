@@ -125,7 +125,6 @@ pub struct Session {
     pub sender_session_id: String,
     /// Reply encrypted: the client's last message was Olm-encrypted.
     pub encrypted: AtomicBool,
-    answered: AtomicBool,
     /// The client ended the session itself: no hangup is sent back.
     client_ended: AtomicBool,
     dc_open: AtomicBool,

@@ -39,11 +39,14 @@ pub(crate) async fn run(inner: Weak<Inner>) {
                     cfg.max_active_speakers,
                 )
             };
+            let participants = c.participants();
             if let Some(list) = ranking {
-                inner.emit(&c.id, "", SfuEventKind::ActiveSpeakers(list));
+                for p in &participants {
+                    p.emit(SfuEventKind::ActiveSpeakers(list.clone()));
+                }
             }
             let speakers = c.speaker_order();
-            for p in c.participants() {
+            for p in participants {
                 p.allocate(now, &speakers).await;
             }
         }

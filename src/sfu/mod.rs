@@ -1,9 +1,10 @@
 //! The media core: conferences, participants, forwarding, RTCP.
 //!
 //! Nothing here knows Matrix. The seam to the signaling world is small:
-//! commands in ([`Sfu::join`], [`Sfu::add_remote_candidate`], [`Sfu::remote_description`],
-//! [`Sfu::subscribe`], [`Sfu::unsubscribe`], [`Sfu::send_data`], [`Sfu::leave`]) and events
-//! out ([`SfuEvent`], one ordered channel for the whole instance).
+//! commands in ([`Sfu::join`], which returns the answer, [`Sfu::add_remote_candidate`],
+//! [`Sfu::remote_description`], [`Sfu::subscribe`], [`Sfu::unsubscribe`], [`Sfu::send_data`],
+//! [`Sfu::leave`]) and events out ([`SfuEvent`]), each participant's in order to the
+//! [`EventSink`] its front end gave at the join.
 //!
 //! Each participant has exactly one peer connection that both publishes and subscribes.
 //! A publisher track's packets are fanned out by one forwarder task to per-subscriber
@@ -165,11 +166,15 @@ pub struct SessionDescription {
     pub sdp: String,
 }
 
+/// Where a participant's events go: the front end that joined it supplies one at
+/// [`Sfu::join`] and drains it in order. Several participants may share one.
+pub type EventSink = mpsc::UnboundedSender<SfuEvent>;
+
 /// What happened, for one participant of one conference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SfuEventKind {
-    /// Sluice's answer to the participant's offer (the join offer or a renegotiation).
-    /// Always emitted before any local candidate of the participant.
+    /// Sluice's answer to a renegotiation offer of the participant (the join's answer is
+    /// [`Sfu::join`]'s result). It precedes any Sluice offer that follows it.
     Answer(String),
     /// A Sluice-initiated renegotiation offer (subscriptions changed). The client replies
     /// with [`Sfu::remote_description`] carrying its answer.
@@ -192,7 +197,7 @@ pub enum SfuEventKind {
     /// The participant was removed from the conference; every resource it held is released.
     Left(HangupReason),
     /// The conference's active speakers changed (loudest first; empty: nobody speaks).
-    /// A conference-level event: `participant` is empty.
+    /// Sent to every participant of the conference.
     ActiveSpeakers(Vec<Speaker>),
 }
 
@@ -201,7 +206,7 @@ pub enum SfuEventKind {
 pub struct SfuEvent {
     /// The conference.
     pub conference: ConferenceId,
-    /// The participant the event is about (for track events, the publisher).
+    /// The participant whose sink the event goes to (for track events, the publisher).
     pub participant: ParticipantId,
     /// What happened.
     pub kind: SfuEventKind,
@@ -330,7 +335,6 @@ impl PortAllocator {
 pub(crate) struct Inner {
     pub(crate) config: SfuConfig,
     pub(crate) conferences: Mutex<HashMap<ConferenceId, Arc<Conference>>>,
-    pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) ports: PortAllocator,
     pub(crate) draining: std::sync::atomic::AtomicBool,
@@ -338,14 +342,6 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub(crate) fn emit(&self, conference: &str, participant: &str, kind: SfuEventKind) {
-        let _ = self.events.send(SfuEvent {
-            conference: conference.to_owned(),
-            participant: participant.to_owned(),
-            kind,
-        });
-    }
-
     /// Every live conference (a snapshot of the registry).
     pub(crate) fn all_conferences(&self) -> Vec<Arc<Conference>> {
         self.conferences.lock().unwrap().values().cloned().collect()
@@ -380,15 +376,13 @@ pub struct Sfu {
 }
 
 impl Sfu {
-    /// Creates an SFU and the receiver of its events.
-    pub fn new(config: SfuConfig) -> (Sfu, mpsc::UnboundedReceiver<SfuEvent>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// Creates an SFU.
+    pub fn new(config: SfuConfig) -> Sfu {
         let ports = PortAllocator::new(config.port_range());
         let sfu = Sfu {
             inner: Arc::new(Inner {
                 config,
                 conferences: Mutex::new(HashMap::new()),
-                events: tx,
                 stats: Arc::new(Stats::default()),
                 ports,
                 draining: std::sync::atomic::AtomicBool::new(false),
@@ -400,7 +394,7 @@ impl Sfu {
         if tokio::runtime::Handle::try_current().is_ok() {
             sfu.start_housekeeping();
         }
-        (sfu, rx)
+        sfu
     }
 
     fn start_housekeeping(&self) {
@@ -419,22 +413,22 @@ impl Sfu {
         &self.inner.config
     }
 
-    /// A participant joins `conference` with an SDP offer. On success the answer follows as
-    /// [`SfuEventKind::Answer`], then local candidates. On refusal nothing is allocated.
+    /// A participant joins `conference` with an SDP offer; returns Sluice's answer. From
+    /// then on the participant's events (local candidates first) go to `sink`: the front
+    /// end sends the answer to the client before it hands the client anything from the
+    /// sink. On refusal nothing is allocated and nothing is sent to `sink`.
     pub async fn join(
         &self,
         conference: &str,
         participant: &str,
         offer_sdp: &str,
-    ) -> Result<(), SfuError> {
+        sink: EventSink,
+    ) -> Result<String, SfuError> {
         sdp::check_offer(offer_sdp)?;
         self.start_housekeeping();
         let conf = Conference::reserve(&self.inner, conference, participant)?;
-        match Participant::create(&self.inner, &conf, participant, offer_sdp).await {
-            Ok(p) => {
-                conf.activate(participant, p);
-                Ok(())
-            }
+        match Participant::create(&self.inner, &conf, participant, offer_sdp, sink).await {
+            Ok(answer) => Ok(answer),
             Err(e) => {
                 conf.release_reservation(participant);
                 self.inner.drop_if_empty(&conf);

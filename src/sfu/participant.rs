@@ -9,8 +9,8 @@ use super::sdp;
 use super::stats::MediaKind;
 use super::track::{Leg, PublishedTrack};
 use super::{
-    HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription, SfuError,
-    SfuEventKind, TrackInfo, TrackRef,
+    EventSink, HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription,
+    SfuError, SfuEvent, SfuEventKind, TrackInfo, TrackRef,
 };
 use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -69,12 +69,6 @@ struct Negotiation {
     in_flight: Vec<Arc<Leg>>,
 }
 
-#[derive(Default)]
-struct CandidateGate {
-    open: bool,
-    pending: Vec<Option<IceCandidate>>,
-}
-
 pub(crate) struct Participant {
     pub(crate) id: ParticipantId,
     conference: Weak<Conference>,
@@ -88,7 +82,8 @@ pub(crate) struct Participant {
     screenshare_streams: Mutex<HashSet<String>>,
     dc: Mutex<Option<Arc<dyn DataChannel>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    gate: Mutex<CandidateGate>,
+    /// Where the participant's events go (its front end's).
+    sink: EventSink,
     first_mid: Mutex<Option<String>>,
     connected: AtomicBool,
     removed: AtomicBool,
@@ -102,13 +97,14 @@ pub(crate) struct Participant {
 
 impl Participant {
     /// Builds the participant's connection, answers its offer, and makes it visible in the
-    /// conference (reserved by the caller). The answer is emitted before any candidate.
+    /// conference (reserved by the caller). Returns the answer; candidates go to `sink`.
     pub(crate) async fn create(
         inner: &Arc<Inner>,
         conf: &Arc<Conference>,
         id: &str,
         offer_sdp: &str,
-    ) -> Result<Arc<Participant>, SfuError> {
+        sink: EventSink,
+    ) -> Result<String, SfuError> {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
         });
@@ -128,7 +124,7 @@ impl Participant {
             screenshare_streams: Mutex::new(HashSet::new()),
             dc: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
-            gate: Mutex::new(CandidateGate::default()),
+            sink,
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
             removed: AtomicBool::new(false),
@@ -162,8 +158,6 @@ impl Participant {
         *p.first_mid.lock().unwrap() = first_mid(&answer);
         conf.activate(id, p.clone());
         info!(conference = %conf.id, participant = %id, "joined");
-        p.emit(SfuEventKind::Answer(answer));
-        p.open_gate();
 
         let weak = Arc::downgrade(&p);
         let timeout = inner.config.ice_connect_timeout();
@@ -178,7 +172,7 @@ impl Participant {
             }
         });
         p.track_task(timer);
-        Ok(p)
+        Ok(answer)
     }
 
     /// Keeps a task to end on removal; ends it at once when removal already ran.
@@ -192,31 +186,18 @@ impl Participant {
         }
     }
 
-    fn emit(&self, kind: SfuEventKind) {
-        if let Some(inner) = self.inner.upgrade() {
-            inner.emit(&self.conference_id, &self.id, kind);
-        }
+    /// Hands an event to the participant's sink (a closed sink drops it: its front end
+    /// is gone).
+    pub(crate) fn emit(&self, kind: SfuEventKind) {
+        let _ = self.sink.send(SfuEvent {
+            conference: self.conference_id.clone(),
+            participant: self.id.clone(),
+            kind,
+        });
     }
 
     fn local_candidate(&self, c: Option<IceCandidate>) {
-        let mut gate = self.gate.lock().unwrap();
-        if gate.open {
-            drop(gate);
-            self.emit(SfuEventKind::LocalCandidate(c));
-        } else {
-            gate.pending.push(c);
-        }
-    }
-
-    fn open_gate(&self) {
-        let pending = {
-            let mut gate = self.gate.lock().unwrap();
-            gate.open = true;
-            std::mem::take(&mut gate.pending)
-        };
-        for c in pending {
-            self.emit(SfuEventKind::LocalCandidate(c));
-        }
+        self.emit(SfuEventKind::LocalCandidate(c));
     }
 
     /// The subscriber's effective bandwidth estimate (bits/s), 0 while unknown.

@@ -119,7 +119,7 @@ impl SluiceUnderTest {
         tune(&mut cfg);
         let sfu_cfg = super::test_config();
         let mut s = SluiceUnderTest {
-            sfu: Sfu::new(sfu_cfg.clone()).0,
+            sfu: Sfu::new(sfu_cfg.clone()),
             focus: None,
             user_id,
             device_id: cfg.device_id.clone(),
@@ -136,8 +136,8 @@ impl SluiceUnderTest {
             self.sfu.shutdown(sluice::sfu::HangupReason::Draining).await;
             f.stop().await;
         }
-        let (sfu, events) = Sfu::new(self.sfu_cfg.clone());
-        let focus = Focus::start(&self.cfg, sfu.clone(), events).await.unwrap();
+        let sfu = Sfu::new(self.sfu_cfg.clone());
+        let focus = Focus::start(&self.cfg, sfu.clone()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !focus.is_synced() {
             assert!(Instant::now() < deadline, "Sluice never synced");

@@ -14,7 +14,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use sluice::config::SfuConfig;
 use sluice::sfu::rtcp::{is_keyframe_request, with_keyframe_requests};
 use sluice::sfu::{
-    IceCandidate, SdpKind, SessionDescription, Sfu, SfuEvent, SfuEventKind, TrackRef,
+    EventSink, IceCandidate, SdpKind, SessionDescription, Sfu, SfuEvent, SfuEventKind, TrackRef,
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -334,6 +334,10 @@ pub struct PeerState {
     pub remotes: HashMap<String, RemoteInfo>,
     pub local_candidates: Vec<IceCandidate>,
     pub candidates_flow: bool,
+    /// Sluice's answer is applied: its candidates can be added.
+    pub answered: bool,
+    /// Sluice's candidates that arrived before its answer was applied.
+    pub early_remote: Vec<IceCandidate>,
     pub connected: bool,
     pub failed: bool,
 }
@@ -365,6 +369,13 @@ pub struct TestPeer {
     pub dtx: Arc<AtomicBool>,
     /// Send the audio in RED as [`red_frame`] says (a peer built with `new_red`).
     pub red_send: Arc<AtomicBool>,
+    /// Where Sluice sends the peer's events ([`Router::add`] sets it).
+    pub sink: Mutex<Option<EventSink>>,
+}
+
+/// A sink whose events nobody reads (a join refused or not followed).
+pub fn no_sink() -> EventSink {
+    tokio::sync::mpsc::unbounded_channel().0
 }
 
 /// What the test peer's data channel delivered.
@@ -902,6 +913,7 @@ impl TestPeer {
             dc_rx: Mutex::new(Some(dc_rx)),
             dtx: Arc::new(AtomicBool::new(false)),
             red_send: Arc::new(AtomicBool::new(false)),
+            sink: Mutex::new(None),
         })
     }
 
@@ -910,7 +922,44 @@ impl TestPeer {
         let offer = self.pc.create_offer(None).await.unwrap();
         self.pc.set_local_description(offer).await.unwrap();
         let sdp = self.pc.local_description().await.unwrap().sdp;
-        sfu.join(CONF, &self.id, &sdp).await
+        let sink = self.sink.lock().unwrap().clone().unwrap_or_else(no_sink);
+        let answer = sfu.join(CONF, &self.id, &sdp, sink).await?;
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+            .await
+            .unwrap();
+        for c in self.open_candidates() {
+            let _ = sfu.add_remote_candidate(CONF, &self.id, c).await;
+        }
+        let early = {
+            let mut st = self.state.lock().unwrap();
+            st.answered = true;
+            std::mem::take(&mut st.early_remote)
+        };
+        for c in early {
+            self.add_sluice_candidate(c).await;
+        }
+        Ok(())
+    }
+
+    /// Adds one of Sluice's candidates, or keeps it until Sluice's answer is applied.
+    pub async fn add_sluice_candidate(&self, c: IceCandidate) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.answered {
+                st.early_remote.push(c);
+                return;
+            }
+        }
+        let _ = self
+            .pc
+            .add_ice_candidate(RTCIceCandidateInit {
+                candidate: c.candidate,
+                sdp_mid: c.sdp_mid,
+                sdp_mline_index: c.sdp_mline_index,
+                ..Default::default()
+            })
+            .await;
     }
 
     /// Lets candidates flow to the sink from now on; returns the ones gathered so far.
@@ -1405,7 +1454,9 @@ impl TestPeer {
 }
 
 /// Routes SFU events to test peers the way a signaling layer would, and records them.
+/// Every peer added shares the router's sink, so the log keeps one order.
 pub struct Router {
+    sink: EventSink,
     pub peers: Mutex<HashMap<String, Arc<TestPeer>>>,
     pub log: Mutex<Vec<SfuEvent>>,
     pub changed: Notify,
@@ -1415,11 +1466,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn start(
-        sfu: &Sfu,
-        mut events: tokio::sync::mpsc::UnboundedReceiver<SfuEvent>,
-    ) -> Arc<Router> {
+    pub fn start(sfu: &Sfu) -> Arc<Router> {
+        let (sink, mut events) = tokio::sync::mpsc::unbounded_channel::<SfuEvent>();
         let router = Arc::new(Router {
+            sink,
             peers: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             changed: Notify::new(),
@@ -1441,7 +1491,13 @@ impl Router {
         router
     }
 
+    /// The sink the router reads (for joins made by hand).
+    pub fn sink(&self) -> EventSink {
+        self.sink.clone()
+    }
+
     pub fn add(&self, peer: &Arc<TestPeer>) {
+        *peer.sink.lock().unwrap() = Some(self.sink.clone());
         self.peers
             .lock()
             .unwrap()
@@ -1469,17 +1525,7 @@ impl Router {
                 }
                 answer_offer(sfu, peer, sdp).await;
             }
-            SfuEventKind::LocalCandidate(Some(c)) => {
-                let _ = peer
-                    .pc
-                    .add_ice_candidate(RTCIceCandidateInit {
-                        candidate: c.candidate.clone(),
-                        sdp_mid: c.sdp_mid.clone(),
-                        sdp_mline_index: c.sdp_mline_index,
-                        ..Default::default()
-                    })
-                    .await;
-            }
+            SfuEventKind::LocalCandidate(Some(c)) => peer.add_sluice_candidate(c.clone()).await,
             _ => {}
         }
     }

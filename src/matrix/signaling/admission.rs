@@ -113,7 +113,7 @@ impl Signaling {
         Ok(room_id)
     }
 
-    pub(super) async fn on_invite(&self, job: &Job, msg: CallMessage, encrypted: bool) {
+    pub(super) async fn on_invite(self: &Arc<Self>, job: &Job, msg: CallMessage, encrypted: bool) {
         let Body::Invite { sdp, metadata, .. } = &msg.body else {
             return;
         };
@@ -148,7 +148,6 @@ impl Signaling {
             call_id: msg.call_id.clone(),
             sender_session_id: msg.sender_session_id.clone(),
             encrypted: AtomicBool::new(encrypted),
-            answered: AtomicBool::new(false),
             client_ended: AtomicBool::new(false),
             dc_open: AtomicBool::new(false),
             last_pong: Mutex::new(Instant::now()),
@@ -168,12 +167,23 @@ impl Signaling {
             (job.sender.clone(), msg.device_id.clone()),
             participant.clone(),
         );
-        if let Err(e) = self.sfu.join(&conference, &participant, sdp).await {
-            self.forget(&session);
-            return self
-                .refuse_invite(job, &msg, encrypted, refusal_for(&e))
-                .await;
-        }
+        let (sink, events) = mpsc::unbounded_channel();
+        let answer = match self.sfu.join(&conference, &participant, sdp, sink).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.forget(&session);
+                return self
+                    .refuse_invite(job, &msg, encrypted, refusal_for(&e))
+                    .await;
+            }
+        };
+        // The answer goes out first; the session's events (its candidates first) after it.
+        let content = session
+            .reply(&self.own_device)
+            .borrow()
+            .answer(&answer, self.metadata_for(&session));
+        self.send_to_session(&session, "m.call.answer", content);
+        tokio::spawn(self.clone().run_session_events(session.clone(), events));
         self.apply_purposes(&session);
         // The watch learns the new session's membership expiry (and catches a kick that
         // raced the invite).

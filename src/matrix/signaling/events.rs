@@ -1,41 +1,35 @@
-//! The media core's events, handled in order: answers, offers, candidates, the data
-//! channel's opening, session ends; and each session's keepalive.
+//! One session's media-core events, handled in order: renegotiation answers and offers,
+//! candidates, the data channel's opening, track changes, speakers, the session's end;
+//! and each session's keepalive.
 
 use super::*;
 
 impl Signaling {
-    /// Consumes the media core's events, in order, for as long as the core runs.
-    pub async fn run_sfu_events(self: Arc<Self>, mut events: mpsc::UnboundedReceiver<SfuEvent>) {
+    /// Consumes one session's media-core events, in order, until the session has left.
+    /// Started after the session's answer was queued, so its candidates follow the answer.
+    pub(super) async fn run_session_events(
+        self: Arc<Self>,
+        s: Arc<Session>,
+        mut events: mpsc::UnboundedReceiver<SfuEvent>,
+    ) {
         while let Some(ev) = events.recv().await {
-            self.on_sfu_event(ev).await;
+            let left = matches!(ev.kind, SfuEventKind::Left(_));
+            self.on_sfu_event(&s, ev).await;
+            if left {
+                return;
+            }
         }
     }
 
-    pub(super) async fn on_sfu_event(self: &Arc<Self>, ev: SfuEvent) {
+    pub(super) async fn on_sfu_event(self: &Arc<Self>, s: &Arc<Session>, ev: SfuEvent) {
+        let s = s.clone();
+        let own = self.own_device.clone();
         match ev.kind {
             SfuEventKind::TrackPublished(_) | SfuEventKind::TrackUnpublished(_) => {
                 self.broadcast_metadata(&ev.conference).await;
-                return;
             }
-            SfuEventKind::ActiveSpeakers(list) => {
-                self.announce_speakers(&ev.conference, &list).await;
-                return;
-            }
-            _ => {}
-        }
-        let Some(s) = self.session(&ev.participant) else {
-            return;
-        };
-        let own = self.own_device.clone();
-        match ev.kind {
-            SfuEventKind::Answer(sdp) => {
-                if !s.answered.swap(true, Ordering::AcqRel) {
-                    let content = s.reply(&own).borrow().answer(&sdp, self.metadata_for(&s));
-                    self.send_to_session(&s, "m.call.answer", content);
-                } else {
-                    self.send_negotiate(&s, "answer", &sdp).await;
-                }
-            }
+            SfuEventKind::ActiveSpeakers(list) => self.announce_speakers(&s, &list).await,
+            SfuEventKind::Answer(sdp) => self.send_negotiate(&s, "answer", &sdp).await,
             SfuEventKind::Offer(sdp) => self.send_negotiate(&s, "offer", &sdp).await,
             SfuEventKind::LocalCandidate(c) => {
                 s.candidates.lock().unwrap().push(c);
@@ -94,9 +88,6 @@ impl Signaling {
                     self.leave_if_idle(&s.room_id).await;
                 }
             }
-            SfuEventKind::TrackPublished(_)
-            | SfuEventKind::TrackUnpublished(_)
-            | SfuEventKind::ActiveSpeakers(_) => {}
         }
     }
 

@@ -96,7 +96,7 @@ impl Signaling {
         }
     }
 
-    pub(super) async fn handle(&self, job: Job) {
+    pub(super) async fn handle(self: &Arc<Self>, job: Job) {
         let msg = match protocol::parse(&job.event_type, &job.content, job.raw_len) {
             Ok(m) => m,
             Err(Rejection::Ignore(why)) => {

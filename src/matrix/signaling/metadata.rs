@@ -73,35 +73,27 @@ impl Signaling {
         Value::Object(out)
     }
 
-    /// Sends `sluice.active_speakers` to everyone in the conference with an open channel.
-    pub(super) async fn announce_speakers(&self, conference: &str, list: &[crate::sfu::Speaker]) {
-        let sessions: Vec<Arc<Session>> = self
-            .sessions
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|s| s.conference == conference)
-            .cloned()
-            .collect();
-        let speakers: Vec<Value> = list
-            .iter()
-            .filter_map(|sp| {
-                let owner = sessions.iter().find(|s| s.participant == sp.participant)?;
-                Some(json!({
-                    "user_id": owner.user_id.as_str(),
-                    "device_id": owner.device_id,
-                    "stream_id": sp.stream_id,
-                    "level": sp.level,
-                }))
-            })
-            .collect();
-        for s in sessions
-            .iter()
-            .filter(|s| s.dc_open.load(Ordering::Relaxed))
-        {
-            self.send_dc(s, "sluice.active_speakers", json!({"speakers": speakers}))
-                .await;
+    /// Sends `sluice.active_speakers` to `s` once its channel is open.
+    pub(super) async fn announce_speakers(&self, s: &Session, list: &[crate::sfu::Speaker]) {
+        if !s.dc_open.load(Ordering::Relaxed) {
+            return;
         }
+        let speakers: Vec<Value> = {
+            let sessions = self.sessions.lock().unwrap();
+            list.iter()
+                .filter_map(|sp| {
+                    let owner = sessions.get(&sp.participant)?;
+                    Some(json!({
+                        "user_id": owner.user_id.as_str(),
+                        "device_id": owner.device_id,
+                        "stream_id": sp.stream_id,
+                        "level": sp.level,
+                    }))
+                })
+                .collect()
+        };
+        self.send_dc(s, "sluice.active_speakers", json!({"speakers": speakers}))
+            .await;
     }
 
     pub(super) async fn broadcast_metadata(&self, conference: &str) {
