@@ -9,6 +9,9 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub mod livekit;
+pub use livekit::LiveKitConfig;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The reference web client, served on the HTTP port.
     pub web: WebConfig,
+    /// The LiveKit-compatible front door (off unless `api_key` is set).
+    pub livekit: LiveKitConfig,
 }
 
 /// The reference web client, section `[web]`.
@@ -573,7 +578,7 @@ impl Config {
                 got: format!("{:?}", self.log.level),
             });
         }
-        Ok(())
+        self.livekit.validate()
     }
 }
 

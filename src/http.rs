@@ -10,6 +10,7 @@
 //! | `DELETE /admin/conferences/{conference}/participants/{participant}` | kick |
 //! | `GET/POST/DELETE /admin/drain` | drain status / start / cancel |
 //! | `GET /web-client.json` | the web client's settings: homeserver, transport, demo users (`[web]` on) |
+//! | `POST /livekit/jwt/sfu/get`, `…/get_token` | the LiveKit front door's authorization service (`[livekit]` on; `livekit.auth_path`) |
 //! | `GET /…` | the built web client's files (`[web] dir`) |
 //!
 //! Admin calls need `Authorization: Bearer <http.admin_token>`; with no token configured
@@ -44,6 +45,8 @@ pub struct AppState {
     pub transport: Option<Value>,
     /// The reference web client, when served.
     pub web: Option<WebClient>,
+    /// Routes other front ends serve on this port (the LiveKit front door's), merged in.
+    pub front_doors: Vec<Router>,
 }
 
 /// The reference web client: where its built files are and what the page is told.
@@ -241,7 +244,8 @@ async fn web_settings(State(s): State<AppState>) -> Response {
 /// The router with every route.
 pub fn router(state: AppState) -> Router {
     let web_dir = state.web.as_ref().map(|w| w.dir.clone());
-    let router = Router::new()
+    let front_doors = state.front_doors.clone();
+    let mut router = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -257,6 +261,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/web-client.json", get(web_settings))
         .with_state(state);
+    for r in front_doors {
+        router = router.merge(r);
+    }
     match web_dir {
         Some(dir) => router.fallback_service(tower_http::services::ServeDir::new(dir)),
         None => router,

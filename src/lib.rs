@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod http;
+pub mod livekit;
 pub mod logging;
 pub mod matrix;
 pub mod metrics;

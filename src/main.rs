@@ -115,6 +115,26 @@ async fn serve(cfg: Config) -> ExitCode {
     if let Some(f) = &focus {
         metrics.register(Box::new(f.metrics_collector()));
     }
+    let mut front_doors = Vec::new();
+    if cfg.livekit.enabled() {
+        match sluice::livekit::AuthService::new(&cfg.livekit) {
+            Ok(auth) => {
+                metrics.register(Box::new(sluice::livekit::metrics::LiveKitCollector::new(
+                    auth.clone(),
+                )));
+                front_doors.push(auth.routes());
+                tracing::info!(
+                    auth_path = %cfg.livekit.auth_path,
+                    public_url = %cfg.livekit.public_url,
+                    "LiveKit authorization service on"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the LiveKit front door");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let ops = sluice::ops::Ops::new(
         sfu.clone(),
         Duration::from_secs(cfg.http.drain_deadline_secs),
@@ -134,6 +154,7 @@ async fn serve(cfg: Config) -> ExitCode {
             serde_json::json!({"type": "sluice", "user_id": cfg.matrix.user_id, "device_id": cfg.matrix.device_id})
         }),
         web: sluice::http::WebClient::from_config(&cfg),
+        front_doors,
     };
     tracing::info!(listen = %cfg.http.listen, "http server listening");
     tokio::spawn(async move {

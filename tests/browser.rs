@@ -69,6 +69,7 @@ async fn stack() -> Stack {
                 "demo_users": [],
             }),
         }),
+        front_doors: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let web = format!("http://{}/", listener.local_addr().unwrap());

@@ -110,6 +110,7 @@ fn metric_names(expr: &str) -> Vec<String> {
 fn known(name: &str) -> bool {
     let mut families = sluice::metrics::family_names();
     families.extend(sluice::matrix::metrics::family_names());
+    families.extend(sluice::livekit::metrics::family_names());
     families.contains(&name)
         || ["_bucket", "_sum", "_count"]
             .iter()

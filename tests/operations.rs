@@ -38,6 +38,7 @@ async fn start_http(sfu: &Sfu, token: Option<&str>, deadline: Duration) -> Http 
         admin_token: token.map(str::to_owned),
         transport: Some(json!({"type": "sluice", "user_id": "@sfu:test", "device_id": "SFU"})),
         web: None,
+        front_doors: Vec::new(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
