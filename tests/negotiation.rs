@@ -145,3 +145,80 @@ async fn publisher_stopping_a_track_by_renegotiation_unpublishes_it() {
     }
     sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_client_offer_mode_legs_ride_the_receive_sections_the_client_adds() {
+    // LiveKit's single peer connection: only the client offers. Sluice asks for an offer
+    // with as many new receive-only sections as it has new legs, and forwards each track
+    // under the msid the front end chose.
+    let sfu = Sfu::new(test_config());
+    let router = Router::start(&sfu);
+    let publisher = join_peers(&sfu, &router, &[0]).await.remove(0);
+    let sub = TestPeer::new(&sfu, 1, false).await;
+    router.add(&sub);
+    let client = sluice::sfu::JoinOptions {
+        offers: sluice::sfu::OfferMode::Client,
+    };
+    sub.join_with(&sfu, client).await.expect("join");
+    sub.wait_for("connected", LONG, |s| s.connected).await;
+    let seen: Vec<(TrackRef, TrackRef)> = publisher
+        .track_refs()
+        .into_iter()
+        .map(|t| {
+            let label = TrackRef {
+                stream_id: format!("PA_pub|TR_{}", t.track_id),
+                track_id: format!("TR_{}", t.track_id),
+            };
+            (t, label)
+        })
+        .collect();
+    sfu.subscribe_as(CONF, &sub.id, &seen).await.unwrap();
+    router
+        .wait_for("an offer asked for", LONG, |log| {
+            log.iter().any(|e| {
+                e.participant == sub.id && e.kind == SfuEventKind::NeedOffer { audio: 1, video: 1 }
+            })
+        })
+        .await;
+    assert_eq!(
+        router.count(|e| e.participant == sub.id && matches!(e.kind, SfuEventKind::Offer(_))),
+        0,
+        "Sluice offered to a client-offer participant"
+    );
+    sub.wait_for("the publisher's media under the chosen ids", LONG, |st| {
+        seen.iter().all(|(_, l)| {
+            st.remotes
+                .get(&l.track_id)
+                .is_some_and(|r| r.stream_id == l.stream_id && r.packets.len() > 10)
+        })
+    })
+    .await;
+    // Each leg reports the media section it rides: the subscriber's own receive sections.
+    let mids = sfu.leg_mids(CONF, &sub.id).unwrap();
+    assert_eq!(mids.len(), 2, "{mids:?}");
+    let local = sub.pc.local_description().await.unwrap().sdp;
+    for (_, mid) in &mids {
+        let section = local
+            .split("\r\nm=")
+            .find(|m| m.contains(&format!("\r\na=mid:{mid}\r\n")))
+            .unwrap_or_else(|| panic!("mid {mid} not in the client's offer"));
+        assert!(section.contains("a=recvonly"), "mid {mid}: {section}");
+    }
+
+    // Unsubscribing asks for a plain new offer, which ends the leg.
+    let video = seen[1].0.clone();
+    sfu.unsubscribe(CONF, &sub.id, std::slice::from_ref(&video))
+        .await
+        .unwrap();
+    router
+        .wait_for("a plain offer asked for", LONG, |log| {
+            log.iter().any(|e| {
+                e.participant == sub.id && e.kind == SfuEventKind::NeedOffer { audio: 0, video: 0 }
+            })
+        })
+        .await;
+    assert_eq!(sfu.leg_mids(CONF, &sub.id).unwrap().len(), 1);
+    sub.close().await;
+    publisher.close().await;
+    sfu.shutdown(HangupReason::UserHangup).await;
+}

@@ -14,6 +14,7 @@
 
 pub mod bwe;
 mod conference;
+mod events;
 mod housekeeping;
 mod participant;
 pub mod probe;
@@ -35,8 +36,11 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
 
+pub use events::{
+    EventSink, IceCandidate, JoinOptions, OfferMode, SdpKind, SessionDescription, SfuEvent,
+    SfuEventKind,
+};
 pub use sluice_media::layers::{Layer, LayerState, choose_layer};
 pub use speakers::Speaker;
 pub use stats::{DropReason, MediaKind, Stats};
@@ -127,89 +131,6 @@ impl From<webrtc::error::Error> for SfuError {
     fn from(e: webrtc::error::Error) -> Self {
         SfuError::WebRtc(e.to_string())
     }
-}
-
-/// An ICE candidate in the W3C `RTCIceCandidateInit` shape used on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct IceCandidate {
-    /// The `candidate:...` attribute; empty marks the end of candidates.
-    pub candidate: String,
-    /// The media section id the candidate belongs to.
-    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
-    pub sdp_mid: Option<String>,
-    /// The media section index.
-    #[serde(
-        rename = "sdpMLineIndex",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub sdp_mline_index: Option<u16>,
-}
-
-/// Offer or answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SdpKind {
-    /// An SDP offer.
-    Offer,
-    /// An SDP answer.
-    Answer,
-}
-
-/// A session description from or to a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct SessionDescription {
-    /// Offer or answer.
-    #[serde(rename = "type")]
-    pub kind: SdpKind,
-    /// The SDP text.
-    pub sdp: String,
-}
-
-/// Where a participant's events go: the front end that joined it supplies one at
-/// [`Sfu::join`] and drains it in order. Several participants may share one.
-pub type EventSink = mpsc::UnboundedSender<SfuEvent>;
-
-/// What happened, for one participant of one conference.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SfuEventKind {
-    /// Sluice's answer to a renegotiation offer of the participant (the join's answer is
-    /// [`Sfu::join`]'s result). It precedes any Sluice offer that follows it.
-    Answer(String),
-    /// A Sluice-initiated renegotiation offer (subscriptions changed). The client replies
-    /// with [`Sfu::remote_description`] carrying its answer.
-    Offer(String),
-    /// A local ICE candidate, `None` at the end of gathering.
-    LocalCandidate(Option<IceCandidate>),
-    /// ICE and DTLS connected.
-    Connected,
-    /// The participant's data channel opened.
-    DataChannelOpen,
-    /// A text message on the participant's data channel.
-    DataChannelMessage(String),
-    /// A data-channel message was refused (binary, not UTF-8, or above 64 KiB); the
-    /// reason is for the client (`sluice.error`).
-    DataChannelRefused(String),
-    /// The participant started publishing a track (its first packet arrived).
-    TrackPublished(TrackInfo),
-    /// The participant stopped publishing a track, or left.
-    TrackUnpublished(TrackInfo),
-    /// The participant was removed from the conference; every resource it held is released.
-    Left(HangupReason),
-    /// The conference's active speakers changed (loudest first; empty: nobody speaks).
-    /// Sent to every participant of the conference.
-    ActiveSpeakers(Vec<Speaker>),
-}
-
-/// An event of the media core.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SfuEvent {
-    /// The conference.
-    pub conference: ConferenceId,
-    /// The participant whose sink the event goes to (for track events, the publisher).
-    pub participant: ParticipantId,
-    /// What happened.
-    pub kind: SfuEventKind,
 }
 
 /// Counts of what the instance holds, for tests, metrics and the admin API.
@@ -424,10 +345,38 @@ impl Sfu {
         offer_sdp: &str,
         sink: EventSink,
     ) -> Result<String, SfuError> {
+        self.join_with(
+            conference,
+            participant,
+            offer_sdp,
+            sink,
+            JoinOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Sfu::join`] with options.
+    pub async fn join_with(
+        &self,
+        conference: &str,
+        participant: &str,
+        offer_sdp: &str,
+        sink: EventSink,
+        options: JoinOptions,
+    ) -> Result<String, SfuError> {
         sdp::check_offer(offer_sdp)?;
         self.start_housekeeping();
         let conf = Conference::reserve(&self.inner, conference, participant)?;
-        match Participant::create(&self.inner, &conf, participant, offer_sdp, sink).await {
+        match Participant::create(
+            &self.inner,
+            &conf,
+            participant,
+            offer_sdp,
+            sink,
+            options.offers,
+        )
+        .await
+        {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 conf.release_reservation(participant);
@@ -470,6 +419,19 @@ impl Sfu {
         participant: &str,
         tracks: &[TrackRef],
     ) -> Result<(), SfuError> {
+        let pairs: Vec<(TrackRef, TrackRef)> =
+            tracks.iter().map(|t| (t.clone(), t.clone())).collect();
+        self.subscribe_as(conference, participant, &pairs).await
+    }
+
+    /// [`Sfu::subscribe`], each track under the stream and track id (`msid`) the
+    /// subscriber sees it by: `(track, seen as)`.
+    pub async fn subscribe_as(
+        &self,
+        conference: &str,
+        participant: &str,
+        tracks: &[(TrackRef, TrackRef)],
+    ) -> Result<(), SfuError> {
         let conf = self
             .inner
             .conference(conference)
@@ -478,7 +440,7 @@ impl Sfu {
             .participant(participant)
             .ok_or_else(|| SfuError::UnknownParticipant(participant.to_owned()))?;
         let mut sources = Vec::with_capacity(tracks.len());
-        for t in tracks {
+        for (t, seen_as) in tracks {
             let source = conf.track(t).ok_or_else(|| SfuError::UnknownTrack {
                 stream_id: t.stream_id.clone(),
                 track_id: t.track_id.clone(),
@@ -486,9 +448,18 @@ impl Sfu {
             if source.info.publisher == participant {
                 return Err(SfuError::OwnTrack(t.track_id.clone()));
             }
-            sources.push(source);
+            sources.push((source, seen_as.clone()));
         }
         p.subscribe(sources).await
+    }
+
+    /// The media section (`mid`) each of a participant's forwarding legs rides, by track.
+    pub fn leg_mids(
+        &self,
+        conference: &str,
+        participant: &str,
+    ) -> Result<Vec<(TrackRef, String)>, SfuError> {
+        Ok(self.inner.participant(conference, participant)?.leg_mids())
     }
 
     /// Ends subscriptions; unknown ones are ignored. Renegotiates once for the batch.

@@ -9,8 +9,8 @@ use super::sdp;
 use super::stats::MediaKind;
 use super::track::{Leg, PublishedTrack};
 use super::{
-    EventSink, HangupReason, IceCandidate, Inner, ParticipantId, SdpKind, SessionDescription,
-    SfuError, SfuEvent, SfuEventKind, TrackInfo, TrackRef,
+    EventSink, HangupReason, IceCandidate, Inner, OfferMode, ParticipantId, SdpKind,
+    SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackInfo, TrackRef,
 };
 use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -67,6 +67,9 @@ struct Negotiation {
     unsent: Vec<Arc<Leg>>,
     /// Legs in the offer that is out; activated when the answer arrives.
     in_flight: Vec<Arc<Leg>>,
+    /// ([`OfferMode::Client`]) A client offer attached none of the unsent legs: ask again
+    /// only when something changes.
+    stalled: bool,
 }
 
 pub(crate) struct Participant {
@@ -84,6 +87,8 @@ pub(crate) struct Participant {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Where the participant's events go (its front end's).
     sink: EventSink,
+    /// Who offers after the join.
+    offers: OfferMode,
     first_mid: Mutex<Option<String>>,
     connected: AtomicBool,
     removed: AtomicBool,
@@ -104,6 +109,7 @@ impl Participant {
         id: &str,
         offer_sdp: &str,
         sink: EventSink,
+        offers: OfferMode,
     ) -> Result<String, SfuError> {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
@@ -125,6 +131,7 @@ impl Participant {
             dc: Mutex::new(None),
             tasks: Mutex::new(Vec::new()),
             sink,
+            offers,
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
             removed: AtomicBool::new(false),

@@ -17,7 +17,7 @@ use super::codec;
 use super::rewrite::LegParams;
 use super::rtcp::is_keyframe_request;
 use super::stats::{MediaKind, Stats};
-use super::{SfuError, TrackInfo};
+use super::{SfuError, TrackInfo, TrackRef};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
@@ -144,6 +144,10 @@ impl LegOutput for WebrtcLegOutput {
 /// One published track forwarded to one subscriber.
 pub(crate) struct Leg {
     pub(crate) source: Arc<PublishedTrack>,
+    /// The stream and track id the subscriber sees the track by.
+    pub(crate) seen_as: TrackRef,
+    /// The media section the leg rides, once active.
+    mid: Mutex<Option<String>>,
     pub(crate) sink: Arc<LegSink>,
     pub(crate) sender: Arc<dyn RtpSender>,
     pub(crate) ssrc: u32,
@@ -152,11 +156,30 @@ pub(crate) struct Leg {
 }
 
 impl Leg {
+    /// The media section the leg rides (None until it is active).
+    pub(crate) fn mid(&self) -> Option<String> {
+        self.mid.lock().unwrap().clone()
+    }
+
+    /// The media section the leg's transceiver was given by a negotiation, if any.
+    pub(crate) async fn negotiated_mid(&self, pc: &dyn PeerConnection) -> Option<String> {
+        let sender_id = self.sender.id();
+        for t in pc.get_transceivers().await {
+            if let Ok(Some(s)) = t.sender().await
+                && s.id() == sender_id
+            {
+                return t.mid().await.ok().flatten();
+            }
+        }
+        None
+    }
+
     /// Adds a send track for `source` to `pc` and starts the leg's writer and RTCP tasks.
     /// Nothing is forwarded until [`Leg::activate`] after the subscriber's answer.
     pub(crate) async fn create(
         pc: &dyn PeerConnection,
         source: Arc<PublishedTrack>,
+        seen_as: TrackRef,
         stats: Arc<Stats>,
         join_clock: Arc<JoinClock>,
     ) -> Result<Arc<Leg>, SfuError> {
@@ -171,9 +194,9 @@ impl Leg {
             MediaKind::Video => RtpCodecKind::Video,
         };
         let track = MediaStreamTrack::new(
-            source.info.track.stream_id.clone(),
-            source.info.track.track_id.clone(),
-            source.info.track.track_id.clone(),
+            seen_as.stream_id.clone(),
+            seen_as.track_id.clone(),
+            seen_as.track_id.clone(),
             kind,
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
@@ -203,7 +226,7 @@ impl Leg {
                 local.clone() as Arc<dyn TrackLocal>,
                 Some(RTCRtpTransceiverInit {
                     direction: RTCRtpTransceiverDirection::Sendonly,
-                    streams: vec![source.info.track.stream_id.clone()],
+                    streams: vec![seen_as.stream_id.clone()],
                     send_encodings: vec![],
                 }),
             )
@@ -222,6 +245,8 @@ impl Leg {
         ));
         Ok(Arc::new(Leg {
             source,
+            seen_as,
+            mid: Mutex::new(None),
             sink,
             sender,
             ssrc,
@@ -263,16 +288,8 @@ impl Leg {
             .iter()
             .map(|e| (e.id, e.uri.clone()))
             .collect();
-        let mut mid = None;
-        let sender_id = self.sender.id();
-        for t in pc.get_transceivers().await {
-            if let Ok(Some(s)) = t.sender().await
-                && s.id() == sender_id
-            {
-                mid = t.mid().await.ok().flatten();
-                break;
-            }
-        }
+        let mid = self.negotiated_mid(pc).await;
+        self.mid.lock().unwrap().clone_from(&mid);
         // The publisher's RED passes through untouched (its payload may be end-to-end
         // encrypted) when the leg negotiated RED whose blocks carry the leg's payload type
         // for the codec, and that is the publisher's too; otherwise the leg receives the

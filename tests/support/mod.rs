@@ -13,9 +13,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use sluice::config::SfuConfig;
 use sluice::sfu::rtcp::{is_keyframe_request, with_keyframe_requests};
-use sluice::sfu::{
-    EventSink, IceCandidate, SdpKind, SessionDescription, Sfu, SfuEventKind, TrackRef,
-};
+use sluice::sfu::{EventSink, IceCandidate, Sfu, SfuEventKind, TrackRef};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -919,11 +917,21 @@ impl TestPeer {
 
     /// Creates the offer and joins the conference through the SFU.
     pub async fn join(self: &Arc<Self>, sfu: &Sfu) -> Result<(), sluice::sfu::SfuError> {
+        self.join_with(sfu, sluice::sfu::JoinOptions::default())
+            .await
+    }
+
+    /// [`TestPeer::join`] with options.
+    pub async fn join_with(
+        self: &Arc<Self>,
+        sfu: &Sfu,
+        options: sluice::sfu::JoinOptions,
+    ) -> Result<(), sluice::sfu::SfuError> {
         let offer = self.pc.create_offer(None).await.unwrap();
         self.pc.set_local_description(offer).await.unwrap();
         let sdp = self.pc.local_description().await.unwrap().sdp;
         let sink = self.sink.lock().unwrap().clone().unwrap_or_else(no_sink);
-        let answer = sfu.join(CONF, &self.id, &sdp, sink).await?;
+        let answer = sfu.join_with(CONF, &self.id, &sdp, sink, options).await?;
         self.pc
             .set_remote_description(RTCSessionDescription::answer(answer).unwrap())
             .await
@@ -1453,57 +1461,6 @@ impl TestPeer {
     }
 }
 
-/// Answers a Sluice offer on the peer and hands the answer back to the SFU.
-pub async fn answer_offer(sfu: &Sfu, peer: &Arc<TestPeer>, sdp: &str) {
-    peer.pc
-        .set_remote_description(RTCSessionDescription::offer(sdp.to_owned()).unwrap())
-        .await
-        .unwrap();
-    let answer = peer.pc.create_answer(None).await.unwrap();
-    peer.pc.set_local_description(answer).await.unwrap();
-    let sdp = peer.pc.local_description().await.unwrap().sdp;
-    mark_ended_tracks(peer).await;
-    let answered = sfu
-        .remote_description(
-            CONF,
-            &peer.id,
-            SessionDescription {
-                kind: SdpKind::Answer,
-                sdp,
-            },
-        )
-        .await;
-    match answered {
-        Ok(()) => {}
-        // The participant left (a test's shutdown) while its offer was being answered.
-        Err(e) if e.code() == "unknown_participant" => {}
-        Err(e) => panic!("answer refused: {e}"),
-    }
-}
-
-/// webrtc-rs does not end a remote track when renegotiation stops it (a browser fires
-/// `ended`); the test peer derives it from its transceivers' negotiated direction instead.
-pub async fn mark_ended_tracks(peer: &Arc<TestPeer>) {
-    use rtc::rtp_transceiver::RTCRtpTransceiverDirection as D;
-    for t in peer.pc.get_transceivers().await {
-        let Ok(Some(r)) = t.receiver().await else {
-            continue;
-        };
-        let track_id = r.track().track_id().await;
-        let dir = t.current_direction().await.unwrap_or(D::Unspecified);
-        if !matches!(dir, D::Recvonly | D::Sendrecv)
-            && let Some(rem) = peer.state.lock().unwrap().remotes.get_mut(&track_id)
-        {
-            rem.ended = true;
-            // Its reader would wait forever (see above): end it, it is the client's.
-            if let Some(t) = rem.task.take() {
-                t.abort();
-            }
-        }
-    }
-    peer.changed.notify_waiters();
-}
-
 /// Generous timeout for anything a test waits on.
 pub const LONG: Duration = Duration::from_secs(20);
 
@@ -1574,7 +1531,7 @@ pub fn alive_tasks() -> usize {
 pub mod browser;
 pub mod matrix;
 mod router;
-pub use router::Router;
+pub use router::{Router, mark_ended_tracks};
 
 /// Adds a send track (`codings`: its encodings, the first one's SSRC is the track's) to
 /// `pc`.

@@ -1,8 +1,8 @@
 //! The in-process router: delivers the SFU's events to test peers the way a signaling
 //! layer would, and records them.
 
-use super::{CONF, TestPeer, answer_offer};
-use sluice::sfu::{EventSink, Sfu, SfuEvent, SfuEventKind};
+use super::{CONF, TestPeer};
+use sluice::sfu::{EventSink, SdpKind, SessionDescription, Sfu, SfuEvent, SfuEventKind};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,6 +81,37 @@ impl Router {
                 }
                 answer_offer(sfu, peer, sdp).await;
             }
+            SfuEventKind::NeedOffer { audio, video } => {
+                // What a LiveKit client does on media_sections_requirement: add the
+                // receive-only sections asked for, then offer.
+                use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+                use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+                for (kind, n) in [(RtpCodecKind::Audio, *audio), (RtpCodecKind::Video, *video)] {
+                    for _ in 0..n {
+                        let init = RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Recvonly,
+                            streams: vec![],
+                            send_encodings: vec![],
+                        };
+                        peer.pc
+                            .add_transceiver_from_kind(kind, Some(init))
+                            .await
+                            .unwrap();
+                    }
+                }
+                let offer = peer.pc.create_offer(None).await.unwrap();
+                peer.pc.set_local_description(offer).await.unwrap();
+                let sdp = peer.pc.local_description().await.unwrap().sdp;
+                let desc = SessionDescription {
+                    kind: SdpKind::Offer,
+                    sdp,
+                };
+                match sfu.remote_description(CONF, &peer.id, desc).await {
+                    Ok(()) => {}
+                    Err(e) if e.code() == "unknown_participant" => {}
+                    Err(e) => panic!("client offer refused: {e}"),
+                }
+            }
             SfuEventKind::LocalCandidate(Some(c)) => peer.add_sluice_candidate(c.clone()).await,
             _ => {}
         }
@@ -116,7 +147,59 @@ fn short(k: &SfuEventKind) -> String {
     match k {
         SfuEventKind::Answer(_) => "Answer".into(),
         SfuEventKind::Offer(_) => "Offer".into(),
+        SfuEventKind::NeedOffer { .. } => "NeedOffer".into(),
         SfuEventKind::LocalCandidate(_) => "Candidate".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// Answers a Sluice offer on the peer and hands the answer back to the SFU.
+pub async fn answer_offer(sfu: &Sfu, peer: &Arc<TestPeer>, sdp: &str) {
+    peer.pc
+        .set_remote_description(RTCSessionDescription::offer(sdp.to_owned()).unwrap())
+        .await
+        .unwrap();
+    let answer = peer.pc.create_answer(None).await.unwrap();
+    peer.pc.set_local_description(answer).await.unwrap();
+    let sdp = peer.pc.local_description().await.unwrap().sdp;
+    mark_ended_tracks(peer).await;
+    let answered = sfu
+        .remote_description(
+            CONF,
+            &peer.id,
+            SessionDescription {
+                kind: SdpKind::Answer,
+                sdp,
+            },
+        )
+        .await;
+    match answered {
+        Ok(()) => {}
+        // The participant left (a test's shutdown) while its offer was being answered.
+        Err(e) if e.code() == "unknown_participant" => {}
+        Err(e) => panic!("answer refused: {e}"),
+    }
+}
+
+/// webrtc-rs does not end a remote track when renegotiation stops it (a browser fires
+/// `ended`); the test peer derives it from its transceivers' negotiated direction instead.
+pub async fn mark_ended_tracks(peer: &Arc<TestPeer>) {
+    use rtc::rtp_transceiver::RTCRtpTransceiverDirection as D;
+    for t in peer.pc.get_transceivers().await {
+        let Ok(Some(r)) = t.receiver().await else {
+            continue;
+        };
+        let track_id = r.track().track_id().await;
+        let dir = t.current_direction().await.unwrap_or(D::Unspecified);
+        if !matches!(dir, D::Recvonly | D::Sendrecv)
+            && let Some(rem) = peer.state.lock().unwrap().remotes.get_mut(&track_id)
+        {
+            rem.ended = true;
+            // Its reader would wait forever (see above): end it, it is the client's.
+            if let Some(t) = rem.task.take() {
+                t.abort();
+            }
+        }
+    }
+    peer.changed.notify_waiters();
 }

@@ -29,6 +29,21 @@ impl Participant {
         if self.removed.load(Ordering::Acquire) {
             return Ok(());
         }
+        if self.offers == OfferMode::Client {
+            // The client offers; ask it for one with a receive-only section per new leg.
+            if neg.stalled {
+                return Ok(());
+            }
+            let mut want = [0u32; 2];
+            for leg in &neg.unsent {
+                want[leg.source.info.kind as usize] += 1;
+            }
+            self.emit(SfuEventKind::NeedOffer {
+                audio: want[0],
+                video: want[1],
+            });
+            return Ok(());
+        }
         if neg.awaiting_answer {
             neg.needs_offer = true;
             return Ok(());
@@ -121,6 +136,9 @@ impl Participant {
                     .await
                     .ok_or_else(|| SfuError::WebRtc("no local description after answer".into()))?
                     .sdp;
+                if self.offers == OfferMode::Client {
+                    self.attach_unsent(&mut neg).await;
+                }
                 self.emit(SfuEventKind::Answer(sdp));
                 self.reap_stopped_publications().await;
                 if neg.needs_offer || !neg.unsent.is_empty() {
@@ -129,5 +147,32 @@ impl Participant {
                 Ok(())
             }
         }
+    }
+
+    /// ([`OfferMode::Client`]) Activates the unsent legs the client's offer gave a media
+    /// section; the rest stay unsent. A round that attached none stalls the asking until
+    /// the subscriptions change (a client that does not add sections is not asked forever).
+    async fn attach_unsent(&self, neg: &mut Negotiation) {
+        if neg.unsent.is_empty() {
+            return;
+        }
+        let mut left = Vec::new();
+        let mut attached = 0;
+        for leg in std::mem::take(&mut neg.unsent) {
+            if leg.negotiated_mid(&*self.pc).await.is_none() {
+                left.push(leg);
+                continue;
+            }
+            match leg.activate(&*self.pc).await {
+                Ok(true) if leg.mid().is_some() => attached += 1,
+                Ok(_) => left.push(leg),
+                Err(e) => {
+                    warn!(participant = %self.id, error = %e, "cannot activate leg");
+                    left.push(leg);
+                }
+            }
+        }
+        neg.stalled = attached == 0 && !left.is_empty();
+        neg.unsent = left;
     }
 }

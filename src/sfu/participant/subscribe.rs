@@ -85,9 +85,20 @@ impl Participant {
         self.estimates.probe_bps.store(probe, Ordering::Relaxed);
     }
 
+    /// The mid each active leg rides, by the track it forwards.
+    pub(crate) fn leg_mids(&self) -> Vec<(TrackRef, String)> {
+        self.legs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(t, leg)| Some((t.clone(), leg.mid()?)))
+            .collect()
+    }
+
+    /// Adds a leg per source, each seen by the subscriber as the paired stream and track id.
     pub(crate) async fn subscribe(
         &self,
-        sources: Vec<Arc<PublishedTrack>>,
+        sources: Vec<(Arc<PublishedTrack>, TrackRef)>,
     ) -> Result<(), SfuError> {
         let inner = self
             .inner
@@ -97,7 +108,7 @@ impl Participant {
         if self.removed.load(Ordering::Acquire) {
             return Err(SfuError::UnknownParticipant(self.id.clone()));
         }
-        let fresh: Vec<Arc<PublishedTrack>> = {
+        let fresh: Vec<(Arc<PublishedTrack>, TrackRef)> = {
             let legs = self.legs.lock().unwrap();
             let own: Vec<String> = self
                 .published
@@ -106,21 +117,21 @@ impl Participant {
                 .iter()
                 .map(|t| t.info.track.track_id.clone())
                 .collect();
-            let mut fresh: Vec<Arc<PublishedTrack>> = Vec::new();
-            for s in sources {
+            let mut fresh: Vec<(Arc<PublishedTrack>, TrackRef)> = Vec::new();
+            for (s, seen_as) in sources {
                 if legs.contains_key(&s.info.track)
-                    || fresh.iter().any(|f| f.info.track == s.info.track)
+                    || fresh.iter().any(|(f, _)| f.info.track == s.info.track)
                 {
                     continue;
                 }
-                let tid = &s.info.track.track_id;
+                let tid = &seen_as.track_id;
                 if own.contains(tid)
-                    || legs.keys().any(|k| &k.track_id == tid)
-                    || fresh.iter().any(|f| &f.info.track.track_id == tid)
+                    || legs.values().any(|l| &l.seen_as.track_id == tid)
+                    || fresh.iter().any(|(_, f)| &f.track_id == tid)
                 {
                     return Err(SfuError::TrackIdConflict(tid.clone()));
                 }
-                fresh.push(s);
+                fresh.push((s, seen_as));
             }
             let limit = inner.config.max_subscriptions_per_participant;
             if legs.len() + fresh.len() > limit {
@@ -131,11 +142,12 @@ impl Participant {
         if fresh.is_empty() {
             return Ok(());
         }
-        for source in fresh {
+        for (source, seen_as) in fresh {
             let key = source.info.track.clone();
             let leg = Leg::create(
                 &*self.pc,
                 source,
+                seen_as,
                 inner.stats.clone(),
                 self.join_clock.clone(),
             )
@@ -143,6 +155,7 @@ impl Participant {
             self.legs.lock().unwrap().insert(key, leg.clone());
             neg.unsent.push(leg);
         }
+        neg.stalled = false;
         self.renegotiate(&mut neg).await
     }
 
@@ -188,6 +201,7 @@ impl Participant {
                 debug!(participant = %self.id, error = %e, "remove_track failed");
             }
         }
+        neg.stalled = false;
         self.renegotiate(&mut neg).await
     }
 

@@ -1,0 +1,117 @@
+//! The SFU's wire-neutral values: candidates and descriptions, the events a participant's
+//! front end receives, and how a participant joins.
+
+use super::{ConferenceId, HangupReason, ParticipantId, Speaker, TrackInfo};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// An ICE candidate in the W3C `RTCIceCandidateInit` shape used on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct IceCandidate {
+    /// The `candidate:...` attribute; empty marks the end of candidates.
+    pub candidate: String,
+    /// The media section id the candidate belongs to.
+    #[serde(rename = "sdpMid", default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    /// The media section index.
+    #[serde(
+        rename = "sdpMLineIndex",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sdp_mline_index: Option<u16>,
+}
+
+/// Offer or answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SdpKind {
+    /// An SDP offer.
+    Offer,
+    /// An SDP answer.
+    Answer,
+}
+
+/// A session description from or to a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SessionDescription {
+    /// Offer or answer.
+    #[serde(rename = "type")]
+    pub kind: SdpKind,
+    /// The SDP text.
+    pub sdp: String,
+}
+
+/// Who offers after the join, when a participant's subscriptions change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OfferMode {
+    /// Sluice offers ([`SfuEventKind::Offer`]); the client answers (docs/protocol.md).
+    #[default]
+    Sluice,
+    /// Only the client offers (LiveKit's single peer connection): Sluice asks for an offer
+    /// with [`SfuEventKind::NeedOffer`] and attaches new legs to the receive-only media
+    /// sections the client adds.
+    Client,
+}
+
+/// How a participant joins ([`Sfu::join_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    /// Who offers after the join.
+    pub offers: OfferMode,
+}
+
+/// Where a participant's events go: the front end that joined it supplies one at
+/// [`Sfu::join`] and drains it in order. Several participants may share one.
+pub type EventSink = mpsc::UnboundedSender<SfuEvent>;
+
+/// What happened, for one participant of one conference.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEventKind {
+    /// Sluice's answer to a renegotiation offer of the participant (the join's answer is
+    /// [`Sfu::join`]'s result). It precedes any Sluice offer that follows it.
+    Answer(String),
+    /// A Sluice-initiated renegotiation offer (subscriptions changed). The client replies
+    /// with [`Sfu::remote_description`] carrying its answer.
+    Offer(String),
+    /// ([`OfferMode::Client`]) Subscriptions changed: Sluice needs an offer from the client
+    /// with `audio` and `video` more receive-only media sections than it has (0 and 0:
+    /// just a new offer, to stop legs that ended).
+    NeedOffer {
+        /// Receive-only audio sections to add.
+        audio: u32,
+        /// Receive-only video sections to add.
+        video: u32,
+    },
+    /// A local ICE candidate, `None` at the end of gathering.
+    LocalCandidate(Option<IceCandidate>),
+    /// ICE and DTLS connected.
+    Connected,
+    /// The participant's data channel opened.
+    DataChannelOpen,
+    /// A text message on the participant's data channel.
+    DataChannelMessage(String),
+    /// A data-channel message was refused (binary, not UTF-8, or above 64 KiB); the
+    /// reason is for the client (`sluice.error`).
+    DataChannelRefused(String),
+    /// The participant started publishing a track (its first packet arrived).
+    TrackPublished(TrackInfo),
+    /// The participant stopped publishing a track, or left.
+    TrackUnpublished(TrackInfo),
+    /// The participant was removed from the conference; every resource it held is released.
+    Left(HangupReason),
+    /// The conference's active speakers changed (loudest first; empty: nobody speaks).
+    /// Sent to every participant of the conference.
+    ActiveSpeakers(Vec<Speaker>),
+}
+
+/// An event of the media core.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SfuEvent {
+    /// The conference.
+    pub conference: ConferenceId,
+    /// The participant whose sink the event goes to (for track events, the publisher).
+    pub participant: ParticipantId,
+    /// What happened.
+    pub kind: SfuEventKind,
+}
