@@ -2,7 +2,7 @@
 //! to-device flow (§3), the data-channel protocol (§4) and stream metadata (§5).
 //!
 //! Every to-device message from one sender is handled in order by that sender's worker;
-//! every media-core event is handled in order by [`Signaling::run_sfu_events`].
+//! each session's media-core events are handled in order by its own event loop.
 
 use super::membership::{self, CALL_MEMBER_EVENT, Membership};
 use super::protocol::{self, Body, CallMessage, Rejection, Reply};

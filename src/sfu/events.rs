@@ -54,7 +54,7 @@ pub enum OfferMode {
     Client,
 }
 
-/// How a participant joins ([`Sfu::join_with`]).
+/// How a participant joins ([`super::Sfu::join_with`]).
 #[derive(Debug, Clone, Default)]
 pub struct JoinOptions {
     /// Who offers after the join.
@@ -62,17 +62,17 @@ pub struct JoinOptions {
 }
 
 /// Where a participant's events go: the front end that joined it supplies one at
-/// [`Sfu::join`] and drains it in order. Several participants may share one.
+/// [`super::Sfu::join`] and drains it in order. Several participants may share one.
 pub type EventSink = mpsc::UnboundedSender<SfuEvent>;
 
 /// What happened, for one participant of one conference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SfuEventKind {
     /// Sluice's answer to a renegotiation offer of the participant (the join's answer is
-    /// [`Sfu::join`]'s result). It precedes any Sluice offer that follows it.
+    /// [`super::Sfu::join`]'s result). It precedes any Sluice offer that follows it.
     Answer(String),
     /// A Sluice-initiated renegotiation offer (subscriptions changed). The client replies
-    /// with [`Sfu::remote_description`] carrying its answer.
+    /// with [`super::Sfu::remote_description`] carrying its answer.
     Offer(String),
     /// ([`OfferMode::Client`]) Subscriptions changed: Sluice needs an offer from the client
     /// with `audio` and `video` more receive-only media sections than it has (0 and 0:

@@ -151,7 +151,7 @@ impl Participant {
                 .local_description()
                 .await
                 .ok_or_else(|| SfuError::WebRtc("no local description after answer".into()))?;
-            Ok(local.sdp)
+            Ok(sdp::tidy_answer(&local.sdp))
         }
         .await;
         let answer = match answered {

@@ -4,8 +4,11 @@ use super::SfuError;
 use rtc::sdp::description::session::SessionDescription;
 use std::io::Cursor;
 
-/// Largest SDP accepted (docs/protocol.md §8).
-pub const MAX_SDP_BYTES: usize = 32 * 1024;
+/// Largest SDP the SFU parses, whatever the front end. A LiveKit client's offer grows by
+/// about 3 KB per receive-only section (two per other publisher), so a large room's is
+/// hundreds of KB; each front end keeps its own wire limit below this (the Matrix one is
+/// 32 KiB, docs/protocol.md §8; LiveKit's WebSocket frames are at most 1 MiB).
+pub const MAX_SDP_BYTES: usize = 1024 * 1024;
 
 /// Audio codecs the media engine can receive and forward.
 const AUDIO_CODECS: &[&str] = &["opus", "g722", "pcmu", "pcma"];
@@ -95,6 +98,84 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SfuError> {
     Ok(summary)
 }
 
+/// Repairs what webrtc-rs 0.21 gets wrong in an answer when several media sections offer
+/// the same codecs (LiveKit clients offer six receive-only sections besides what they
+/// send): a payload type listed twice in one section, and RTX entries whose `apt` names a
+/// payload type the section does not carry. Chromium refuses such an answer
+/// ("Failed to set remote video description send parameters"). Repeated attribute lines
+/// of a section are dropped, and so are the dangling RTX payload types with their lines.
+pub fn tidy_answer(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut sections = sdp.split("\r\nm=");
+    if let Some(head) = sections.next() {
+        out.push_str(head);
+    }
+    for section in sections {
+        out.push_str("\r\nm=");
+        out.push_str(&tidy_section(section));
+    }
+    out
+}
+
+/// One media section without its leading `m=`.
+fn tidy_section(section: &str) -> String {
+    let mut lines: Vec<&str> = section.split("\r\n").collect();
+    let Some(m_line) = lines.first().copied() else {
+        return section.to_owned();
+    };
+    let mut fields: Vec<&str> = m_line.split(' ').collect();
+    if fields.len() < 4 {
+        return section.to_owned();
+    }
+    // Payload types in order, each once.
+    let mut pts: Vec<&str> = Vec::new();
+    for pt in &fields[3..] {
+        if !pts.contains(pt) {
+            pts.push(pt);
+        }
+    }
+    // RTX whose primary is not in the section.
+    let dangling: Vec<String> = lines
+        .iter()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("a=fmtp:")?;
+            let (pt, params) = rest.split_once(' ')?;
+            let apt = params.strip_prefix("apt=")?;
+            (!pts.contains(&apt.trim())).then(|| pt.to_owned())
+        })
+        .collect();
+    pts.retain(|pt| !dangling.iter().any(|d| d == pt));
+    fields.truncate(3);
+    fields.extend(pts.iter().copied());
+    let m_line = fields.join(" ");
+    let about_dangling = |l: &str| {
+        ["a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"].iter().any(|p| {
+            l.strip_prefix(p)
+                .and_then(|r| r.split([' ', ':']).next())
+                .is_some_and(|pt| dangling.iter().any(|d| d == pt))
+        })
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut kept: Vec<&str> = Vec::with_capacity(lines.len());
+    for l in lines.drain(1..) {
+        if l.is_empty() {
+            kept.push(l);
+            continue;
+        }
+        if about_dangling(l) || seen.contains(&l) {
+            continue;
+        }
+        seen.push(l);
+        kept.push(l);
+    }
+    let mut out = m_line;
+    for l in kept {
+        out.push_str("\r\n");
+        out.push_str(l);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +226,34 @@ mod tests {
         let s = check_offer(&sdp).unwrap();
         assert_eq!(s.audio_sections, 1);
         assert!(s.data_channel);
+    }
+
+    #[test]
+    fn answers_lose_repeated_payload_types_and_dangling_rtx() {
+        let sdp = "v=0\r\ns=-\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 98 98 97 36\r\na=mid:0\r\n\
+                   a=rtpmap:96 VP8/90000\r\na=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\n\
+                   a=rtpmap:98 VP9/90000\r\na=fmtp:98 profile-id=0\r\na=rtpmap:97 rtx/90000\r\n\
+                   a=fmtp:97 apt=96\r\na=rtpmap:36 rtx/90000\r\na=fmtp:36 apt=35\r\n\
+                   a=rtcp-fb:36 nack\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+                   a=rtpmap:111 opus/48000/2\r\n";
+        let got = tidy_answer(sdp);
+        assert!(
+            got.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 98 97\r\n"),
+            "{got}"
+        );
+        assert_eq!(got.matches("a=rtpmap:98 VP9/90000").count(), 1, "{got}");
+        assert!(
+            !got.contains("a=rtpmap:36") && !got.contains("apt=35") && !got.contains("rtcp-fb:36"),
+            "{got}"
+        );
+        assert!(got.contains("a=fmtp:97 apt=96"));
+        assert!(
+            got.ends_with(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\na=rtpmap:111 opus/48000/2\r\n"
+            ),
+            "{got}"
+        );
+        // A clean answer is left as it is.
+        assert_eq!(tidy_answer(&got), got);
     }
 }

@@ -101,6 +101,14 @@ impl Signaling {
                         )
                         .await;
                 };
+                if desc.sdp.len() > protocol::MAX_SDP_BYTES {
+                    let why = format!(
+                        "SDP is {} bytes, above the limit of {}",
+                        desc.sdp.len(),
+                        protocol::MAX_SDP_BYTES
+                    );
+                    return self.send_error(s, "bad_sdp", &why, Some(kind)).await;
+                }
                 let is_offer = desc.kind == SdpKind::Offer;
                 if let Err(e) = self
                     .sfu

@@ -139,7 +139,7 @@ impl Participant {
                 if self.offers == OfferMode::Client {
                     self.attach_unsent(&mut neg).await;
                 }
-                self.emit(SfuEventKind::Answer(sdp));
+                self.emit(SfuEventKind::Answer(sdp::tidy_answer(&sdp)));
                 self.reap_stopped_publications().await;
                 if neg.needs_offer || !neg.unsent.is_empty() {
                     self.renegotiate(&mut neg).await?;
