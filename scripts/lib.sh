@@ -33,6 +33,19 @@ need_node() {
   need_debs nodejs npm
 }
 
+# Installs stock livekit-client for the LiveKit front door's browser test
+# (tests/livekit-web, from its lockfile; nothing is built).
+livekit_web_deps() {
+  need_node
+  (
+    cd tests/livekit-web
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      step "installing livekit-client for the browser test (tests/livekit-web)"
+      npm ci --no-audit --no-fund --loglevel=error
+    fi
+  ) || die "npm ci in tests/livekit-web failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
+}
+
 # Builds the reference web client into web/dist (npm ci from the lockfile when it changed).
 build_web() {
   need_node

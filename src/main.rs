@@ -117,16 +117,24 @@ async fn serve(cfg: Config) -> ExitCode {
     }
     let mut front_doors = Vec::new();
     if cfg.livekit.enabled() {
-        match sluice::livekit::AuthService::new(&cfg.livekit) {
-            Ok(auth) => {
+        let secret = cfg.livekit.resolve_secret();
+        match sluice::livekit::AuthService::new(&cfg.livekit).and_then(|auth| {
+            secret
+                .map(|secret| (auth, secret))
+                .map_err(|e| e.to_string())
+        }) {
+            Ok((auth, secret)) => {
+                let signal = sluice::livekit::Signal::new(sfu.clone(), &cfg.livekit, &secret);
                 metrics.register(Box::new(sluice::livekit::metrics::LiveKitCollector::new(
                     auth.clone(),
+                    signal.clone(),
                 )));
                 front_doors.push(auth.routes());
+                front_doors.push(signal.routes());
                 tracing::info!(
                     auth_path = %cfg.livekit.auth_path,
                     public_url = %cfg.livekit.public_url,
-                    "LiveKit authorization service on"
+                    "LiveKit front door on (authorization service and /rtc/v1 signaling)"
                 );
             }
             Err(e) => {

@@ -2,19 +2,34 @@
 //! ([`crate::metrics::Metrics::register`]).
 
 use super::auth::{AuthService, ENDPOINTS, RESULTS};
-use crate::metrics::{FamilySpec, counter, declared_family, descs};
+use super::signal::{OUTCOMES, Signal};
+use crate::metrics::{FamilySpec, counter, declared_family, descs, gauge};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// Every family this collector exports.
-pub const FAMILIES: &[FamilySpec] = &[(
-    "sluice_livekit_token_requests_total",
-    "Requests to the MatrixRTC authorization service, by endpoint and result.",
-    MetricType::COUNTER,
-    &["endpoint", "result"],
-)];
+pub const FAMILIES: &[FamilySpec] = &[
+    (
+        "sluice_livekit_token_requests_total",
+        "Requests to the MatrixRTC authorization service, by endpoint and result.",
+        MetricType::COUNTER,
+        &["endpoint", "result"],
+    ),
+    (
+        "sluice_livekit_connections_total",
+        "LiveKit signaling connections: joined, or refused or ended by reason.",
+        MetricType::COUNTER,
+        &["outcome"],
+    ),
+    (
+        "sluice_livekit_participants",
+        "LiveKit participants connected now.",
+        MetricType::GAUGE,
+        &[],
+    ),
+];
 
 /// Names of the families this front end exports.
 pub fn family_names() -> Vec<&'static str> {
@@ -24,14 +39,16 @@ pub fn family_names() -> Vec<&'static str> {
 /// Reads the front door's counters at scrape time.
 pub struct LiveKitCollector {
     auth: Arc<AuthService>,
+    signal: Arc<Signal>,
     descs: Vec<Desc>,
 }
 
 impl LiveKitCollector {
-    /// A collector over the authorization service's counters.
-    pub fn new(auth: Arc<AuthService>) -> Self {
+    /// A collector over the authorization service's and the signaling's counters.
+    pub fn new(auth: Arc<AuthService>, signal: Arc<Signal>) -> Self {
         Self {
             auth,
+            signal,
             descs: descs(FAMILIES),
         }
     }
@@ -52,8 +69,24 @@ impl Collector for LiveKitCollector {
                 ));
             }
         }
-        declared_family(FAMILIES, "sluice_livekit_token_requests_total", requests)
-            .into_iter()
-            .collect()
+        let connections = OUTCOMES
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                counter(
+                    &[("outcome", o)],
+                    self.signal.stats.connections[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        let participants = vec![gauge(&[], self.signal.counts().1 as f64)];
+        [
+            ("sluice_livekit_token_requests_total", requests),
+            ("sluice_livekit_connections_total", connections),
+            ("sluice_livekit_participants", participants),
+        ]
+        .into_iter()
+        .filter_map(|(name, metrics)| declared_family(FAMILIES, name, metrics))
+        .collect()
     }
 }

@@ -4,12 +4,20 @@
 //! Built so far: the MatrixRTC authorization service ([`auth`]), which verifies a Matrix
 //! OpenID token with the user's homeserver ([`openid`]) and mints a standard LiveKit
 //! access token for the room and identity lk-jwt-service would derive ([`identity`]).
-//! LiveKit's signaling (`/rtc/v1`) is the next part (issue 16).
+//! LiveKit's signaling (`/rtc/v1`, the single-peer-connection protocol: the endpoint in
+//! `ws`, token and join-request checks in [`signal`]) runs each connection as one task
+//! (`session`) over the SFU in client-offer mode, beside a LiveKit-protocol view of each
+//! room (`room`).
 
 pub mod auth;
 pub mod identity;
 pub mod metrics;
 pub mod openid;
+mod room;
+mod session;
+pub mod signal;
+mod ws;
 
 pub use crate::config::LiveKitConfig;
 pub use auth::AuthService;
+pub use signal::Signal;

@@ -1,0 +1,610 @@
+//! One LiveKit connection, from the join to the end: the client's requests in, the SFU's
+//! events and the room's notices out, in one task. The connection joins the SFU in
+//! client-offer mode (LiveKit's single peer connection: only the client offers).
+
+use super::room::{Member, Notice, seen_as, sid};
+use super::signal::{Grant, Signal};
+use crate::sfu::{
+    HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode, SdpKind, SessionDescription,
+    SfuEvent, SfuEventKind, TrackRef,
+};
+use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket};
+use livekit_protocol as proto;
+use prost::Message;
+use proto::signal_request::Message as Req;
+use proto::signal_response::Message as Resp;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// Seconds between the client's pings, and without one before Sluice hangs up.
+const PING_INTERVAL: i32 = 5;
+const PING_TIMEOUT: i32 = 15;
+
+/// Why a connection ends.
+enum End {
+    /// The client sent `leave`.
+    ClientLeave,
+    /// The socket closed.
+    ClientGone,
+    /// Another connection took the identity.
+    Replaced,
+    /// No ping within the timeout.
+    PingTimeout,
+    /// The client broke the protocol.
+    Protocol(&'static str),
+    /// The SFU removed the participant.
+    SfuLeft(HangupReason),
+}
+
+struct Conn {
+    s: Arc<Signal>,
+    ws: WebSocket,
+    grant: Grant,
+    conference: String,
+    participant: String,
+    sid: String,
+    /// Announced with `add_track`, no media yet: by the client's track id (`cid`).
+    pending: HashMap<String, proto::TrackInfo>,
+    /// Forwarded to this client: the SFU's track → its `TR_` sid.
+    subscribed: HashMap<TrackRef, String>,
+    /// Its `TR_` sids → the SFU's track, for `track_setting` and `subscription`.
+    by_sid: HashMap<String, TrackRef>,
+    offer_id: u32,
+    last_ping: Instant,
+    speakers: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs one connection to its end and releases everything it held.
+pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto::JoinRequest) {
+    let n = s.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut c = Conn {
+        conference: format!("lk|{}", grant.room),
+        participant: format!("lk|{}|{n}", grant.identity),
+        sid: sid("PA_"),
+        s,
+        ws,
+        grant,
+        pending: HashMap::new(),
+        subscribed: HashMap::new(),
+        by_sid: HashMap::new(),
+        offer_id: 0,
+        last_ping: Instant::now(),
+        speakers: Vec::new(),
+    };
+    let offer = match join.publisher_offer {
+        Some(o) => Some(o),
+        None => c.first_offer().await,
+    };
+    let Some(offer) = offer else {
+        return c.close("no offer").await;
+    };
+    c.offer_id = offer.id;
+    let (sink, mut events) = mpsc::unbounded_channel::<SfuEvent>();
+    let options = JoinOptions {
+        offers: OfferMode::Client,
+    };
+    let answer = match c
+        .s
+        .sfu
+        .join_with(&c.conference, &c.participant, &offer.sdp, sink, options)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            c.s.stats.count(3);
+            info!(room = %c.grant.room, identity = %c.grant.identity, error = %e, "LiveKit join refused");
+            c.send(Resp::Leave(proto::LeaveRequest {
+                reason: proto::DisconnectReason::JoinFailure as i32,
+                action: proto::leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            }))
+            .await;
+            return c.close(&e.to_string()).await;
+        }
+    };
+    let (notices_tx, mut notices) = mpsc::unbounded_channel();
+    let info = c.info();
+    let member = Member {
+        info: info.clone(),
+        participant: c.participant.clone(),
+        notices: notices_tx,
+        media: HashMap::new(),
+    };
+    let (room, others, replaced) = c.s.rooms.join(&c.grant.room, member);
+    if let Some(old) = replaced {
+        let _ = old.notices.send(Notice::Replaced);
+    }
+    c.s.stats.count(0);
+    info!(room = %c.grant.room, identity = %c.grant.identity, participant = %c.participant, sid = %c.sid, "LiveKit participant joined");
+    c.send(Resp::Join(proto::JoinResponse {
+        room: Some(room),
+        participant: Some(info),
+        other_participants: others,
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server_info: Some(proto::ServerInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: 16,
+            node_id: "sluice".to_owned(),
+            ..Default::default()
+        }),
+        ping_interval: PING_INTERVAL,
+        ping_timeout: PING_TIMEOUT,
+        ..Default::default()
+    }))
+    .await;
+    c.send_answer(answer).await;
+    for req in join.add_track_requests {
+        c.add_track(req).await;
+    }
+    let auto = join
+        .connection_settings
+        .as_ref()
+        .is_none_or(|cs| cs.auto_subscribe);
+    if auto {
+        let tracks = c.s.rooms.media_tracks(&c.grant.room, &c.sid);
+        c.subscribe(tracks).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(PING_INTERVAL as u64));
+    let end = loop {
+        tokio::select! {
+            frame = c.ws.recv() => match frame {
+                Some(Ok(Ws::Binary(b))) => {
+                    if let Some(end) = c.on_request(&b).await {
+                        break end;
+                    }
+                }
+                Some(Ok(Ws::Text(_))) => break End::Protocol("text frames are not supported: send protobuf"),
+                Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => break End::ClientGone,
+                Some(Ok(_)) => {}
+            },
+            ev = events.recv() => match ev {
+                Some(ev) => {
+                    if let Some(end) = c.on_event(ev).await {
+                        break end;
+                    }
+                }
+                None => break End::SfuLeft(HangupReason::UnknownError),
+            },
+            n = notices.recv() => match n {
+                Some(Notice::Signal(m)) => c.send(*m).await,
+                Some(Notice::Subscribe(t)) => c.subscribe(t).await,
+                Some(Notice::Replaced) | None => break End::Replaced,
+            },
+            _ = tick.tick() => {
+                if c.last_ping.elapsed() > Duration::from_secs(PING_TIMEOUT as u64) {
+                    break End::PingTimeout;
+                }
+            }
+        }
+    };
+    c.finish(end).await;
+}
+
+impl Conn {
+    fn info(&self) -> proto::ParticipantInfo {
+        let now = now_ms();
+        proto::ParticipantInfo {
+            sid: self.sid.clone(),
+            identity: self.grant.identity.clone(),
+            name: self.grant.name.clone(),
+            state: proto::participant_info::State::Joined as i32,
+            joined_at: now / 1000,
+            joined_at_ms: now,
+            version: 1,
+            permission: Some(proto::ParticipantPermission {
+                can_subscribe: self.grant.can_subscribe,
+                can_publish: self.grant.can_publish,
+                can_publish_data: self.grant.can_publish_data,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn send(&mut self, m: Resp) {
+        let frame = proto::SignalResponse { message: Some(m) }.encode_to_vec();
+        if let Err(e) = self.ws.send(Ws::Binary(frame.into())).await {
+            debug!(participant = %self.participant, error = %e, "LiveKit send failed");
+        }
+    }
+
+    async fn close(&mut self, reason: &str) {
+        let frame = CloseFrame {
+            code: 1000,
+            reason: reason.chars().take(120).collect::<String>().into(),
+        };
+        let _ = self.ws.send(Ws::Close(Some(frame))).await;
+    }
+
+    /// Waits for the client's first offer (a join request without one).
+    async fn first_offer(&mut self) -> Option<proto::SessionDescription> {
+        let deadline = tokio::time::sleep(Duration::from_secs(PING_TIMEOUT as u64));
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                frame = self.ws.recv() => match frame {
+                    Some(Ok(Ws::Binary(b))) => match proto::SignalRequest::decode(b.as_ref()) {
+                        Ok(proto::SignalRequest { message: Some(Req::Offer(o)) }) => return Some(o),
+                        Ok(_) => {}
+                        Err(_) => return None,
+                    },
+                    Some(Ok(Ws::Text(_))) | Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => return None,
+                    Some(Ok(_)) => {}
+                },
+                _ = &mut deadline => return None,
+            }
+        }
+    }
+
+    async fn send_answer(&mut self, sdp: String) {
+        debug!(participant = %self.participant, id = self.offer_id, "LiveKit answer");
+        let mids = self
+            .s
+            .sfu
+            .leg_mids(&self.conference, &self.participant)
+            .unwrap_or_default();
+        let mid_to_track_id = mids
+            .into_iter()
+            .filter_map(|(t, mid)| Some((mid, self.subscribed.get(&t)?.clone())))
+            .collect();
+        self.send(Resp::Answer(proto::SessionDescription {
+            r#type: "answer".into(),
+            sdp,
+            id: self.offer_id,
+            mid_to_track_id,
+        }))
+        .await;
+    }
+
+    async fn on_request(&mut self, bytes: &[u8]) -> Option<End> {
+        let Ok(req) = proto::SignalRequest::decode(bytes) else {
+            return Some(End::Protocol("a frame is not a SignalRequest"));
+        };
+        let (conf, pid) = (self.conference.clone(), self.participant.clone());
+        match req.message? {
+            Req::Offer(o) => {
+                debug!(participant = %pid, id = o.id, "LiveKit offer");
+                self.offer_id = o.id;
+                let desc = SessionDescription {
+                    kind: SdpKind::Offer,
+                    sdp: o.sdp,
+                };
+                if let Err(e) = self.s.sfu.remote_description(&conf, &pid, desc).await {
+                    warn!(participant = %pid, error = %e, "LiveKit offer refused");
+                    return Some(End::Protocol("the offer was refused"));
+                }
+            }
+            Req::Trickle(t) => match serde_json::from_str::<IceCandidate>(&t.candidate_init) {
+                Ok(cand) => {
+                    if let Err(e) = self.s.sfu.add_remote_candidate(&conf, &pid, cand).await {
+                        debug!(participant = %pid, error = %e, "LiveKit candidate refused");
+                    }
+                }
+                Err(_) => {
+                    return Some(End::Protocol(
+                        "a trickle candidate is not RTCIceCandidateInit JSON",
+                    ));
+                }
+            },
+            Req::AddTrack(a) => {
+                debug!(participant = %pid, cid = %a.cid, kind = a.r#type, "LiveKit add_track");
+                self.add_track(a).await
+            }
+            Req::Mute(m) => {
+                let sid = self.sid.clone();
+                self.s.rooms.update(&self.grant.room, &sid, |mb| {
+                    let t = mb.info.tracks.iter_mut().find(|t| t.sid == m.sid);
+                    t.map(|t| t.muted = m.muted).is_some()
+                });
+            }
+            Req::Subscription(u) => {
+                let wanted: Vec<TrackRef> = u
+                    .track_sids
+                    .iter()
+                    .chain(
+                        u.participant_tracks
+                            .iter()
+                            .flat_map(|p| p.track_sids.iter()),
+                    )
+                    .filter_map(|s| self.by_sid.get(s).cloned())
+                    .collect();
+                if !u.subscribe && !wanted.is_empty() {
+                    for t in &wanted {
+                        self.subscribed.remove(t);
+                    }
+                    let _ = self.s.sfu.unsubscribe(&conf, &pid, &wanted).await;
+                }
+            }
+            Req::TrackSetting(ts) => {
+                let (w, h) = if ts.disabled {
+                    (0, 0)
+                } else if ts.width > 0 && ts.height > 0 {
+                    (ts.width, ts.height)
+                } else {
+                    (1920, 1080)
+                };
+                for sid in &ts.track_sids {
+                    if let Some(t) = self.by_sid.get(sid).cloned() {
+                        let _ = self.s.sfu.set_track_size(&conf, &pid, &t, w, h).await;
+                    }
+                }
+            }
+            Req::Leave(_) => return Some(End::ClientLeave),
+            Req::Ping(ts) => {
+                self.last_ping = Instant::now();
+                let _ = ts;
+                self.send(Resp::Pong(now_ms())).await;
+            }
+            Req::PingReq(p) => {
+                self.last_ping = Instant::now();
+                self.send(Resp::PongResp(proto::Pong {
+                    last_ping_timestamp: p.timestamp,
+                    timestamp: now_ms(),
+                }))
+                .await;
+            }
+            other => {
+                debug!(participant = %pid, request = ?std::mem::discriminant(&other), "LiveKit request ignored")
+            }
+        }
+        None
+    }
+
+    async fn add_track(&mut self, req: proto::AddTrackRequest) {
+        if !self.grant.can_publish {
+            info!(participant = %self.participant, "LiveKit add_track without publish permission ignored");
+            return;
+        }
+        let audio = req.r#type == proto::TrackType::Audio as i32;
+        let codec = req
+            .simulcast_codecs
+            .first()
+            .map(|c| c.codec.to_ascii_lowercase())
+            .filter(|c| !c.is_empty());
+        let mime_type = match (audio, codec.as_deref()) {
+            (true, _) => "audio/opus".to_owned(),
+            (false, Some(c)) => format!("video/{}", c.to_ascii_uppercase()),
+            (false, None) => "video/VP8".to_owned(),
+        };
+        let info = proto::TrackInfo {
+            sid: sid("TR_"),
+            r#type: req.r#type,
+            name: req.name.clone(),
+            muted: req.muted,
+            width: req.width,
+            height: req.height,
+            source: req.source,
+            mime_type,
+            disable_red: req.disable_red,
+            encryption: req.encryption,
+            stream: req.stream.clone(),
+            ..Default::default()
+        };
+        self.pending.insert(req.cid.clone(), info.clone());
+        let sid = self.sid.clone();
+        let published = info.clone();
+        self.s.rooms.update(&self.grant.room, &sid, move |m| {
+            m.info.tracks.push(published);
+            m.info.is_publisher = true;
+            true
+        });
+        self.send(Resp::TrackPublished(proto::TrackPublishedResponse {
+            cid: req.cid,
+            track: Some(info),
+        }))
+        .await;
+    }
+
+    async fn subscribe(&mut self, tracks: Vec<(TrackRef, TrackRef, String)>) {
+        if !self.grant.can_subscribe {
+            return;
+        }
+        let fresh: Vec<(TrackRef, TrackRef, String)> = tracks
+            .into_iter()
+            .filter(|(t, _, _)| !self.subscribed.contains_key(t))
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        for (t, _, tsid) in &fresh {
+            self.subscribed.insert(t.clone(), tsid.clone());
+            self.by_sid.insert(tsid.clone(), t.clone());
+        }
+        let pairs: Vec<(TrackRef, TrackRef)> =
+            fresh.into_iter().map(|(t, seen, _)| (t, seen)).collect();
+        if let Err(e) = self
+            .s
+            .sfu
+            .subscribe_as(&self.conference, &self.participant, &pairs)
+            .await
+        {
+            debug!(participant = %self.participant, error = %e, "LiveKit subscription failed");
+        }
+    }
+
+    async fn on_event(&mut self, ev: SfuEvent) -> Option<End> {
+        match ev.kind {
+            SfuEventKind::LocalCandidate(Some(cand)) => {
+                let init = serde_json::json!({
+                    "candidate": cand.candidate,
+                    "sdpMid": cand.sdp_mid,
+                    "sdpMLineIndex": cand.sdp_mline_index,
+                });
+                self.send(Resp::Trickle(proto::TrickleRequest {
+                    candidate_init: init.to_string(),
+                    target: proto::SignalTarget::Publisher as i32,
+                    r#final: false,
+                }))
+                .await;
+            }
+            SfuEventKind::Answer(sdp) => self.send_answer(sdp).await,
+            SfuEventKind::NeedOffer { audio, video } => {
+                self.send(Resp::MediaSectionsRequirement(
+                    proto::MediaSectionsRequirement {
+                        num_audios: audio,
+                        num_videos: video,
+                    },
+                ))
+                .await;
+            }
+            SfuEventKind::TrackPublished(t) => self.on_media(t.track, t.kind, t.mime_type),
+            SfuEventKind::TrackUnpublished(t) => {
+                let sid = self.sid.clone();
+                self.s.rooms.update(&self.grant.room, &sid, |m| {
+                    let gone: Vec<String> = m
+                        .media
+                        .iter()
+                        .filter(|(_, r)| **r == t.track)
+                        .map(|(s, _)| s.clone())
+                        .collect();
+                    for s in &gone {
+                        m.media.remove(s);
+                        m.info.tracks.retain(|ti| &ti.sid != s);
+                    }
+                    !gone.is_empty()
+                });
+            }
+            SfuEventKind::ActiveSpeakers(list) => {
+                let mut speakers: Vec<proto::SpeakerInfo> = Vec::new();
+                let mut now = Vec::new();
+                for sp in &list {
+                    if let Some(psid) = self.s.rooms.sid_of(&self.grant.room, &sp.participant) {
+                        speakers.push(proto::SpeakerInfo {
+                            sid: psid.clone(),
+                            level: sp.level,
+                            active: true,
+                        });
+                        now.push(psid);
+                    }
+                }
+                for gone in self.speakers.iter().filter(|s| !now.contains(s)) {
+                    speakers.push(proto::SpeakerInfo {
+                        sid: gone.clone(),
+                        level: 0.0,
+                        active: false,
+                    });
+                }
+                self.speakers = now;
+                self.send(Resp::SpeakersChanged(proto::SpeakersChanged { speakers }))
+                    .await;
+            }
+            SfuEventKind::Left(reason) => return Some(End::SfuLeft(reason)),
+            SfuEventKind::LocalCandidate(None)
+            | SfuEventKind::Offer(_)
+            | SfuEventKind::Connected
+            | SfuEventKind::DataChannelOpen
+            | SfuEventKind::DataChannelMessage(_)
+            | SfuEventKind::DataChannelRefused(_) => {}
+        }
+        None
+    }
+
+    /// The first media of one of this client's tracks arrived: pair it with its
+    /// `add_track` announcement and offer it to the room.
+    fn on_media(&mut self, track: TrackRef, kind: MediaKind, mime_type: String) {
+        let want = match kind {
+            MediaKind::Audio => proto::TrackType::Audio as i32,
+            MediaKind::Video => proto::TrackType::Video as i32,
+        };
+        let cid = if self.pending.contains_key(&track.track_id) {
+            Some(track.track_id.clone())
+        } else {
+            self.pending
+                .iter()
+                .find(|(_, t)| t.r#type == want)
+                .map(|(c, _)| c.clone())
+        };
+        let Some(info) = cid.and_then(|c| self.pending.remove(&c)) else {
+            debug!(participant = %self.participant, track = %track.track_id, "media without an add_track");
+            return;
+        };
+        let tsid = info.sid.clone();
+        let (sid, room) = (self.sid.clone(), self.grant.room.clone());
+        let media_ref = track.clone();
+        let negotiated = tsid.clone();
+        self.s.rooms.update(&room, &sid, move |m| {
+            m.media.insert(negotiated.clone(), media_ref);
+            if let Some(t) = m.info.tracks.iter_mut().find(|t| t.sid == negotiated)
+                && !mime_type.is_empty()
+            {
+                t.mime_type = mime_type;
+            }
+            true
+        });
+        let seen = seen_as(&sid, &tsid);
+        self.s
+            .rooms
+            .offer_tracks(&room, &sid, &[(track, seen, tsid)]);
+    }
+
+    async fn finish(mut self, end: End) {
+        let (hangup, told, outcome) = match &end {
+            End::ClientLeave | End::ClientGone => (Some(HangupReason::UserHangup), None, None),
+            End::Replaced => (
+                Some(HangupReason::UserHangup),
+                Some(proto::DisconnectReason::DuplicateIdentity),
+                Some(4),
+            ),
+            End::PingTimeout => (
+                Some(HangupReason::KeepAliveTimeout),
+                Some(proto::DisconnectReason::SignalClose),
+                None,
+            ),
+            End::Protocol(_) => (
+                Some(HangupReason::UnknownError),
+                Some(proto::DisconnectReason::StateMismatch),
+                Some(5),
+            ),
+            End::SfuLeft(r) => (
+                None,
+                Some(match r {
+                    HangupReason::Draining => proto::DisconnectReason::ServerShutdown,
+                    HangupReason::KeepAliveTimeout
+                    | HangupReason::InviteTimeout
+                    | HangupReason::IceFailed => proto::DisconnectReason::ConnectionTimeout,
+                    _ => proto::DisconnectReason::ParticipantRemoved,
+                }),
+                None,
+            ),
+        };
+        if let Some(o) = outcome {
+            self.s.stats.count(o);
+        }
+        if let Some(r) = hangup {
+            let _ = self
+                .s
+                .sfu
+                .leave(&self.conference, &self.participant, r)
+                .await;
+        }
+        self.s.rooms.leave(&self.grant.room, &self.sid);
+        let why = match &end {
+            End::ClientLeave => "client left",
+            End::ClientGone => "connection closed",
+            End::Replaced => "replaced by a newer connection of the same identity",
+            End::PingTimeout => "no ping within the ping timeout",
+            End::Protocol(why) => why,
+            End::SfuLeft(r) => r.as_str(),
+        };
+        info!(room = %self.grant.room, identity = %self.grant.identity, participant = %self.participant, reason = why, "LiveKit participant left");
+        if let Some(reason) = told {
+            self.send(Resp::Leave(proto::LeaveRequest {
+                reason: reason as i32,
+                action: proto::leave_request::Action::Disconnect as i32,
+                ..Default::default()
+            }))
+            .await;
+        }
+        self.close(why).await;
+    }
+}
