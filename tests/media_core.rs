@@ -560,18 +560,24 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
         .await;
     // Announcements are rate limited: consecutive ones at least one detector period apart
     // is implied by the 250 ms tick; count them to be sure none repeat an order.
+    // Every participant is told, not only the first.
+    let last_of = |log: &[sluice::sfu::SfuEvent], id: &str| -> Option<Vec<String>> {
+        log.iter()
+            .rev()
+            .filter(|e| e.participant == id)
+            .find_map(|e| match &e.kind {
+                SfuEventKind::ActiveSpeakers(list) => {
+                    Some(list.iter().map(|s| s.participant.clone()).collect())
+                }
+                _ => None,
+            })
+    };
+    router
+        .wait_for("every participant told the new ranking", LONG, |log| {
+            ids.iter().all(|id| last_of(log, id) == Some(want.clone()))
+        })
+        .await;
     let log = router.log.lock().unwrap().clone();
-    for p in &peers {
-        let got = log
-            .iter()
-            .filter(|e| e.participant == p.id && matches!(e.kind, SfuEventKind::ActiveSpeakers(_)))
-            .count();
-        let want = log
-            .iter()
-            .filter(|e| e.participant == first && matches!(e.kind, SfuEventKind::ActiveSpeakers(_)))
-            .count();
-        assert_eq!(got, want, "{} missed announcements", p.id);
-    }
     let orders: Vec<Vec<String>> = log
         .iter()
         .filter(|e| e.participant == first)
