@@ -527,10 +527,10 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
     }
     // Every participant gets each announcement; follow the first one's.
     let first = peers[0].id.clone();
-    let order = |log: &[sluice::sfu::SfuEvent]| -> Option<Vec<String>> {
+    let last_of = |log: &[sluice::sfu::SfuEvent], id: &str| -> Option<Vec<String>> {
         log.iter()
             .rev()
-            .filter(|e| e.participant == first)
+            .filter(|e| e.participant == id)
             .find_map(|e| match &e.kind {
                 SfuEventKind::ActiveSpeakers(list) => {
                     Some(list.iter().map(|s| s.participant.clone()).collect())
@@ -538,6 +538,7 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
                 _ => None,
             })
     };
+    let order = |log: &[sluice::sfu::SfuEvent]| last_of(log, &first);
     let ids: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
     let want = ids.clone();
     router
@@ -561,17 +562,6 @@ async fn active_speakers_are_ranked_by_audio_level_and_follow_changes() {
     // Announcements are rate limited: consecutive ones at least one detector period apart
     // is implied by the 250 ms tick; count them to be sure none repeat an order.
     // Every participant is told, not only the first.
-    let last_of = |log: &[sluice::sfu::SfuEvent], id: &str| -> Option<Vec<String>> {
-        log.iter()
-            .rev()
-            .filter(|e| e.participant == id)
-            .find_map(|e| match &e.kind {
-                SfuEventKind::ActiveSpeakers(list) => {
-                    Some(list.iter().map(|s| s.participant.clone()).collect())
-                }
-                _ => None,
-            })
-    };
     router
         .wait_for("every participant told the new ranking", LONG, |log| {
             ids.iter().all(|id| last_of(log, id) == Some(want.clone()))
