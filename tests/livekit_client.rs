@@ -173,6 +173,26 @@ async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
     }
     assert_eq!(door.signal.counts(), (1, 2));
 
+    // Alice turns her camera off and on again: Bob is told both (LiveKit's mute request,
+    // relayed as participant updates).
+    let camera = |on: bool| {
+        format!("return window.room.localParticipant.setCameraEnabled({on}).then(() => true);")
+    };
+    pages[0].eval(&camera(false), json!([])).await;
+    wait(
+        &pages[1],
+        "alice's camera muted",
+        "window.lk.events.includes('muted alice video')",
+    )
+    .await;
+    pages[0].eval(&camera(true), json!([])).await;
+    wait(
+        &pages[1],
+        "alice's camera unmuted",
+        "window.lk.events.includes('unmuted alice video')",
+    )
+    .await;
+
     // Bob leaves: Alice sees him go and loses his tracks; Sluice holds only Alice.
     pages[1]
         .eval(
