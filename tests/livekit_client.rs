@@ -117,6 +117,20 @@ async fn wait(b: &Browser, what: &str, script: &str) {
     }
 }
 
+/// Waits until the SFU's snapshot and the front door's (rooms, members) satisfy `f`.
+async fn settle(door: &FrontDoor, f: impl Fn(SfuSnapshot, (usize, usize)) -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !f(door.sfu.snapshot(), door.signal.counts()) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} {:?}",
+            door.sfu.snapshot(),
+            door.signal.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
     let door = front_door().await;
@@ -212,31 +226,19 @@ async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
         "!window.lk.subscribed['bob/video'] && !window.lk.subscribed['bob/audio']",
     )
     .await;
-    let deadline = Instant::now() + LONG;
-    while door.sfu.snapshot().participants != 1 || door.signal.counts() != (1, 1) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} {:?}",
-            door.sfu.snapshot(),
-            door.signal.counts()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settle(&door, |snap, rooms| {
+        snap.participants == 1 && rooms == (1, 1)
+    })
+    .await;
     pages[0]
         .eval(
             "return window.room.disconnect().then(() => true);",
             json!([]),
         )
         .await;
-    let deadline = Instant::now() + LONG;
-    while door.sfu.snapshot() != SfuSnapshot::default() || door.signal.counts() != (0, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} {:?}",
-            door.sfu.snapshot(),
-            door.signal.counts()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settle(&door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
     door.sfu.shutdown(HangupReason::UserHangup).await;
 }

@@ -287,6 +287,16 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
     })
 }
 
+/// Both endpoints' check of the OpenID token's fields.
+fn check_token(t: &OpenIdToken) -> Result<(), Refusal> {
+    if t.access_token.is_empty() || t.matrix_server_name.is_empty() {
+        return Err(Refusal::bad_json(
+            "The request body `openid_token` is missing a `access_token` or `matrix_server_name`",
+        ));
+    }
+    Ok(())
+}
+
 const NO_DELEGATION: &str = "Sluice does not take over delayed leave events (MSC4140 delegation) \
      yet: send the request without delay_id and delay_timeout";
 
@@ -295,11 +305,7 @@ fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
     if req.room.is_empty() {
         return Err(Refusal::bad_json("Missing room parameter"));
     }
-    if req.openid_token.access_token.is_empty() || req.openid_token.matrix_server_name.is_empty() {
-        return Err(Refusal::bad_json(
-            "The request body `openid_token` is missing a `access_token` or `matrix_server_name`",
-        ));
-    }
+    check_token(&req.openid_token)?;
     if req.device_id.is_empty() {
         return Err(Refusal::bad_json("Missing device_id parameter"));
     }
@@ -330,11 +336,7 @@ fn token_ask(body: &[u8]) -> Result<Ask, Refusal> {
             "The request body `member` is missing a `id`, `claimed_user_id` or `claimed_device_id`",
         ));
     }
-    if req.openid_token.access_token.is_empty() || req.openid_token.matrix_server_name.is_empty() {
-        return Err(Refusal::bad_json(
-            "The request body `openid_token` is missing a `access_token` or `matrix_server_name`",
-        ));
-    }
+    check_token(&req.openid_token)?;
     if !req.delay_id.is_empty() || req.delay_timeout > 0 {
         return Err(Refusal::bad_json(NO_DELEGATION));
     }

@@ -340,9 +340,8 @@ impl Conn {
                 }
             }
             Req::Leave(_) => return Some(End::ClientLeave),
-            Req::Ping(ts) => {
+            Req::Ping(_) => {
                 self.last_ping = Instant::now();
-                let _ = ts;
                 self.send(Resp::Pong(now_ms())).await;
             }
             Req::PingReq(p) => {
