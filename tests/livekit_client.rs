@@ -1,8 +1,10 @@
 #![recursion_limit = "256"]
 //! Stock livekit-client (npm, `tests/livekit-web/`'s lockfile) in headless Chromium against
 //! Sluice's LiveKit front door: each page connects with a LiveKit token, publishes its fake
-//! camera and microphone, and must decode the others' video, read from the receivers' own
-//! `getStats()`. Nothing here is written for Sluice but the page that calls the library.
+//! camera (two simulcast layers) and microphone, and must decode the others' video, read
+//! from the receivers' own `getStats()`: at the layer its tiles ask for (adaptive stream),
+//! and through livekit's end-to-end encryption. Nothing here is written for Sluice but the
+//! page that calls the library.
 //!
 //! Needs Debian's chromium + chromium-driver and `npm ci` in tests/livekit-web (scripts/test
 //! does both). On failure each page's state is printed.
@@ -22,6 +24,9 @@ use support::test_config;
 const KEY: &str = "sluice-test-key";
 const SECRET: &str = "a-test-secret-of-at-least-32-characters";
 const LONG: Duration = Duration::from_secs(90);
+
+/// One browser test at a time: each runs three Chromiums.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn page_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/livekit-web");
@@ -131,13 +136,16 @@ async fn settle(door: &FrontDoor, f: impl Fn(SfuSnapshot, (usize, usize)) -> boo
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
-    let door = front_door().await;
-    let driver = ChromeDriver::start().await;
-    let names = ["alice", "bob"];
+/// Opens one page per `(name, options)` and connects each to `room` (the options are
+/// `lkConnect`'s); returns once every page publishes.
+async fn join(
+    door: &FrontDoor,
+    driver: &ChromeDriver,
+    room: &str,
+    who: &[(&str, Value)],
+) -> Vec<Browser> {
     let mut pages = Vec::new();
-    for name in names {
+    for (name, opts) in who {
         let b = driver.browser(name).await;
         b.goto(&door.page).await;
         wait(
@@ -147,8 +155,8 @@ async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
         )
         .await;
         b.eval(
-            "window.lkConnect(arguments[0], arguments[1]); return true;",
-            json!([door.url, token(name, "room-1")]),
+            "window.lkConnect(arguments[0], arguments[1], arguments[2]); return true;",
+            json!([door.url, token(name, room), opts]),
         )
         .await;
         pages.push(b);
@@ -161,31 +169,93 @@ async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
         )
         .await;
     }
-    // Each decodes the other's camera: frames rising, read twice.
-    for (b, other) in pages.iter().zip(names.iter().rev()) {
-        let first = format!("window.lkFrames().then(f => (f['{other}'] || 0) > 30)");
-        wait(b, &format!("{other}'s video decoding"), &first).await;
-        let n: u64 = b
-            .eval(
-                &format!("return window.lkFrames().then(f => f['{other}'] || 0);"),
-                json!([]),
-            )
-            .await
-            .as_u64()
-            .unwrap();
-        let more = format!(
-            "window.lkFrames().then(f => (f['{other}'] || 0) > {})",
-            n + 30
-        );
-        wait(b, &format!("{other}'s video still decoding"), &more).await;
-        wait(
-            b,
-            &format!("{other}'s audio subscribed"),
-            &format!("window.lk.subscribed['{other}/audio'] === true"),
+    pages
+}
+
+/// What `b` decodes of `other`'s video now: (frames decoded, decoded width).
+async fn video_of(b: &Browser, other: &str) -> (u64, u64) {
+    let v = b
+        .eval(
+            "return window.lkVideo().then(v => v[arguments[0]] || {});",
+            json!([other]),
         )
         .await;
+    (
+        v["frames"].as_u64().unwrap_or(0),
+        v["width"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Waits until `b` has decoded 30 frames of `other`'s video, and 30 more after that.
+async fn decodes(b: &Browser, other: &str) {
+    let first = format!("window.lkFrames().then(f => (f['{other}'] || 0) > 30)");
+    wait(b, &format!("{other}'s video decoding"), &first).await;
+    let (n, _) = video_of(b, other).await;
+    let more = format!(
+        "window.lkFrames().then(f => (f['{other}'] || 0) > {})",
+        n + 30
+    );
+    wait(b, &format!("{other}'s video still decoding"), &more).await;
+}
+
+async fn disconnect(b: &Browser) {
+    b.eval(
+        "return window.room.disconnect().then(() => true);",
+        json!([]),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_client_pages_publish_simulcast_and_decode_each_other_through_sluice() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    // Alice and Bob show each remote camera in a 640x360 tile, Carol in a 160x90 one; all
+    // three use livekit's adaptive stream, which asks Sluice for the tile's size.
+    let large = json!({"adaptive": true, "tile": [640, 360]});
+    let small = json!({"adaptive": true, "tile": [160, 90]});
+    let names = ["alice", "bob", "carol"];
+    let pages = join(
+        &door,
+        &driver,
+        "room-1",
+        &[("alice", large.clone()), ("bob", large), ("carol", small)],
+    )
+    .await;
+    // Each decodes both others' cameras, frames rising, and gets both others' audio.
+    for (b, me) in pages.iter().zip(names) {
+        for other in names.iter().filter(|n| **n != me) {
+            decodes(b, other).await;
+            wait(
+                b,
+                &format!("{other}'s audio subscribed"),
+                &format!("window.lk.subscribed['{other}/audio'] === true"),
+            )
+            .await;
+        }
     }
-    assert_eq!(door.signal.counts(), (1, 2));
+    assert_eq!(door.signal.counts(), (1, 3));
+
+    // Adaptive stream: once Bob's large tile gets Alice's upper layer, Carol's small tile
+    // still gets her lower one (Sluice picks the layer per subscriber from the tile size).
+    wait(
+        &pages[1],
+        "alice's upper layer in bob's large tile",
+        "window.lkVideo().then(v => (v.alice?.width || 0) > 320)",
+    )
+    .await;
+    for _ in 0..5 {
+        let (_, large_width) = video_of(&pages[1], "alice").await;
+        let (_, small_width) = video_of(&pages[2], "alice").await;
+        assert!(
+            small_width > 0 && small_width <= 320 && small_width < large_width,
+            "carol's 160x90 tile decodes alice at width {small_width}, bob's 640x360 tile at \
+             {large_width}: the small tile should get the lower layer"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    decodes(&pages[2], "alice").await;
 
     // Alice turns her camera off and on again: Bob is told both (LiveKit's mute request,
     // relayed as participant updates).
@@ -207,35 +277,69 @@ async fn livekit_client_pages_publish_and_decode_each_other_through_sluice() {
     )
     .await;
 
-    // Bob leaves: Alice sees him go and loses his tracks; Sluice holds only Alice.
-    pages[1]
-        .eval(
-            "return window.room.disconnect().then(() => true);",
-            json!([]),
+    // Bob leaves: Alice and Carol see him go and lose his tracks; Sluice holds only them.
+    disconnect(&pages[1]).await;
+    for b in [&pages[0], &pages[2]] {
+        wait(b, "bob gone", "window.lk.events.includes('left bob')").await;
+        wait(
+            b,
+            "bob's tracks gone",
+            "!window.lk.subscribed['bob/video'] && !window.lk.subscribed['bob/audio']",
         )
         .await;
-    wait(
-        &pages[0],
-        "bob gone",
-        "window.lk.events.includes('left bob')",
-    )
-    .await;
-    wait(
-        &pages[0],
-        "bob's tracks gone",
-        "!window.lk.subscribed['bob/video'] && !window.lk.subscribed['bob/audio']",
-    )
-    .await;
+    }
     settle(&door, |snap, rooms| {
-        snap.participants == 1 && rooms == (1, 1)
+        snap.participants == 2 && rooms == (1, 2)
     })
     .await;
-    pages[0]
-        .eval(
-            "return window.room.disconnect().then(() => true);",
-            json!([]),
-        )
-        .await;
+    disconnect(&pages[0]).await;
+    disconnect(&pages[2]).await;
+    settle(&door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
+    door.sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_e2ee_frames_pass_sluice_untouched() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    // Alice and Bob share a key; Carol has another one.
+    let pages = join(
+        &door,
+        &driver,
+        "room-e2ee",
+        &[
+            ("alice", json!({"e2eeKey": "a shared passphrase"})),
+            ("bob", json!({"e2eeKey": "a shared passphrase"})),
+            ("carol", json!({"e2eeKey": "another passphrase"})),
+        ],
+    )
+    .await;
+    // With the shared key each decrypts and decodes the other's camera, which livekit
+    // marks encrypted (Sluice relays the encryption each publisher declared).
+    decodes(&pages[0], "bob").await;
+    decodes(&pages[1], "alice").await;
+    let seen = pages[1].eval("return window.lkVideo();", json!([])).await;
+    assert_eq!(seen["alice"]["encrypted"], json!(true), "{seen:#}");
+    // Carol receives the same frames and cannot decode a single one: they are encrypted
+    // end to end, and Sluice forwarded them without needing to read them.
+    wait(
+        &pages[2],
+        "alice's video packets reaching carol",
+        "window.lkVideo().then(v => (v.alice?.packets || 0) > 200)",
+    )
+    .await;
+    let (carol_frames, _) = video_of(&pages[2], "alice").await;
+    assert_eq!(
+        carol_frames, 0,
+        "carol decoded alice's video without her key"
+    );
+    for b in &pages {
+        disconnect(b).await;
+    }
     settle(&door, |snap, rooms| {
         snap == SfuSnapshot::default() && rooms == (0, 0)
     })

@@ -203,6 +203,18 @@ impl Rooms {
             .map(|(s, _)| s.clone())
     }
 
+    /// The published `TrackInfo` of track `track_sid` in `room`.
+    pub(super) fn track_info(&self, room: &str, track_sid: &str) -> Option<proto::TrackInfo> {
+        let rooms = self.rooms.lock().unwrap();
+        rooms
+            .get(room)?
+            .members
+            .values()
+            .flat_map(|m| m.info.tracks.iter())
+            .find(|t| t.sid == track_sid)
+            .cloned()
+    }
+
     /// Rooms and members, for tests and metrics.
     pub(super) fn counts(&self) -> (usize, usize) {
         let rooms = self.rooms.lock().unwrap();

@@ -57,6 +57,32 @@ struct Conn {
     speakers: Vec<String>,
 }
 
+/// The size a subscriber's `track_setting` asks for (LiveKit's adaptive stream): (0, 0)
+/// pauses; an element size as given; a quality as the size of the publisher's layer of that
+/// quality (from its `add_track` layers), else of LiveKit's usual 1/4, 1/2, 1 ladder.
+fn wanted_size(ts: &proto::UpdateTrackSettings, info: Option<&proto::TrackInfo>) -> (u32, u32) {
+    if ts.disabled {
+        return (0, 0);
+    }
+    if ts.width > 0 && ts.height > 0 {
+        return (ts.width, ts.height);
+    }
+    let quality = ts.quality;
+    #[allow(deprecated)]
+    let layer = info.and_then(|i| {
+        i.layers
+            .iter()
+            .filter(|l| l.quality <= quality && l.width > 0)
+            .max_by_key(|l| l.quality)
+    });
+    match (layer, proto::VideoQuality::try_from(quality)) {
+        (Some(l), _) => (l.width, l.height),
+        (None, Ok(proto::VideoQuality::Low)) => (320, 180),
+        (None, Ok(proto::VideoQuality::Medium)) => (640, 360),
+        _ => (1920, 1080),
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -326,17 +352,13 @@ impl Conn {
                 }
             }
             Req::TrackSetting(ts) => {
-                let (w, h) = if ts.disabled {
-                    (0, 0)
-                } else if ts.width > 0 && ts.height > 0 {
-                    (ts.width, ts.height)
-                } else {
-                    (1920, 1080)
-                };
                 for sid in &ts.track_sids {
-                    if let Some(t) = self.by_sid.get(sid).cloned() {
-                        let _ = self.s.sfu.set_track_size(&conf, &pid, &t, w, h).await;
-                    }
+                    let Some(t) = self.by_sid.get(sid).cloned() else {
+                        continue;
+                    };
+                    let info = self.s.rooms.track_info(&self.grant.room, sid);
+                    let (w, h) = wanted_size(&ts, info.as_ref());
+                    let _ = self.s.sfu.set_track_size(&conf, &pid, &t, w, h).await;
                 }
             }
             Req::Leave(_) => return Some(End::ClientLeave),
@@ -375,6 +397,24 @@ impl Conn {
             (false, Some(c)) => format!("video/{}", c.to_ascii_uppercase()),
             (false, None) => "video/VP8".to_owned(),
         };
+        let codecs = req
+            .simulcast_codecs
+            .iter()
+            .map(|c| proto::SimulcastCodecInfo {
+                mime_type: format!("video/{}", c.codec.to_ascii_uppercase()),
+                cid: c.cid.clone(),
+                layers: if c.layers.is_empty() {
+                    req.layers.clone()
+                } else {
+                    c.layers.clone()
+                },
+                video_layer_mode: c.video_layer_mode,
+                ..Default::default()
+            })
+            .collect();
+        // livekit-client 2.23 still reads the deprecated `layers` (adaptive stream's
+        // quality-to-size table); newer clients read `codecs`.
+        #[allow(deprecated)]
         let info = proto::TrackInfo {
             sid: sid("TR_"),
             r#type: req.r#type,
@@ -384,6 +424,9 @@ impl Conn {
             height: req.height,
             source: req.source,
             mime_type,
+            simulcast: req.layers.len() > 1,
+            layers: req.layers.clone(),
+            codecs,
             disable_red: req.disable_red,
             encryption: req.encryption,
             stream: req.stream.clone(),
