@@ -46,6 +46,23 @@ livekit_web_deps() {
   ) || die "npm ci in tests/livekit-web failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
 }
 
+# Installs the stock Python livekit SDK (PyPI, tests/livekit-py/requirements.txt) into its
+# own venv for the front door's non-browser client test; reinstalled when the pin changes.
+livekit_py_deps() {
+  local venv="${SLUICE_LIVEKIT_PY_VENV:-$HOME/.cache/sluice-livekit-py}"
+  local req=tests/livekit-py/requirements.txt
+  if [ -x "$venv/bin/python" ] && cmp -s "$req" "$venv/.sluice-requirements" 2>/dev/null; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || need_debs python3 python3-venv
+  python3 -c "import venv, ensurepip" 2>/dev/null || need_debs python3-venv
+  step "installing the Python livekit SDK into $venv (from PyPI)"
+  python3 -m venv "$venv" || die "cannot create a Python venv at $venv (is python3-venv installed?)"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$req" \
+    || die "cannot install $(tr '\n' ' ' < "$req")from PyPI into $venv"
+  cp "$req" "$venv/.sluice-requirements"
+}
+
 # Builds the reference web client into web/dist (npm ci from the lockfile when it changed).
 build_web() {
   need_node

@@ -477,10 +477,12 @@ impl Conn {
     async fn on_event(&mut self, ev: SfuEvent) -> Option<End> {
         match ev.kind {
             SfuEventKind::LocalCandidate(Some(cand)) => {
+                // LiveKit's SDKs read sdpMid as a string (the Rust SDK's parser fails on
+                // null); with BUNDLE any section names the one transport.
                 let init = serde_json::json!({
                     "candidate": cand.candidate,
-                    "sdpMid": cand.sdp_mid,
-                    "sdpMLineIndex": cand.sdp_mline_index,
+                    "sdpMid": cand.sdp_mid.unwrap_or_else(|| "0".to_owned()),
+                    "sdpMLineIndex": cand.sdp_mline_index.unwrap_or(0),
                 });
                 self.send(Resp::Trickle(proto::TrickleRequest {
                     candidate_init: init.to_string(),

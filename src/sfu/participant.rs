@@ -141,6 +141,9 @@ impl Participant {
         });
         let _ = handler.me.set(Arc::downgrade(&p));
 
+        // The answer's sections mirror the offer's: its first mid is known now, before
+        // the local candidates that setting the answer starts gathering.
+        *p.first_mid.lock().unwrap() = first_mid(offer_sdp);
         let answered: Result<String, SfuError> = async {
             pc.set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned())?)
                 .await
@@ -162,7 +165,6 @@ impl Participant {
                 return Err(e);
             }
         };
-        *p.first_mid.lock().unwrap() = first_mid(&answer);
         conf.activate(id, p.clone());
         info!(conference = %conf.id, participant = %id, "joined");
 
