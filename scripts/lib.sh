@@ -46,6 +46,19 @@ livekit_web_deps() {
   ) || die "npm ci in tests/livekit-web failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
 }
 
+# Installs stock Element Call (its embedded build from npm, tests/element-call's lockfile;
+# served as it is, nothing is built) for the Element Call test and scripts/run.
+element_call_deps() {
+  need_node
+  (
+    cd tests/element-call
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      step "installing Element Call from npm (tests/element-call)"
+      npm ci --no-audit --no-fund --loglevel=error
+    fi
+  ) || die "npm ci in tests/element-call failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
+}
+
 # Installs the stock Python livekit SDK (PyPI, tests/livekit-py/requirements.txt) into its
 # own venv for the front door's non-browser client test; reinstalled when the pin changes.
 livekit_py_deps() {

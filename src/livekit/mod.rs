@@ -20,4 +20,5 @@ mod ws;
 
 pub use crate::config::LiveKitConfig;
 pub use auth::AuthService;
+pub use room::PublishedTrack;
 pub use signal::Signal;

@@ -19,6 +19,21 @@ pub(super) enum Notice {
     Replaced,
 }
 
+/// One published track, for operators and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedTrack {
+    /// The LiveKit room.
+    pub room: String,
+    /// The publisher's identity.
+    pub identity: String,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// The negotiated codec, e.g. `video/VP8`.
+    pub mime_type: String,
+    /// The end-to-end encryption the publisher declared (`NONE`, `GCM`, `CUSTOM`).
+    pub encryption: &'static str,
+}
+
 /// One participant of a room.
 pub(super) struct Member {
     /// Its LiveKit view (tracks included).
@@ -213,6 +228,29 @@ impl Rooms {
             .flat_map(|m| m.info.tracks.iter())
             .find(|t| t.sid == track_sid)
             .cloned()
+    }
+
+    /// Every published track.
+    pub(super) fn tracks(&self) -> Vec<PublishedTrack> {
+        let rooms = self.rooms.lock().unwrap();
+        let mut out = Vec::new();
+        for (name, r) in rooms.iter() {
+            for m in r.members.values() {
+                for t in &m.info.tracks {
+                    let audio = t.r#type == proto::TrackType::Audio as i32;
+                    let encryption = proto::encryption::Type::try_from(t.encryption)
+                        .map_or("UNKNOWN", |e| e.as_str_name());
+                    out.push(PublishedTrack {
+                        room: name.clone(),
+                        identity: m.info.identity.clone(),
+                        kind: if audio { "audio" } else { "video" },
+                        mime_type: t.mime_type.clone(),
+                        encryption,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Rooms and members, for tests and metrics.

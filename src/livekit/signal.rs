@@ -82,6 +82,11 @@ impl Signal {
         self.rooms.counts()
     }
 
+    /// Every track published now, as the room's members see it.
+    pub fn tracks(&self) -> Vec<super::PublishedTrack> {
+        self.rooms.tracks()
+    }
+
     pub(super) fn authorize(
         &self,
         query: &HashMap<String, String>,
