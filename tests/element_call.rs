@@ -46,7 +46,7 @@ struct Stack {
 }
 
 /// Sluice's LiveKit front door (authorization service and signaling) on the port the
-/// suite's Synapse lists as its MatrixRTC transport, with Element Call served beside it.
+/// suite's Synapse lists as its MatrixRTC transport, and Element Call on a port of its own.
 async fn stack() -> Stack {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
@@ -89,22 +89,26 @@ async fn stack() -> Stack {
         let c = config.clone();
         async move { axum::Json(c) }
     };
+    let door = auth.routes().merge(signal.routes());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind the front door's port {port}: {e}"));
+    tokio::spawn(async move { axum::serve(listener, door).await });
+    // Element Call on an origin of its own, as deployments host it (and scripts/run does):
+    // its requests to the authorization service are cross-origin.
     let spa = || ServeDir::new(dist()).fallback(ServeFile::new(dist().join("index.html")));
-    let app = auth
-        .routes()
-        .merge(signal.routes())
+    let app = axum::Router::new()
         .route("/config.json", axum::routing::get(serve_config.clone()))
         .route("/room/config.json", axum::routing::get(serve_config))
         .nest_service("/room", spa())
         .fallback_service(spa());
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("cannot bind the front door's port {port}: {e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     Stack {
         sfu,
         signal,
-        app: format!("http://127.0.0.1:{port}/"),
+        app: format!("http://{app_addr}/"),
     }
 }
 
