@@ -125,6 +125,17 @@ async fn serve(cfg: Config) -> ExitCode {
         }) {
             Ok((auth, secret)) => {
                 let signal = sluice::livekit::Signal::new(sfu.clone(), &cfg.livekit, &secret);
+                match sluice::livekit::delayed_leave::DelayedLeaves::new(
+                    signal.clone(),
+                    cfg.livekit.homeserver_urls.clone(),
+                    Duration::from_secs(cfg.livekit.openid_timeout_secs),
+                ) {
+                    Ok(d) => auth.delegate_to(d),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot build the delayed-leave HTTP client");
+                        return ExitCode::FAILURE;
+                    }
+                }
                 metrics.register(Box::new(sluice::livekit::metrics::LiveKitCollector::new(
                     auth.clone(),
                     signal.clone(),

@@ -16,6 +16,7 @@ mod support;
 
 use serde_json::{Value, json};
 use sluice::config::{LiveKitConfig, Secret};
+use sluice::livekit::delayed_leave::DelayedLeaves;
 use sluice::livekit::{AuthService, Signal};
 use sluice::sfu::{HangupReason, Sfu, SfuSnapshot};
 use std::collections::BTreeMap;
@@ -74,6 +75,9 @@ async fn stack() -> Stack {
     let sfu = Sfu::new(test_config());
     let signal = Signal::new(sfu.clone(), &cfg, &cfg.api_secret);
     let auth = AuthService::new(&cfg).unwrap();
+    // As `sluice serve` runs it: Element Call hands its delayed leave events over.
+    let delayed = DelayedLeaves::new(signal.clone(), cfg.homeserver_urls.clone(), LONG).unwrap();
+    auth.delegate_to(delayed);
     let config = json!({
         "default_server_config": {
             "m.homeserver": { "base_url": hs, "server_name": "localhost" }

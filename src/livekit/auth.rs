@@ -5,15 +5,19 @@
 //! |---|---|
 //! | `POST /sfu/get` | legacy request `{room, openid_token, device_id}`; identity `<user>:<device>` |
 //! | `POST /get_token` | MSC4195 request `{room_id, slot_id, openid_token, member}`; hashed identity |
-//! | `OPTIONS` both | CORS preflight |
+//! | `POST /delegate_delayed_leave` | `/get_token`'s request with `delay_id` and `delay_timeout`: Sluice takes over the member's delayed leave event (`delayed_leave`); answers `{}` |
+//! | `OPTIONS` all | CORS preflight |
 //! | `GET /healthz` | 200 |
 //!
-//! Both answer `{"url", "jwt"}`, or a Matrix error `{"errcode", "error"}`: `M_NOT_JSON`
-//! (body unreadable, or an unknown field), `M_BAD_JSON` (a field missing; delayed-leave
-//! delegation asked for, which Sluice does not take over yet), `M_UNAUTHORIZED` (the
-//! homeserver did not vouch for the token, or the claimed user is someone else),
-//! `M_UNKNOWN` (a token could not be minted).
+//! The token endpoints answer `{"url", "jwt"}`; with `delay_id` and `delay_timeout` they also
+//! take over the delayed leave, as `/delegate_delayed_leave` does. Errors are Matrix errors
+//! `{"errcode", "error"}`: `M_NOT_JSON` (body unreadable, or an unknown field), `M_BAD_JSON`
+//! (a field missing or out of bounds; delegation for a subscribe-only user or with
+//! delegation off), `M_UNAUTHORIZED` (the homeserver did not vouch for the token, or the
+//! claimed user is someone else), `M_UNKNOWN` (a token could not be minted, or too many
+//! delegations).
 
+use super::delayed_leave::{DelayedLeaves, Delegation, DelegationError};
 use super::identity::{LEGACY_SLOT, legacy_identity, member_identity, room_alias};
 use super::openid::{OpenIdError, OpenIdVerifier};
 use crate::config::{LiveKitConfig, Secret};
@@ -26,13 +30,13 @@ use axum::routing::{get, post};
 use livekit_api::access_token::{AccessToken, VideoGrants};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::{info, warn};
 
 /// The token endpoints, as metric labels.
-pub const ENDPOINTS: [&str; 2] = ["sfu_get", "get_token"];
+pub const ENDPOINTS: [&str; 3] = ["sfu_get", "get_token", "delegate_delayed_leave"];
 /// Outcomes of a token request, as metric labels.
 pub const RESULTS: [&str; 5] = ["issued", "not_json", "bad_json", "unauthorized", "error"];
 
@@ -48,6 +52,7 @@ pub struct AuthService {
     cfg: LiveKitConfig,
     secret: Secret,
     openid: OpenIdVerifier,
+    delegation: OnceLock<Arc<DelayedLeaves>>,
     /// Its counters.
     pub stats: AuthStats,
 }
@@ -155,6 +160,10 @@ struct Ask {
     /// Builds the identity from the verified user id.
     identity: Box<dyn FnOnce(&str) -> String + Send>,
     matrix_room: String,
+    /// A delayed leave to take over: (delay id, delay in ms).
+    delay: Option<(String, i64)>,
+    /// False for `/delegate_delayed_leave`, which mints no token.
+    mint: bool,
 }
 
 impl AuthService {
@@ -170,8 +179,19 @@ impl AuthService {
             cfg: cfg.clone(),
             secret,
             openid,
+            delegation: OnceLock::new(),
             stats: AuthStats::default(),
         }))
+    }
+
+    /// What takes over delayed leave events, when set.
+    pub fn delegation(&self) -> Option<&Arc<DelayedLeaves>> {
+        self.delegation.get()
+    }
+
+    /// Takes over delayed leave events with `d` (without it, delegations are refused).
+    pub fn delegate_to(&self, d: Arc<DelayedLeaves>) {
+        let _ = self.delegation.set(d);
     }
 
     /// The service's routes, under `livekit.auth_path`.
@@ -182,6 +202,10 @@ impl AuthService {
             .route(
                 &format!("{p}/get_token"),
                 post(get_token).options(preflight),
+            )
+            .route(
+                &format!("{p}/delegate_delayed_leave"),
+                post(delegate_delayed_leave).options(preflight),
             );
         if !p.is_empty() {
             // At the root, the HTTP server's own /healthz answers.
@@ -238,6 +262,39 @@ impl AuthService {
         }
         let full = self.cfg.full_access(&ask.server_name);
         let identity = (ask.identity)(&user_id);
+        if let Some((delay_id, delay_ms)) = ask.delay {
+            if !full {
+                return Err(Refusal::bad_json(
+                    "Delegation of delayed events is only supported for full access users",
+                ));
+            }
+            let Some(delayed) = self.delegation.get() else {
+                return Err(Refusal::bad_json(NO_DELEGATION));
+            };
+            let d = Delegation {
+                server_name: ask.server_name.clone(),
+                delay_id,
+                delay_ms,
+                room: ask.room.clone(),
+                identity: identity.clone(),
+            };
+            delayed.delegate(d).map_err(|e| match e {
+                DelegationError::Invalid(why) => Refusal::bad_json(why),
+                DelegationError::Full => {
+                    warn!(error = %e, "delayed leave delegation refused");
+                    Refusal {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        errcode: "M_UNKNOWN",
+                        error: e.to_string(),
+                        result: 4,
+                    }
+                }
+            })?;
+        }
+        if !ask.mint {
+            info!(user = %user_id, room = %ask.room, identity = %identity, "delayed leave delegated");
+            return Ok(json!({}));
+        }
         let grants = VideoGrants {
             room_join: true,
             room: ask.room.clone(),
@@ -297,8 +354,22 @@ fn check_token(t: &OpenIdToken) -> Result<(), Refusal> {
     Ok(())
 }
 
-const NO_DELEGATION: &str = "Sluice does not take over delayed leave events (MSC4140 delegation) \
-     yet: send the request without delay_id and delay_timeout";
+const NO_DELEGATION: &str = "This Sluice does not take over delayed leave events (MSC4140 \
+     delegation): send the request without delay_id and delay_timeout";
+
+/// The delayed leave a request hands over: none, or both fields within bounds.
+fn delay_of(id: &str, timeout: i64, required: bool) -> Result<Option<(String, i64)>, Refusal> {
+    if id.is_empty() && timeout == 0 && !required {
+        return Ok(None);
+    }
+    if id.is_empty() || timeout <= 0 {
+        return Err(Refusal::bad_json(
+            "The request body is missing `delay_id` or `delay_timeout`",
+        ));
+    }
+    DelayedLeaves::check(id, timeout).map_err(|e| Refusal::bad_json(e.to_string()))?;
+    Ok(Some((id.to_owned(), timeout)))
+}
 
 fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
     let req: LegacyRequest = parse(body)?;
@@ -309,9 +380,7 @@ fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
     if req.device_id.is_empty() {
         return Err(Refusal::bad_json("Missing device_id parameter"));
     }
-    if !req.delay_id.is_empty() || req.delay_timeout > 0 {
-        return Err(Refusal::bad_json(NO_DELEGATION));
-    }
+    let delay = delay_of(&req.delay_id, req.delay_timeout, false)?;
     let device = req.device_id.clone();
     Ok(Ask {
         server_name: req.openid_token.matrix_server_name,
@@ -320,10 +389,14 @@ fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
         room: room_alias(&req.room, LEGACY_SLOT),
         identity: Box::new(move |user| legacy_identity(user, &device)),
         matrix_room: req.room,
+        delay,
+        mint: true,
     })
 }
 
-fn token_ask(body: &[u8]) -> Result<Ask, Refusal> {
+/// `/get_token` (`delegate: false`) and `/delegate_delayed_leave` (`true`: the delay is
+/// required and no token is minted).
+fn token_ask(body: &[u8], delegate: bool) -> Result<Ask, Refusal> {
     let req: TokenRequest = parse(body)?;
     if req.room_id.is_empty() || req.slot_id.is_empty() {
         return Err(Refusal::bad_json(
@@ -337,9 +410,7 @@ fn token_ask(body: &[u8]) -> Result<Ask, Refusal> {
         ));
     }
     check_token(&req.openid_token)?;
-    if !req.delay_id.is_empty() || req.delay_timeout > 0 {
-        return Err(Refusal::bad_json(NO_DELEGATION));
-    }
+    let delay = delay_of(&req.delay_id, req.delay_timeout, delegate)?;
     let (device, member) = (m.claimed_device_id.clone(), m.id.clone());
     Ok(Ask {
         server_name: req.openid_token.matrix_server_name,
@@ -348,6 +419,8 @@ fn token_ask(body: &[u8]) -> Result<Ask, Refusal> {
         room: room_alias(&req.room_id, &req.slot_id),
         identity: Box::new(move |user| member_identity(user, &device, &member)),
         matrix_room: req.room_id,
+        delay,
+        mint: !delegate,
     })
 }
 
@@ -356,7 +429,11 @@ async fn sfu_get(State(svc): State<Arc<AuthService>>, body: Bytes) -> Response {
 }
 
 async fn get_token(State(svc): State<Arc<AuthService>>, body: Bytes) -> Response {
-    svc.issue(1, token_ask(&body)).await
+    svc.issue(1, token_ask(&body, false)).await
+}
+
+async fn delegate_delayed_leave(State(svc): State<Arc<AuthService>>, body: Bytes) -> Response {
+    svc.issue(2, token_ask(&body, true)).await
 }
 
 async fn preflight() -> StatusCode {
@@ -412,11 +489,21 @@ mod tests {
             refusal(legacy_ask(no_room.to_string().as_bytes())),
             ("M_BAD_JSON", "Missing room parameter".into())
         );
-        let delayed = json!({"room": "!r:hs", "openid_token": token(), "device_id": "D", "delay_id": "x", "delay_timeout": 18000});
+        let half =
+            json!({"room": "!r:hs", "openid_token": token(), "device_id": "D", "delay_id": "x"});
         assert_eq!(
-            refusal(legacy_ask(delayed.to_string().as_bytes())).0,
+            refusal(legacy_ask(half.to_string().as_bytes())).0,
             "M_BAD_JSON"
         );
+        let bad_id = json!({"room": "!r:hs", "openid_token": token(), "device_id": "D", "delay_id": "../x", "delay_timeout": 18000});
+        assert_eq!(
+            refusal(legacy_ask(bad_id.to_string().as_bytes())).0,
+            "M_BAD_JSON"
+        );
+        let delayed = json!({"room": "!r:hs", "openid_token": token(), "device_id": "D", "delay_id": "x", "delay_timeout": 18000});
+        let ask =
+            legacy_ask(delayed.to_string().as_bytes()).unwrap_or_else(|r| panic!("{}", r.error));
+        assert_eq!(ask.delay, Some(("x".to_owned(), 18000)));
         let ok = json!({"room": "!r:hs", "openid_token": token(), "device_id": "D", "delay_cs_api_url": "https://hs"});
         let ask = legacy_ask(ok.to_string().as_bytes()).unwrap_or_else(|r| panic!("{}", r.error));
         assert_eq!(ask.room, room_alias("!r:hs", LEGACY_SLOT));
@@ -428,18 +515,31 @@ mod tests {
         let member = json!({"id": "m", "claimed_user_id": "@u:hs", "claimed_device_id": "D"});
         let no_slot = json!({"room_id": "!r:hs", "openid_token": token(), "member": member});
         assert_eq!(
-            refusal(token_ask(no_slot.to_string().as_bytes())).0,
+            refusal(token_ask(no_slot.to_string().as_bytes(), false)).0,
             "M_BAD_JSON"
         );
         let no_member =
             json!({"room_id": "!r:hs", "slot_id": "m.call#ROOM", "openid_token": token()});
         assert_eq!(
-            refusal(token_ask(no_member.to_string().as_bytes())).0,
+            refusal(token_ask(no_member.to_string().as_bytes(), false)).0,
             "M_BAD_JSON"
         );
         let ok =
             json!({"room_id": "!r:hs", "slot_id": "s", "openid_token": token(), "member": member});
-        let ask = token_ask(ok.to_string().as_bytes()).unwrap_or_else(|r| panic!("{}", r.error));
+        let ask =
+            token_ask(ok.to_string().as_bytes(), false).unwrap_or_else(|r| panic!("{}", r.error));
+        assert!(ask.mint && ask.delay.is_none());
+        // The delegation endpoint requires the delay and mints nothing.
+        assert_eq!(
+            refusal(token_ask(ok.to_string().as_bytes(), true)).0,
+            "M_BAD_JSON"
+        );
+        let mut delegate = ok.clone();
+        delegate["delay_id"] = json!("syd_1");
+        delegate["delay_timeout"] = json!(10000);
+        let d = token_ask(delegate.to_string().as_bytes(), true)
+            .unwrap_or_else(|r| panic!("{}", r.error));
+        assert!(!d.mint && d.delay == Some(("syd_1".to_owned(), 10000)));
         assert_eq!(ask.claimed_user_id.as_deref(), Some("@u:hs"));
         assert_eq!(ask.room, room_alias("!r:hs", "s"));
         assert_eq!((ask.identity)("@u:hs"), member_identity("@u:hs", "D", "m"));

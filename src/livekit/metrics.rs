@@ -29,6 +29,19 @@ pub const FAMILIES: &[FamilySpec] = &[
         MetricType::GAUGE,
         &[],
     ),
+    (
+        "sluice_livekit_delayed_leaves",
+        "Delegated delayed leave events (MSC4140) Sluice follows now.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "sluice_livekit_delayed_leave_actions_total",
+        "Delegated delayed leave events: taken over, restarted, sent when the participant \
+         left, and management requests that failed.",
+        MetricType::COUNTER,
+        &["action"],
+    ),
 ];
 
 /// Names of the families this front end exports.
@@ -80,12 +93,28 @@ impl Collector for LiveKitCollector {
             })
             .collect();
         let participants = vec![gauge(&[], self.signal.counts().1 as f64)];
+        let (mut jobs, mut actions) = (Vec::new(), Vec::new());
+        if let Some(d) = self.auth.delegation() {
+            jobs.push(gauge(&[], d.len() as f64));
+            let st = &d.stats;
+            for (a, v) in [
+                ("delegated", &st.started),
+                ("restart", &st.restarts),
+                ("send", &st.sent),
+                ("failed", &st.failed),
+            ] {
+                actions.push(counter(&[("action", a)], v.load(Ordering::Relaxed)));
+            }
+        }
         [
             ("sluice_livekit_token_requests_total", requests),
             ("sluice_livekit_connections_total", connections),
             ("sluice_livekit_participants", participants),
+            ("sluice_livekit_delayed_leaves", jobs),
+            ("sluice_livekit_delayed_leave_actions_total", actions),
         ]
         .into_iter()
+        .filter(|(_, metrics)| !metrics.is_empty())
         .filter_map(|(name, metrics)| declared_family(FAMILIES, name, metrics))
         .collect()
     }

@@ -10,6 +10,7 @@
 //! room (`room`).
 
 pub mod auth;
+pub mod delayed_leave;
 pub mod identity;
 pub mod metrics;
 pub mod openid;

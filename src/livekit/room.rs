@@ -230,6 +230,14 @@ impl Rooms {
             .cloned()
     }
 
+    /// Whether a member of `room` has `identity`.
+    pub(super) fn has_identity(&self, room: &str, identity: &str) -> bool {
+        let rooms = self.rooms.lock().unwrap();
+        rooms
+            .get(room)
+            .is_some_and(|r| r.members.values().any(|m| m.info.identity == identity))
+    }
+
     /// Every published track.
     pub(super) fn tracks(&self) -> Vec<PublishedTrack> {
         let rooms = self.rooms.lock().unwrap();

@@ -82,6 +82,11 @@ impl Signal {
         self.rooms.counts()
     }
 
+    /// Whether `identity` is connected to LiveKit room `room` now.
+    pub fn has_identity(&self, room: &str, identity: &str) -> bool {
+        self.rooms.has_identity(room, identity)
+    }
+
     /// Every track published now, as the room's members see it.
     pub fn tracks(&self) -> Vec<super::PublishedTrack> {
         self.rooms.tracks()

@@ -1,14 +1,19 @@
 //! Sluice's LiveKit front door in-process for the tests that drive it with stock LiveKit
-//! clients (tests/livekit_client.rs, tests/livekit_python.rs): its signaling on a loopback
-//! port, tokens minted with the test key, and the test page served beside it.
+//! clients (tests/livekit_client.rs, tests/livekit_python.rs, ...): its signaling on a
+//! loopback port, tokens minted with the test key, the test page served beside it, and the
+//! Python SDK client (tests/livekit-py/client.py) as a child process.
 
 use super::test_config;
 use livekit_api::access_token::{AccessToken, VideoGrants};
+use serde_json::Value;
 use sluice::config::{LiveKitConfig, Secret};
 use sluice::sfu::{Sfu, SfuSnapshot};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 /// The test API key and secret.
 pub const KEY: &str = "sluice-test-key";
@@ -98,5 +103,123 @@ pub async fn settle(door: &FrontDoor, f: impl Fn(SfuSnapshot, (usize, usize)) ->
             door.signal.counts()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The venv python with the livekit SDK.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("SLUICE_LIVEKIT_PYTHON").map_or_else(
+        || {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/sluice-livekit-py/bin/python")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        p.is_file(),
+        "{} not found: scripts/test makes the venv with the Python livekit SDK \
+         (tests/livekit-py/requirements.txt), or set SLUICE_LIVEKIT_PYTHON",
+        p.display()
+    );
+    p
+}
+
+/// One running client.py: its last report, and its stdin (closing it makes it leave).
+pub struct PyClient {
+    /// Its label.
+    pub name: &'static str,
+    child: Child,
+    last: Arc<Mutex<Value>>,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl PyClient {
+    /// Starts client.py as `name` in `room`, with a token of the test key.
+    pub fn start(url: &str, name: &'static str, room: &str) -> PyClient {
+        PyClient::start_with_token(url, name, &token(name, room))
+    }
+
+    /// Starts client.py with `jwt` (`name` labels its output).
+    pub fn start_with_token(url: &str, name: &'static str, jwt: &str) -> PyClient {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/livekit-py/client.py");
+        let mut child = Command::new(python())
+            .arg("-u")
+            .arg(script)
+            .arg(url)
+            .arg(jwt)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start client.py");
+        let last = Arc::new(Mutex::new(Value::Null));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let l = last.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(out).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    *l.lock().unwrap() = v;
+                }
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let all = lines.clone();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(err).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                let mut a = all.lock().unwrap();
+                if a.len() < 200 {
+                    a.push(line);
+                }
+            }
+        });
+        PyClient {
+            name,
+            child,
+            last,
+            lines,
+        }
+    }
+
+    /// Waits until the last report satisfies `f`; panics with it and the client's stderr.
+    pub async fn wait(&self, what: &str, f: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let v = self.last.lock().unwrap().clone();
+            assert_ne!(
+                v["state"], "failed",
+                "[{}] could not connect: {v}",
+                self.name
+            );
+            if f(&v) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "[{}] timed out waiting for {what}; last report {v}; stderr:\n{}",
+                    self.name,
+                    self.lines.lock().unwrap().join("\n")
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Frames of `kind` ("video", "audio") received from `from` so far.
+    pub fn frames(&self, kind: &str, from: &str) -> u64 {
+        self.last.lock().unwrap()[kind][from].as_u64().unwrap_or(0)
+    }
+
+    /// Closes its stdin and waits for it to leave and exit.
+    pub async fn leave(mut self) {
+        drop(self.child.stdin.take());
+        let status = tokio::time::timeout(LONG, self.child.wait())
+            .await
+            .expect("client.py did not exit")
+            .unwrap();
+        assert!(status.success(), "[{}] exited with {status}", self.name);
     }
 }
