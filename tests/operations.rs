@@ -1,5 +1,5 @@
 #![recursion_limit = "256"]
-//! Operations: metrics scraped by a real Prometheus, health/readiness, the admin API, and
+//! Operations: metrics (the core's and the LiveKit front door's) scraped by a real Prometheus, health/readiness, the admin API, and
 //! the drain sequence, end to end with real WebRTC peers.
 
 mod support;
@@ -25,9 +25,45 @@ struct Http {
 }
 
 async fn start_http(sfu: &Sfu, token: Option<&str>, deadline: Duration) -> Http {
+    start_http_with(sfu, token, deadline, false).await
+}
+
+/// `start_http`, with the LiveKit front door (its routes and metrics) when `livekit`.
+async fn start_http_with(
+    sfu: &Sfu,
+    token: Option<&str>,
+    deadline: Duration,
+    livekit: bool,
+) -> Http {
     let load = LoadEstimator::new(sfu.stats(), 10_000);
     load.sample();
     let metrics = Arc::new(Metrics::new(sfu.clone(), load));
+    let mut front_doors = Vec::new();
+    if livekit {
+        let cfg = sluice::config::LiveKitConfig {
+            api_key: "ops-key".into(),
+            api_secret: sluice::config::Secret("an-operations-test-secret-of-32-chars".into()),
+            public_url: "ws://127.0.0.1:9/livekit/sfu".into(),
+            full_access_homeservers: vec!["localhost".into()],
+            ..Default::default()
+        };
+        cfg.validate().unwrap();
+        let auth = sluice::livekit::AuthService::new(&cfg).unwrap();
+        let signal = sluice::livekit::Signal::new(sfu.clone(), &cfg, &cfg.api_secret);
+        let delayed = sluice::livekit::delayed_leave::DelayedLeaves::new(
+            signal.clone(),
+            Default::default(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        auth.delegate_to(delayed);
+        metrics.register(Box::new(sluice::livekit::metrics::LiveKitCollector::new(
+            auth.clone(),
+            signal.clone(),
+        )));
+        front_doors.push(auth.routes());
+        front_doors.push(signal.routes());
+    }
     let ops = Ops::new(sfu.clone(), deadline);
     let sync_up = Arc::new(AtomicBool::new(true));
     let state = AppState {
@@ -38,7 +74,7 @@ async fn start_http(sfu: &Sfu, token: Option<&str>, deadline: Duration) -> Http 
         admin_token: token.map(str::to_owned),
         transport: Some(json!({"type": "sluice", "user_id": "@sfu:test", "device_id": "SFU"})),
         web: None,
-        front_doors: Vec::new(),
+        front_doors,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -81,9 +117,17 @@ async fn prom_query(client: &reqwest::Client, prom: &str, q: &str) -> Option<f64
 async fn prometheus_scrapes_the_core_series_during_a_conference() {
     let sfu = Sfu::new(test_config());
     let router = Router::start(&sfu);
-    let http = start_http(&sfu, None, Duration::from_secs(60)).await;
+    let http = start_http_with(&sfu, None, Duration::from_secs(60), true).await;
     let peers = join_peers(&sfu, &router, &[0, 1]).await;
     subscribe_all(&sfu, &peers, &peers).await;
+    // One unreadable token request, for the LiveKit front door's counters.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/livekit/jwt/get_token", http.addr))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
     let dir = std::env::temp_dir().join(format!("sluice-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -167,6 +211,25 @@ async fn prometheus_scrapes_the_core_series_during_a_conference() {
     let load = q("sluice_load_ratio").await.unwrap();
     assert!((0.0..=1.0).contains(&load));
     assert!(q("process_resident_memory_bytes").await.unwrap() > 0.0);
+    // The LiveKit front door's families, in Prometheus's own parse of the exposition.
+    assert_eq!(
+        q("sluice_livekit_token_requests_total{endpoint=\"get_token\",result=\"not_json\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        q("sluice_livekit_token_requests_total{endpoint=\"delegate_delayed_leave\",result=\"issued\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(q("sluice_livekit_participants").await, Some(0.0));
+    assert_eq!(
+        q("sluice_livekit_connections_total{outcome=\"joined\"}").await,
+        Some(0.0)
+    );
+    assert_eq!(q("sluice_livekit_delayed_leaves").await, Some(0.0));
+    assert_eq!(
+        q("sluice_livekit_delayed_leave_actions_total{action=\"send\"}").await,
+        Some(0.0)
+    );
     for p in &peers {
         p.close().await;
     }
