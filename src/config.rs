@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod livekit;
+mod messages;
 pub use livekit::LiveKitConfig;
 
 /// The whole configuration file.
@@ -359,7 +360,7 @@ impl Config {
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: "<string>".to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: messages::plain_types(e.to_string().trim_end()),
         })?;
         config.validate()?;
         Ok(config)
