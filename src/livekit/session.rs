@@ -108,11 +108,16 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         speakers: Vec::new(),
     };
     let offer = match join.publisher_offer {
-        Some(o) => Some(o),
+        Some(o) => Ok(o),
         None => c.first_offer().await,
     };
-    let Some(offer) = offer else {
-        return c.close("no offer").await;
+    let offer = match offer {
+        Ok(o) => o,
+        Err(why) => {
+            c.s.stats.count(5);
+            info!(room = %c.grant.room, identity = %c.grant.identity, reason = why, "LiveKit connection ended before its offer");
+            return c.close(why).await;
+        }
     };
     c.offer_id = offer.id;
     let (sink, mut events) = mpsc::unbounded_channel::<SfuEvent>();
@@ -252,22 +257,24 @@ impl Conn {
         let _ = self.ws.send(Ws::Close(Some(frame))).await;
     }
 
-    /// Waits for the client's first offer (a join request without one).
-    async fn first_offer(&mut self) -> Option<proto::SessionDescription> {
+    /// Waits for the client's first offer (a join request without one); the error is the
+    /// close reason.
+    async fn first_offer(&mut self) -> Result<proto::SessionDescription, &'static str> {
         let deadline = tokio::time::sleep(Duration::from_secs(PING_TIMEOUT as u64));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 frame = self.ws.recv() => match frame {
                     Some(Ok(Ws::Binary(b))) => match proto::SignalRequest::decode(b.as_ref()) {
-                        Ok(proto::SignalRequest { message: Some(Req::Offer(o)) }) => return Some(o),
+                        Ok(proto::SignalRequest { message: Some(Req::Offer(o)) }) => return Ok(o),
                         Ok(_) => {}
-                        Err(_) => return None,
+                        Err(_) => return Err("a frame is not a SignalRequest"),
                     },
-                    Some(Ok(Ws::Text(_))) | Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => return None,
+                    Some(Ok(Ws::Text(_))) => return Err("text frames are not supported: send protobuf"),
+                    Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => return Err("closed before the offer"),
                     Some(Ok(_)) => {}
                 },
-                _ = &mut deadline => return None,
+                _ = &mut deadline => return Err("no offer within the ping timeout"),
             }
         }
     }
