@@ -33,31 +33,25 @@ need_node() {
   need_debs nodejs npm
 }
 
-# Installs stock livekit-client for the LiveKit front door's browser test
-# (tests/livekit-web, from its lockfile; nothing is built).
-livekit_web_deps() {
+# `npm ci` in DIR from its lockfile when the lockfile is newer than node_modules (packages
+# used as they are, nothing is built); WHAT names them in the messages.
+npm_deps() {
+  local dir="$1" what="$2"
   need_node
   (
-    cd tests/livekit-web
+    cd "$dir"
     if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-      step "installing livekit-client for the browser test (tests/livekit-web)"
+      step "installing $what from npm ($dir)"
       npm ci --no-audit --no-fund --loglevel=error
     fi
-  ) || die "npm ci in tests/livekit-web failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
+  ) || die "npm ci in $dir failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
 }
 
-# Installs stock Element Call (its embedded build from npm, tests/element-call's lockfile;
-# served as it is, nothing is built) for the Element Call test and scripts/run.
-element_call_deps() {
-  need_node
-  (
-    cd tests/element-call
-    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-      step "installing Element Call from npm (tests/element-call)"
-      npm ci --no-audit --no-fund --loglevel=error
-    fi
-  ) || die "npm ci in tests/element-call failed (see above); Node.js $(node --version 2>/dev/null || echo missing)"
-}
+# Stock livekit-client for the LiveKit front door's browser tests.
+livekit_web_deps() { npm_deps tests/livekit-web "livekit-client"; }
+
+# Stock Element Call (its embedded build) for the Element Call test and scripts/run.
+element_call_deps() { npm_deps tests/element-call "Element Call"; }
 
 # Installs the stock Python livekit SDK (PyPI, tests/livekit-py/requirements.txt) into its
 # own venv for the front door's non-browser client test; reinstalled when the pin changes.

@@ -43,13 +43,7 @@ fn web_dist() -> PathBuf {
 }
 
 async fn stack() -> Stack {
-    // Sluice's own log, when asked for (RUST_LOG=sluice=debug).
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    support::log_if_asked();
     let dir = web_dist();
     let sluice = SluiceUnderTest::start(|_| {}).await;
     let load = LoadEstimator::new(sluice.sfu.stats(), 10_000);

@@ -49,12 +49,7 @@ struct Stack {
 /// Sluice's LiveKit front door (authorization service and signaling) on the port the
 /// suite's Synapse lists as its MatrixRTC transport, and Element Call on a port of its own.
 async fn stack() -> Stack {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    support::log_if_asked();
     let port: u16 = std::env::var("SLUICE_TEST_LIVEKIT_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
@@ -242,15 +237,9 @@ async fn stock_element_call_users_see_each_other_through_sluice() {
     )
     .await;
     alice.click(&testid("incall_leave")).await;
-    let deadline = Instant::now() + LONG;
-    while s.sfu.snapshot() != SfuSnapshot::default() || s.signal.counts() != (0, 0) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} {:?}",
-            s.sfu.snapshot(),
-            s.signal.counts()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::livekit::settle_on(&s.sfu, &s.signal, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
     s.sfu.shutdown(HangupReason::UserHangup).await;
 }

@@ -33,6 +33,17 @@ fn url(base: &str, segments: &[&str]) -> reqwest::Url {
     u
 }
 
+/// GET `url` with `access`'s token, as JSON (None on any failure: the caller polls).
+async fn get_json(http: &reqwest::Client, url: &reqwest::Url, access: &str) -> Option<Value> {
+    let r = http
+        .get(url.clone())
+        .bearer_auth(access)
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
 /// Polls `f` until it returns `Some`; panics with `what` after [`LONG`].
 async fn until<T, F: std::future::Future<Output = Option<T>>>(what: &str, f: impl Fn() -> F) -> T {
     let deadline = Instant::now() + LONG;
@@ -166,15 +177,7 @@ async fn sluice_restarts_a_delegated_delayed_leave_while_connected_and_sends_it_
         let (http, list, access, delay_id) =
             (http.clone(), list.clone(), access.clone(), delay_id.clone());
         async move {
-            let v: Value = http
-                .get(list)
-                .bearer_auth(access)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let v = get_json(&http, &list, &access).await?;
             v["delayed_events"]
                 .as_array()?
                 .iter()
@@ -189,33 +192,18 @@ async fn sluice_restarts_a_delegated_delayed_leave_while_connected_and_sends_it_
     })
     .await;
     assert!(delayed.stats.restarts.load(Ordering::Relaxed) >= 1);
-    let r: Value = http
-        .get(state.clone())
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r, joined, "the membership is still joined while connected");
+    let r = get_json(&http, &state, &access).await;
+    assert_eq!(
+        r,
+        Some(joined.clone()),
+        "the membership is still joined while connected"
+    );
 
     // The member disconnects: Sluice sends the leave, minutes before the delay would.
     member.leave().await;
     until("the membership emptied by the delegated leave", || {
         let (http, state, access) = (http.clone(), state.clone(), access.clone());
-        async move {
-            let v: Value = http
-                .get(state)
-                .bearer_auth(access)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (v == json!({})).then_some(())
-        }
+        async move { (get_json(&http, &state, &access).await? == json!({})).then_some(()) }
     })
     .await;
     assert_eq!(delayed.stats.sent.load(Ordering::Relaxed), 1);

@@ -46,12 +46,7 @@ pub struct FrontDoor {
 
 /// Starts a front door on a loopback port, serving tests/livekit-web beside it.
 pub async fn front_door() -> FrontDoor {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
+    super::log_if_asked();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cfg = LiveKitConfig {
@@ -94,13 +89,22 @@ pub fn token(identity: &str, room: &str) -> String {
 
 /// Waits until the SFU's snapshot and the front door's (rooms, members) satisfy `f`.
 pub async fn settle(door: &FrontDoor, f: impl Fn(SfuSnapshot, (usize, usize)) -> bool) {
+    settle_on(&door.sfu, &door.signal, f).await
+}
+
+/// [`settle`] for an SFU and signaling set up by the test itself.
+pub async fn settle_on(
+    sfu: &Sfu,
+    signal: &sluice::livekit::Signal,
+    f: impl Fn(SfuSnapshot, (usize, usize)) -> bool,
+) {
     let deadline = Instant::now() + LONG;
-    while !f(door.sfu.snapshot(), door.signal.counts()) {
+    while !f(sfu.snapshot(), signal.counts()) {
         assert!(
             Instant::now() < deadline,
             "{:?} {:?}",
-            door.sfu.snapshot(),
-            door.signal.counts()
+            sfu.snapshot(),
+            signal.counts()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -11,7 +11,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
     RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use sluice::config::SfuConfig;
 use sluice::sfu::rtcp::{is_keyframe_request, with_keyframe_requests};
 use sluice::sfu::{EventSink, IceCandidate, Sfu, SfuEventKind, TrackRef};
 use std::collections::HashMap;
@@ -33,14 +32,6 @@ use webrtc::rtp_transceiver::RtpSender;
 
 pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub const CONF: &str = "!room:test|main";
-
-pub fn test_config() -> SfuConfig {
-    SfuConfig {
-        // Keep test failures quick when ICE never connects.
-        ice_connect_timeout_secs: 20,
-        ..SfuConfig::default()
-    }
-}
 
 /// One received packet, as the subscriber saw it.
 #[derive(Debug, Clone)]
@@ -1291,6 +1282,8 @@ pub fn alive_tasks() -> usize {
 }
 
 pub mod browser;
+mod setup;
+pub use setup::*;
 mod payloads;
 pub use payloads::*;
 use payloads::{av1_aggregation_header, dependency_descriptor_id};
