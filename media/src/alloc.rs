@@ -104,7 +104,14 @@ pub struct StepState {
     /// While the leg probes before an upward step: when the probe ends (same clock; 0:
     /// not probing).
     pub probe_until_ms: AtomicU64,
+    /// The layer rank the leg last stayed on before trying a higher one ([`NO_RANK`]:
+    /// none yet): where it falls back to after a failed try, and what it may climb back
+    /// to at the base hold (see [`plan_leg`]).
+    pub sustained_rank: AtomicU32,
 }
+
+/// [`StepState::sustained_rank`] before the leg has tried an upward step.
+pub const NO_RANK: u32 = u32::MAX;
 
 impl Default for StepState {
     fn default() -> Self {
@@ -115,6 +122,7 @@ impl Default for StepState {
             last_forced_down_ms: AtomicU64::new(0),
             up_hold_ms: AtomicU64::new(0),
             probe_until_ms: AtomicU64::new(0),
+            sustained_rank: AtomicU32::new(NO_RANK),
         }
     }
 }
@@ -135,6 +143,34 @@ impl StepState {
                 true
             }
             None => false,
+        }
+    }
+
+    /// Takes a step back up to a layer the leg already sustained, at `clock_ms`: a
+    /// [`UPGRADE_HOLD`] after the last step either way, whatever the grown hold (that
+    /// one spaces the tries above the sustained layer). The grown hold is left as it is.
+    fn try_recover(&self, clock_ms: u64) -> bool {
+        if !self.may_recover(clock_ms) {
+            return false;
+        }
+        self.last_up_ms.store(clock_ms.max(1), Ordering::Relaxed);
+        true
+    }
+
+    /// Whether [`StepState::try_recover`] would step now.
+    fn may_recover(&self, clock_ms: u64) -> bool {
+        let since = self
+            .last_up_ms
+            .load(Ordering::Relaxed)
+            .max(self.last_forced_down_ms.load(Ordering::Relaxed));
+        since == 0 || clock_ms.saturating_sub(since) >= UPGRADE_HOLD.as_millis() as u64
+    }
+
+    /// The sustained rank, if any.
+    fn sustained(&self) -> Option<usize> {
+        match self.sustained_rank.load(Ordering::Relaxed) {
+            NO_RANK => None,
+            r => Some(r as usize),
         }
     }
 }
@@ -191,7 +227,11 @@ pub struct Decision {
 /// margin over its lowest layer, or whatever the estimate says when it is `stale` (no
 /// feedback: with nothing sent, a send-side estimate cannot recover on its own). After
 /// an upward step or a resume the leg keeps at least its lowest layer for
-/// [`MIN_KEPT_AFTER_UP`], so the feedback on it can move the estimate.
+/// [`MIN_KEPT_AFTER_UP`], so the feedback on it can move the estimate; after a try above
+/// the layer it sustained before ([`StepState::sustained_rank`]) it keeps that layer
+/// instead, so a failed try falls back to where it came from, not below. Steps back up
+/// to the sustained layer wait only [`UPGRADE_HOLD`]; the grown hold spaces the tries
+/// above it.
 ///
 /// With `can_probe` (the subscriber's connection can send probes), an upward step is
 /// first probed for: once the hold allows it, the leg stays where it is for
@@ -224,10 +264,22 @@ pub fn plan_leg(
     // while: the feedback on it is what can move the estimate, and an estimate near that
     // layer's rate would otherwise drop and resume it every tick, which left the estimate
     // at its floor with no clean feedback at all.
-    if fits.is_none() && !was_paused {
+    // After a try above the sustained layer, that is the floor instead: a step the path
+    // cannot carry collapses the estimate below the layer it came from for a moment (the
+    // queue it built), and following the collapse down left legs a layer below the one
+    // that fits, held there by the grown hold.
+    if !was_paused {
         let last_up = st.last_up_ms.load(Ordering::Relaxed);
         if last_up != 0 && clock_ms.saturating_sub(last_up) < MIN_KEPT_AFTER_UP.as_millis() as u64 {
-            fits = Some(0);
+            // (Only to fall back to: a leg below it climbs by steps, as any.)
+            let floor = st
+                .sustained()
+                .filter(|s| cur.is_some_and(|c| c >= *s))
+                .unwrap_or(0)
+                .min(pref);
+            if fits.is_none_or(|f| f < floor) {
+                fits = Some(floor);
+            }
         }
     }
     // Step down first; drop the track only when even its lowest layer does not fit.
@@ -281,16 +333,25 @@ pub fn plan_leg(
                     .find(|&r| layer(r) <= layer(cur) + 1)
                     .unwrap_or(cur + 1);
                 let step_rate = rates[up].saturating_sub(rates[cur]);
+                // Back up to the layer the leg sustained before a failed try: at the base
+                // hold (the grown one spaces tries above it, not the way back).
+                let recovering = st.sustained().is_some_and(|s| layer(up) <= layer(s));
+                let allowed = || {
+                    if recovering {
+                        st.may_recover(clock_ms)
+                    } else {
+                        may_step_up(
+                            clock_ms,
+                            st.last_up_ms.load(Ordering::Relaxed),
+                            st.last_forced_down_ms.load(Ordering::Relaxed),
+                            st.up_hold_ms.load(Ordering::Relaxed),
+                        )
+                        .is_some()
+                    }
+                };
                 if can_probe && probing == 0 {
                     // The hold allows a step: probe for it first.
-                    if may_step_up(
-                        clock_ms,
-                        st.last_up_ms.load(Ordering::Relaxed),
-                        st.last_forced_down_ms.load(Ordering::Relaxed),
-                        st.up_hold_ms.load(Ordering::Relaxed),
-                    )
-                    .is_some()
-                    {
+                    if allowed() {
                         st.probe_until_ms.store(
                             clock_ms.max(1) + PROBE_DURATION.as_millis() as u64,
                             Ordering::Relaxed,
@@ -306,7 +367,16 @@ pub fn plan_leg(
                         st.probe_until_ms.store(0, Ordering::Relaxed);
                         probe_passed = Some(true);
                     }
-                    if st.try_step_up(clock_ms) {
+                    let stepped = if recovering {
+                        st.try_recover(clock_ms)
+                    } else {
+                        let tried = st.try_step_up(clock_ms);
+                        if tried {
+                            st.sustained_rank.store(cur as u32, Ordering::Relaxed);
+                        }
+                        tried
+                    };
+                    if stepped {
                         fit = up;
                         stepped_up_from = Some(cur);
                     } else {
@@ -510,6 +580,75 @@ mod tests {
         );
         let d = plan(&st, Some(1), 1_000_000, false, 7_000);
         assert_eq!((d.step, d.probe_bps), (Step::Layer(2), 0));
+    }
+
+    #[test]
+    fn a_failed_try_falls_back_to_the_sustained_layer_and_climbs_back_at_the_base_hold() {
+        let base = UPGRADE_HOLD.as_millis() as u64;
+        let st = StepState::default();
+        // On h (forced down at 2 s), then a step to f at 7 s.
+        assert_eq!(
+            plan(&st, Some(2), 200_000, false, 2_000).step,
+            Step::Layer(1)
+        );
+        let d = plan(&st, Some(1), 1_000_000, false, 7_000);
+        assert_eq!(d.stepped_up_from, Some(1));
+        assert_eq!(st.sustained_rank.load(Ordering::Relaxed), 1);
+        // The step collapses the estimate below h: the leg falls back to h, not q, and
+        // the failed try doubles the hold.
+        let d = plan(&st, Some(2), 100_000, false, 8_000);
+        assert_eq!(d.step, Step::Layer(1));
+        assert_eq!(d.forced_down_hold_ms, Some(2 * base));
+        // Still below h once the kept time is over: down to q (hold doubled again).
+        let d = plan(&st, Some(1), 100_000, false, 10_500);
+        assert_eq!(d.step, Step::Layer(0));
+        assert_eq!(d.forced_down_hold_ms, Some(4 * base));
+        // The estimate is back: h again at the base hold after the fall, not the grown.
+        assert_eq!(
+            plan(&st, Some(0), 1_000_000, false, 10_500 + base - 1).step,
+            Step::Layer(0)
+        );
+        let d = plan(&st, Some(0), 1_000_000, false, 10_500 + base);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(1), Some(0)));
+        assert_eq!(st.sustained_rank.load(Ordering::Relaxed), 1);
+        // The next try at f waits for the grown hold.
+        let t = 10_500 + base;
+        assert_eq!(
+            plan(&st, Some(1), 1_000_000, false, t + base).step,
+            Step::Layer(1)
+        );
+        assert_eq!(
+            plan(&st, Some(1), 1_000_000, false, t + 4 * base - 1).step,
+            Step::Layer(1)
+        );
+        let d = plan(&st, Some(1), 1_000_000, false, t + 4 * base);
+        assert_eq!((d.step, d.stepped_up_from), (Step::Layer(2), Some(1)));
+    }
+
+    #[test]
+    fn a_resumed_leg_climbs_from_its_lowest_layer_even_with_a_sustained_one() {
+        let st = StepState::default();
+        assert_eq!(
+            plan(&st, Some(2), 200_000, false, 2_000).step,
+            Step::Layer(1)
+        );
+        assert_eq!(
+            plan(&st, Some(1), 1_000_000, false, 7_000).step,
+            Step::Layer(2)
+        );
+        // Dropped, then resumed: at q, and the sustained h is no floor below it.
+        assert_eq!(
+            plan(&st, Some(2), 10_000, false, 20_000).step,
+            Step::Dropped
+        );
+        assert_eq!(
+            plan(&st, None, 1_000_000, false, 40_000).step,
+            Step::Resumed
+        );
+        assert_eq!(
+            plan(&st, Some(0), 10_000, false, 41_000).step,
+            Step::Layer(0)
+        );
     }
 
     #[test]
