@@ -3,6 +3,7 @@
 //! parses the JSON itself.
 
 use serde_json::Value;
+use std::collections::HashMap;
 
 /// The state event type of call memberships.
 pub const CALL_MEMBER_EVENT: &str = "org.matrix.msc3401.call.member";
@@ -50,8 +51,14 @@ pub struct Membership {
     /// The call: `call_id` of the membership (`""` is the room's main call), or the legacy
     /// `m.call_id`.
     pub conf_id: String,
-    /// When the membership was created (ms since epoch), for `oldest_membership`.
+    /// When the membership was created (ms since epoch), as the client wrote it: what its
+    /// expiry counts from.
     pub created_ms: u64,
+    /// The server's timestamp of the state event it was read from.
+    pub origin_ms: u64,
+    /// Its age for `oldest_membership`: `created_ms`, but never earlier than the server's
+    /// timestamp of the first event Sluice saw declaring it ([`FirstSeen::bound`]).
+    pub rank_ms: u64,
     /// When it expires (ms since epoch).
     pub expires_at_ms: u64,
     /// The focus the member prefers first.
@@ -109,6 +116,8 @@ pub fn parse(sender: &str, content: &Value, origin_server_ts: u64) -> Vec<Member
                     device_id: device_id.to_owned(),
                     conf_id: conf_id.to_owned(),
                     created_ms: origin_server_ts,
+                    origin_ms: origin_server_ts,
+                    rank_ms: origin_server_ts,
                     expires_at_ms,
                     preferred_focus,
                 });
@@ -146,6 +155,8 @@ pub fn parse(sender: &str, content: &Value, origin_server_ts: u64) -> Vec<Member
         device_id: device_id.to_owned(),
         conf_id,
         created_ms,
+        origin_ms: origin_server_ts,
+        rank_ms: created_ms,
         expires_at_ms: created_ms.saturating_add(expires),
         preferred_focus,
     }]
@@ -161,8 +172,54 @@ pub fn active_focus<'a>(
     memberships
         .into_iter()
         .filter(|m| m.conf_id == conf_id && m.is_valid(now_ms))
-        .min_by_key(|m| (m.created_ms, m.user_id.as_str(), m.device_id.as_str()))
+        .min_by_key(|m| (m.rank_ms, m.user_id.as_str(), m.device_id.as_str()))
         .and_then(|m| m.preferred_focus.as_ref())
+}
+
+/// The server's timestamp of the first state event Sluice saw declaring each membership
+/// (user, device, call) of each room, while it lasts; see [`FirstSeen::bound`].
+///
+/// `created_ts` is whatever the client wrote: a member who writes `created_ts: 1` would
+/// otherwise be the oldest member of every call and choose its focus for everyone. The
+/// server's `origin_server_ts` cannot be back-dated, but a refresh of a membership (a new
+/// event with a later `expires`) carries a later one than the membership's real start;
+/// so the first one seen counts.
+#[derive(Debug, Default)]
+pub struct FirstSeen {
+    rooms: HashMap<String, HashMap<(String, String, String), u64>>,
+}
+
+impl FirstSeen {
+    /// Bounds the `rank_ms` of `room`'s current memberships `ms` (all of its valid ones,
+    /// as read from its state at `now_ms`) by when each was first seen, and forgets the
+    /// memberships of the room that ended (so a later one starts afresh).
+    pub fn bound(&mut self, room: &str, ms: &mut [Membership], now_ms: u64) {
+        let seen = self.rooms.remove(room).unwrap_or_default();
+        let mut next = HashMap::with_capacity(ms.len());
+        for m in ms.iter_mut().filter(|m| m.is_valid(now_ms)) {
+            let key = (m.user_id.clone(), m.device_id.clone(), m.conf_id.clone());
+            let first = seen
+                .get(&key)
+                .copied()
+                .unwrap_or(m.origin_ms)
+                .min(m.origin_ms);
+            m.rank_ms = m.created_ms.max(first);
+            next.insert(key, first);
+        }
+        if !next.is_empty() {
+            self.rooms.insert(room.to_owned(), next);
+        }
+    }
+
+    /// Memberships remembered, over all rooms (for tests and leak checks).
+    pub fn len(&self) -> usize {
+        self.rooms.values().map(HashMap::len).sum()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -244,5 +301,45 @@ mod tests {
             Some("OTHER")
         );
         assert!(active_focus(&all, "nope", 5000).is_none());
+    }
+
+    #[test]
+    fn a_back_dated_created_ts_does_not_outrank_the_server_clock() {
+        let day = 86_400_000;
+        let mut seen = FirstSeen::default();
+        // Alice joined at 1000 (server time) naming this Sluice.
+        let mut ms = parse("@a:hs", &current("A", "", 1000, day, "SLUICE"), 1000);
+        seen.bound("!r", &mut ms, 2000);
+        // Mallory joins at 50 000 claiming `created_ts: 1` and names another focus.
+        ms.extend(parse(
+            "@m:hs",
+            &current("M", "", 1, day, "ELSEWHERE"),
+            50_000,
+        ));
+        // Without the bound Mallory is the oldest member.
+        assert_eq!(
+            active_focus(&ms, "", 60_000).unwrap().device_id.as_deref(),
+            Some("ELSEWHERE")
+        );
+        seen.bound("!r", &mut ms, 60_000);
+        assert_eq!(ms[1].rank_ms, 50_000);
+        assert_eq!(
+            active_focus(&ms, "", 60_000).unwrap().device_id.as_deref(),
+            Some("SLUICE")
+        );
+        // Alice refreshes her membership at 70 000 (same created_ts, later event): she
+        // stays the oldest, her first event counts.
+        let mut ms = parse("@a:hs", &current("A", "", 1000, 2 * day, "SLUICE"), 70_000);
+        ms.extend(parse(
+            "@m:hs",
+            &current("M", "", 1, day, "ELSEWHERE"),
+            50_000,
+        ));
+        seen.bound("!r", &mut ms, 71_000);
+        assert_eq!((ms[0].rank_ms, ms[1].rank_ms), (1000, 50_000));
+        // Memberships that ended are forgotten; a room with none leaves nothing behind.
+        assert_eq!(seen.len(), 2);
+        seen.bound("!r", &mut [], 72_000);
+        assert!(seen.is_empty());
     }
 }

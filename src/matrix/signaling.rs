@@ -4,7 +4,7 @@
 //! Every to-device message from one sender is handled in order by that sender's worker;
 //! each session's media-core events are handled in order by its own event loop.
 
-use super::membership::{self, CALL_MEMBER_EVENT, Membership};
+use super::membership::{self, CALL_MEMBER_EVENT, FirstSeen, Membership};
 use super::protocol::{self, Body, CallMessage, Rejection, Reply};
 use crate::config::MatrixConfig;
 use crate::sfu::{
@@ -239,6 +239,8 @@ pub struct Signaling {
     next_session: AtomicU64,
     room_changes: mpsc::UnboundedSender<OwnedRoomId>,
     room_changes_rx: Mutex<Option<mpsc::UnboundedReceiver<OwnedRoomId>>>,
+    /// When each call membership was first seen, which bounds its age for focus selection.
+    first_seen: Mutex<FirstSeen>,
     /// Counters.
     pub stats: SignalingStats,
 }
@@ -250,6 +252,7 @@ impl Signaling {
         Arc::new(Signaling {
             room_changes,
             room_changes_rx: Mutex::new(Some(rx)),
+            first_seen: Mutex::new(FirstSeen::default()),
             own_user: cfg.user_id.clone(),
             own_device: cfg.device_id.clone(),
             client,

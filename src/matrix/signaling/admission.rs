@@ -4,7 +4,8 @@
 use super::*;
 
 impl Signaling {
-    /// Reads the call memberships of a room from the client's state store.
+    /// Reads the call memberships of a room from the client's state store, their ages
+    /// bounded by when Sluice first saw them ([`FirstSeen`]).
     pub(super) async fn memberships(&self, room_id: &RoomId) -> Vec<Membership> {
         let Some(room) = self.client.get_room(room_id) else {
             return Vec::new();
@@ -31,6 +32,10 @@ impl Signaling {
             let content = v.get("content").cloned().unwrap_or(Value::Null);
             out.extend(membership::parse(sender, &content, ts));
         }
+        self.first_seen
+            .lock()
+            .unwrap()
+            .bound(room_id.as_str(), &mut out, now_ms());
         out
     }
 

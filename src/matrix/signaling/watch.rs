@@ -187,6 +187,9 @@ impl Signaling {
                 .cloned()
                 .collect()
         };
+        // Read even with no session here: that records when each membership was first
+        // seen, for focus selection.
+        let memberships = self.memberships(room_id).await;
         if sessions.is_empty() {
             return None;
         }
@@ -194,7 +197,6 @@ impl Signaling {
         let sluice_joined = room
             .as_ref()
             .is_some_and(|r| r.state() == RoomState::Joined);
-        let memberships = self.memberships(room_id).await;
         let now = now_ms();
         let mut earliest = None::<u64>;
         for s in sessions {
