@@ -144,6 +144,9 @@ pub struct MatrixConfig {
     pub signaling_rate_per_sec: u32,
     /// Signaling events one sender may send in a burst.
     pub signaling_burst: u32,
+    /// Sessions one account may hold in one call (one per device; plaintext signaling
+    /// trusts the device id the client claims).
+    pub max_sessions_per_account: usize,
 }
 
 impl Default for MatrixConfig {
@@ -163,6 +166,7 @@ impl Default for MatrixConfig {
             keepalive_timeout_secs: 30,
             signaling_rate_per_sec: 20,
             signaling_burst: 50,
+            max_sessions_per_account: 4,
         }
     }
 }
@@ -567,6 +571,13 @@ impl Config {
                     option: "matrix.signaling_rate_per_sec",
                     expected: "a rate and burst of at least 1",
                     got: format!("{}/{}", m.signaling_rate_per_sec, m.signaling_burst),
+                });
+            }
+            if m.max_sessions_per_account == 0 {
+                return Err(ConfigError::Invalid {
+                    option: "matrix.max_sessions_per_account",
+                    expected: "a whole number of at least 1",
+                    got: "0".to_owned(),
                 });
             }
         }

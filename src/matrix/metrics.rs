@@ -34,6 +34,12 @@ pub const FAMILIES: &[FamilySpec] = &[
         MetricType::COUNTER,
         &["type", "result"],
     ),
+    (
+        "sluice_signaling_dc_errors_total",
+        "Data-channel requests refused with sluice.error (malformed, bad metadata, too large, rate limited, refused by the media core).",
+        MetricType::COUNTER,
+        &[],
+    ),
 ];
 
 /// Names of the families this front end exports.
@@ -99,6 +105,13 @@ impl Collector for MatrixCollector {
                 vec![gauge(&[], self.signaling.session_count() as f64)],
             ),
             ("sluice_signaling_events_total", events),
+            (
+                "sluice_signaling_dc_errors_total",
+                vec![counter(
+                    &[],
+                    self.signaling.stats.dc_errors.load(Ordering::Relaxed),
+                )],
+            ),
         ]
         .into_iter()
         .filter_map(|(name, metrics)| declared_family(FAMILIES, name, metrics))

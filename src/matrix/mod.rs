@@ -9,6 +9,7 @@ pub mod membership;
 pub mod metrics;
 pub mod protocol;
 pub mod signaling;
+pub mod stream_metadata;
 
 use crate::config::MatrixConfig;
 use crate::sfu::Sfu;

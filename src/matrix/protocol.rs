@@ -6,12 +6,21 @@ use serde_json::{Map, Value, json};
 
 /// Largest to-device event accepted (docs/protocol.md §8).
 pub const MAX_TO_DEVICE_BYTES: usize = 60 * 1024;
+/// Largest `m.call.answer` content Sluice sends in the clear: the to-device limit less the
+/// request's envelope.
+pub const ANSWER_BUDGET: usize = 56 * 1024;
+/// Largest `m.call.answer` content Sluice Olm-encrypts: the ciphertext is base64 of the
+/// content with its envelope, a third larger.
+pub const ANSWER_BUDGET_OLM: usize = 42 * 1024;
 /// Largest SDP accepted (docs/protocol.md §8).
 pub const MAX_SDP_BYTES: usize = 32 * 1024;
 /// Sluice's session id on the wire.
 pub const SFU_SESSION_ID: &str = "sfu";
 /// Protocol version Sluice speaks.
 pub const PROTOCOL_VERSION: u64 = 1;
+/// Longest `conf_id`, `device_id`, `sender_session_id` and `room_id` accepted: they become
+/// keys, log fields and fields relayed to others.
+pub const MAX_ID_BYTES: usize = 255;
 /// Stream metadata key in to-device content.
 pub const METADATA_KEY: &str = "org.matrix.msc3077.sdp_stream_metadata";
 
@@ -80,6 +89,23 @@ fn required<'a>(c: &'a Map<String, Value>, key: &str) -> Result<&'a str, Rejecti
     str_field(c, key)?.ok_or_else(|| Rejection::BadRequest(format!("`{key}` is missing")))
 }
 
+/// `value` of field `key` if it is at most [`MAX_ID_BYTES`] long and free of control
+/// characters.
+fn bounded<'a>(key: &str, value: &'a str) -> Result<&'a str, Rejection> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(Rejection::BadRequest(format!(
+            "`{key}` is {} bytes, above the {MAX_ID_BYTES}-byte limit",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Rejection::BadRequest(format!(
+            "`{key}` must not contain control characters"
+        )));
+    }
+    Ok(value)
+}
+
 /// Parses a to-device event's content. `raw_len` is the event's size on the wire.
 pub fn parse(event_type: &str, content: &Value, raw_len: usize) -> Result<CallMessage, Rejection> {
     let kind = match event_type {
@@ -108,8 +134,11 @@ pub fn parse(event_type: &str, content: &Value, raw_len: usize) -> Result<CallMe
             "`call_id` must be 1-255 characters".into(),
         ));
     }
-    let conf_id = required(c, "conf_id")?;
-    let room_id = str_field(c, "room_id")?.map(str::to_owned);
+    let conf_id = bounded("conf_id", required(c, "conf_id")?)?;
+    let room_id = str_field(c, "room_id")?
+        .map(|r| bounded("room_id", r))
+        .transpose()?
+        .map(str::to_owned);
     let device_id = match str_field(c, "device_id")? {
         Some(d) => d,
         None => required(c, "party_id")?,
@@ -117,7 +146,8 @@ pub fn parse(event_type: &str, content: &Value, raw_len: usize) -> Result<CallMe
     if device_id.is_empty() {
         return Err(Rejection::BadRequest("`device_id` is empty".into()));
     }
-    let sender_session_id = required(c, "sender_session_id")?;
+    let device_id = bounded("device_id", device_id)?;
+    let sender_session_id = bounded("sender_session_id", required(c, "sender_session_id")?)?;
     // `version`: 1, "1" and 0 are accepted; anything else is treated as "1".
     let body = match kind {
         "m.call.invite" => {
@@ -148,7 +178,9 @@ pub fn parse(event_type: &str, content: &Value, raw_len: usize) -> Result<CallMe
             };
             let metadata = match c.get(METADATA_KEY) {
                 None | Some(Value::Null) => Map::new(),
-                Some(Value::Object(m)) => m.clone(),
+                Some(Value::Object(m)) => {
+                    super::stream_metadata::sanitize(m).map_err(Rejection::BadRequest)?
+                }
                 Some(_) => {
                     return Err(Rejection::BadRequest(format!(
                         "`{METADATA_KEY}` must be an object"
@@ -232,6 +264,39 @@ impl Reply<'_> {
         m.insert(METADATA_KEY.into(), metadata);
         m.insert("sluice_version".into(), json!(PROTOCOL_VERSION));
         Value::Object(m)
+    }
+
+    /// `m.call.answer` content of at most `budget` bytes of JSON whatever the call's size:
+    /// as many of `metadata`'s streams as fit (all, usually), with
+    /// `"sluice_metadata_partial": true` when some were left out. The client gets the whole
+    /// metadata over the data channel once it opens (docs/protocol.md §5), so a large call
+    /// never makes an answer the homeserver refuses.
+    pub fn answer_within(&self, sdp: &str, metadata: Value, budget: usize) -> Value {
+        let full = self.answer(sdp, metadata);
+        let size = |v: &Value| serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+        if size(&full) <= budget {
+            return full;
+        }
+        let mut out = full;
+        let streams = match out.get_mut(METADATA_KEY).map(Value::take) {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        out[METADATA_KEY] = json!({});
+        out["sluice_metadata_partial"] = json!(true);
+        let mut used = size(&out);
+        let mut kept = Map::new();
+        for (id, stream) in streams {
+            // `"id":{...},` inside the object.
+            let add = size(&json!(id)) + 1 + size(&stream) + 1;
+            if used + add > budget {
+                continue;
+            }
+            used += add;
+            kept.insert(id, stream);
+        }
+        out[METADATA_KEY] = Value::Object(kept);
+        out
     }
 
     /// `m.call.candidates` content; `None` entries are end-of-candidates markers.
@@ -337,6 +402,30 @@ mod tests {
                 |c| drop(c.as_object_mut().unwrap().remove("sender_session_id")),
                 "sender_session_id",
             ),
+            (
+                |c| c["conf_id"] = json!("c".repeat(256)),
+                "`conf_id` is 256 bytes",
+            ),
+            (
+                |c| c["device_id"] = json!("d".repeat(300)),
+                "`device_id` is 300",
+            ),
+            (
+                |c| c["sender_session_id"] = json!("s".repeat(256)),
+                "`sender_session_id` is 256",
+            ),
+            (
+                |c| c["room_id"] = json!("r".repeat(256)),
+                "`room_id` is 256",
+            ),
+            (
+                |c| c["device_id"] = json!("D\u{1b}[31m"),
+                "control characters",
+            ),
+            (
+                |c| c[METADATA_KEY] = json!({"s": {"purpose": "<script>"}}),
+                "`purpose` must be",
+            ),
         ];
         for (mutate, field) in cases {
             let mut c = invite();
@@ -346,6 +435,45 @@ mod tests {
                 other => panic!("{field}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_answer_stays_within_its_budget_whatever_the_call_size() {
+        let reply = Reply {
+            call_id: "c",
+            conf_id: "",
+            room_id: Some("!r:hs"),
+            own_device_id: "SFU",
+            dest_session_id: "s",
+        };
+        let size = |v: &Value| serde_json::to_vec(v).unwrap().len();
+        // A call of 100 with the longest user and device ids and ids allowed.
+        let long = |c: char, n: usize| std::iter::repeat_n(c, n).collect::<String>();
+        let mut md = Map::new();
+        for i in 0..100 {
+            md.insert(
+                format!("{i:02}{}", long('s', 62)),
+                json!({"user_id": format!("@{}:{}", long('u', 120), long('h', 120)),
+                    "device_id": long('D', 255), "purpose": "m.usermedia",
+                    "audio_muted": false, "video_muted": false,
+                    "tracks": {long('a', 64): {"kind": "audio"},
+                        long('v', 64): {"kind": "video", "width": 1280, "height": 720}}}),
+            );
+        }
+        let sdp = "v=0\r\n".repeat(2000);
+        let full = reply.answer(&sdp, Value::Object(md.clone()));
+        assert!(size(&full) > MAX_TO_DEVICE_BYTES, "{}", size(&full));
+        let fitted = reply.answer_within(&sdp, Value::Object(md.clone()), MAX_TO_DEVICE_BYTES);
+        assert!(size(&fitted) <= MAX_TO_DEVICE_BYTES, "{}", size(&fitted));
+        assert_eq!(fitted["sluice_metadata_partial"], json!(true));
+        let kept = fitted[METADATA_KEY].as_object().unwrap();
+        assert!(!kept.is_empty() && kept.len() < 100, "{}", kept.len());
+        assert_eq!(fitted["answer"]["sdp"], json!(sdp));
+        // A small call's answer is the whole one.
+        let small: Map<String, Value> = md.into_iter().take(3).collect();
+        let a = reply.answer_within(&sdp, Value::Object(small.clone()), MAX_TO_DEVICE_BYTES);
+        assert_eq!(a, reply.answer(&sdp, Value::Object(small)));
+        assert!(a.get("sluice_metadata_partial").is_none());
     }
 
     #[test]

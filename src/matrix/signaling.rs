@@ -91,6 +91,8 @@ pub struct SignalingStats {
     pub rate_limited: AtomicU64,
     /// Hangups sent to clients.
     pub hangups_sent: AtomicU64,
+    /// Data-channel requests refused with `sluice.error`.
+    pub dc_errors: AtomicU64,
 }
 
 impl SignalingStats {

@@ -52,6 +52,10 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SfuError> {
         if media.media_name.port.value == 0 {
             continue;
         }
+        // Stream and track ids become keys and are relayed to everyone in the call.
+        if let Some(msid) = media.attribute("msid").flatten() {
+            check_msid(msid)?;
+        }
         match kind {
             "application"
                 if media
@@ -96,6 +100,29 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SfuError> {
         return Err(SfuError::UnsupportedCodec(unsupported.join("; ")));
     }
     Ok(summary)
+}
+
+/// Longest `msid` stream or track id (RFC 8830: 1 to 64 characters).
+pub const MAX_MSID_LEN: usize = 64;
+
+/// Checks an `a=msid:<stream id> [<track id>]` value.
+fn check_msid(msid: &str) -> Result<(), SfuError> {
+    let ids: Vec<&str> = msid.split_ascii_whitespace().collect();
+    if ids.is_empty() || ids.len() > 2 {
+        return Err(SfuError::BadSdp(format!(
+            "`a=msid` must be a stream id and a track id, got {} words",
+            ids.len()
+        )));
+    }
+    for id in ids {
+        if id.len() > MAX_MSID_LEN || id.chars().any(|c| c.is_control()) {
+            return Err(SfuError::BadSdp(format!(
+                "an `a=msid` id is {} bytes; ids are 1 to {MAX_MSID_LEN} characters (RFC 8830)",
+                id.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Repairs what webrtc-rs 0.21 gets wrong in an answer when several media sections offer
@@ -226,6 +253,26 @@ mod tests {
         let s = check_offer(&sdp).unwrap();
         assert_eq!(s.audio_sections, 1);
         assert!(s.data_channel);
+    }
+
+    #[test]
+    fn msid_ids_longer_than_64_characters_are_bad_sdp() {
+        let with_msid = |msid: &str| {
+            offer(&format!(
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=msid:{msid}\r\na=rtpmap:111 opus/48000/2\r\n"
+            ))
+        };
+        let ok = format!("{} {}", "s".repeat(64), "t".repeat(64));
+        assert!(check_offer(&with_msid(&ok)).is_ok());
+        let long = format!("stream {}", "t".repeat(65));
+        match check_offer(&with_msid(&long)) {
+            Err(SfuError::BadSdp(m)) => assert!(m.contains("1 to 64"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_offer(&with_msid("a b c")),
+            Err(SfuError::BadSdp(_))
+        ));
     }
 
     #[test]

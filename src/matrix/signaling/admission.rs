@@ -141,6 +141,24 @@ impl Signaling {
                 .leave(&old.conference, &old.participant, HangupReason::UserHangup)
                 .await;
         }
+        // One account, a bounded number of devices in one call (the session this invite
+        // replaces is gone by now).
+        let held = self
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|s| s.user_id == job.sender && s.conference == conference)
+            .count();
+        if held >= self.cfg.max_sessions_per_account {
+            let r = Refusal {
+                reason: "sluice.too_many_sessions",
+                error: format!(
+                    "this account already has {held} sessions in this call, the most allowed (matrix.max_sessions_per_account)"
+                ),
+            };
+            return self.refuse_invite(job, &msg, encrypted, r).await;
+        }
         let n = self.next_session.fetch_add(1, Ordering::Relaxed);
         let participant = format!("{}|{}|{n}", job.sender, msg.device_id);
         let session = Arc::new(Session {
@@ -183,10 +201,19 @@ impl Signaling {
             }
         };
         // The answer goes out first; the session's events (its candidates first) after it.
-        let content = session
-            .reply(&self.own_device)
-            .borrow()
-            .answer(&answer, self.metadata_for(&session));
+        let budget = if encrypted {
+            protocol::ANSWER_BUDGET_OLM
+        } else {
+            protocol::ANSWER_BUDGET
+        };
+        let content = session.reply(&self.own_device).borrow().answer_within(
+            &answer,
+            self.metadata_for(&session),
+            budget,
+        );
+        if content.get("sluice_metadata_partial").is_some() {
+            info!(participant = %participant, "answer carries part of the call's stream metadata; the rest follows on the data channel");
+        }
         self.send_to_session(&session, "m.call.answer", content);
         tokio::spawn(self.clone().run_session_events(session.clone(), events));
         self.apply_purposes(&session);

@@ -1,6 +1,7 @@
 //! Data-channel messages from clients (docs/protocol.md §4).
 
 use super::*;
+use crate::matrix::stream_metadata;
 
 impl Signaling {
     pub(super) async fn on_dc_message(&self, s: &Session, text: &str) {
@@ -84,7 +85,10 @@ impl Signaling {
                     .get("sdp_stream_metadata")
                     .and_then(Value::as_object)
                 {
-                    *s.metadata.lock().unwrap() = md.clone();
+                    match stream_metadata::sanitize(md) {
+                        Ok(md) => *s.metadata.lock().unwrap() = md,
+                        Err(e) => return self.send_error(s, "bad_metadata", &e, Some(kind)).await,
+                    }
                     self.apply_purposes(s);
                 }
                 let desc = content
@@ -128,7 +132,10 @@ impl Signaling {
                     .get("sdp_stream_metadata")
                     .and_then(Value::as_object)
                 {
-                    *s.metadata.lock().unwrap() = md.clone();
+                    match stream_metadata::sanitize(md) {
+                        Ok(md) => *s.metadata.lock().unwrap() = md,
+                        Err(e) => return self.send_error(s, "bad_metadata", &e, Some(kind)).await,
+                    }
                     self.apply_purposes(s);
                     self.broadcast_metadata(&s.conference).await;
                 } else {

@@ -114,6 +114,8 @@ impl Signaling {
         message: &str,
         request_type: Option<&str>,
     ) {
+        self.stats.dc_errors.fetch_add(1, Ordering::Relaxed);
+        info!(participant = %s.participant, code, request_type = request_type.unwrap_or(""), error = message, "data-channel request refused");
         let mut c = json!({"code": code, "message": message});
         if let Some(t) = request_type {
             c["request_type"] = json!(t);
