@@ -26,17 +26,7 @@ async fn one_account_holds_at_most_its_share_of_sessions_in_a_call() {
         let content = json!({"application": "m.call", "call_id": "", "scope": "m.room",
             "device_id": fake, "expires": 3_600_000, "created_ts": now_ms(),
             "foci_preferred": [sluice.transport()]});
-        let raw: matrix_sdk::ruma::serde::Raw<matrix_sdk::ruma::events::AnyStateEventContent> =
-            matrix_sdk::ruma::serde::Raw::new(&content)
-                .unwrap()
-                .cast_unchecked();
-        r.send_state_event_raw(
-            MEMBER_EVENT,
-            &format!("_{}_{fake}_m.call", greedy.user_id),
-            raw,
-        )
-        .await
-        .unwrap();
+        greedy.write_membership_content(&r, content).await;
         let offer = greedy.peer.pc.create_offer(None).await.unwrap();
         greedy.peer.pc.set_local_description(offer).await.unwrap();
         let sdp = greedy.peer.pc.local_description().await.unwrap().sdp;

@@ -244,17 +244,7 @@ async fn unauthorized_invites_get_the_specific_hangup_and_allocate_nothing() {
     let content = json!({"application": "m.call", "call_id": "", "scope": "m.room",
         "device_id": "NOTMINE", "expires": 3_600_000, "created_ts": now_ms(),
         "foci_preferred": [sluice.transport()]});
-    let raw: matrix_sdk::ruma::serde::Raw<matrix_sdk::ruma::events::AnyStateEventContent> =
-        matrix_sdk::ruma::serde::Raw::new(&content)
-            .unwrap()
-            .cast_unchecked();
-    r.send_state_event_raw(
-        MEMBER_EVENT,
-        &format!("_{}_NOTMINE_m.call", spoofer.user_id),
-        raw,
-    )
-    .await
-    .unwrap();
+    spoofer.write_membership_content(&r, content).await;
 
     // The outsider (not in the room) and the member without a membership, plaintext.
     for p in [&outsider, &no_membership, &other_focus] {

@@ -432,7 +432,11 @@ impl Participant {
     }
 
     pub async fn write_membership_content(&self, room: &Room, content: Value) {
-        let state_key = format!("_{}_{}_m.call", self.user_id, self.device_id);
+        let device = content["device_id"]
+            .as_str()
+            .unwrap_or(&self.device_id)
+            .to_owned();
+        let state_key = format!("_{}_{device}_m.call", self.user_id);
         let raw: Raw<matrix_sdk::ruma::events::AnyStateEventContent> =
             Raw::new(&content).unwrap().cast_unchecked();
         room.send_state_event_raw(MEMBER_EVENT, &state_key, raw)
