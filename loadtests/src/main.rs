@@ -35,7 +35,7 @@ use bytes::Bytes;
 use rtc::interceptor::{Interceptor, Packet as InterceptorPacket, StreamInfo, TaggedPacket};
 use rtc::rtp;
 use rtc::sansio::Protocol;
-use sluice::sfu::alloc::{StepState, plan_leg, video_priority};
+use sluice::sfu::alloc::{Budget, StepState, plan_leg, video_priority};
 use sluice::sfu::codec::{
     DdTemplates, VideoCodec, is_keyframe_start, vp9_spatial_sizes, vp9_temporal,
 };
@@ -317,8 +317,7 @@ fn micro(iterations: u64) -> Vec<Result> {
                 &[],
                 2,
                 cur[j],
-                remaining,
-                false,
+                Budget::of(remaining),
                 clock_ms,
                 false,
             );

@@ -30,6 +30,10 @@ pub struct Estimates {
     /// The connection sends a video stream whose subscriber negotiated RTX, so it can
     /// probe (set by the prober).
     pub can_probe: std::sync::atomic::AtomicBool,
+    /// What the subscriber acknowledged receiving over the last second, bits/s, from its
+    /// transport-wide feedback (0: unknown); written by the send-side estimator. A probe
+    /// passes only when this shows the path carried it (see `alloc::plan_leg`).
+    pub delivered: AtomicU64,
 }
 
 /// Without transport-wide feedback for this long, the send-side estimate is stale: it
@@ -48,6 +52,7 @@ impl Estimates {
             epoch: Instant::now(),
             probe_bps: AtomicU64::new(0),
             can_probe: std::sync::atomic::AtomicBool::new(false),
+            delivered: AtomicU64::new(0),
         }
     }
 

@@ -5,6 +5,7 @@
 
 use crate::ParticipantId;
 use crate::alloc;
+use crate::estimates::Estimates;
 use crate::layers::{ALL_SPATIAL, ALL_TEMPORAL, LAYER_STALL};
 use crate::source::{LegSink, Source};
 use crate::stats::MediaKind;
@@ -97,38 +98,51 @@ pub fn resume(source: &Source, sink: &LegSink) -> u32 {
     }
 }
 
-/// Fits one subscriber's legs into its bandwidth estimate (`budget_bps`, 0 = unknown:
-/// no cap): audio first, then video in [`alloc::video_priority`] order (screenshares, then the
+/// Fits one subscriber's legs into its bandwidth estimate (`estimates`' effective one,
+/// 0 = unknown: no cap): audio first, then video in [`alloc::video_priority`] order (screenshares, then the
 /// active speakers' video, loudest first, then by rendered size), each simulcast
 /// leg at the highest layer up to its size preference that fits what is left, stepping
 /// down first and dropping the track (until it fits again) only when even its lowest
 /// layer does not; upward steps one layer at a time, a hold apart (see
 /// [`alloc::plan_leg`]).
-/// A dropped track also comes back when the estimate is `stale` (no feedback: with
+/// A dropped track also comes back when the estimate is stale (no feedback: with
 /// nothing sent, a send-side estimate cannot recover on its own).
-/// With `can_probe` (the subscriber's connection can send RTX probes, see
-/// the transport's prober), upward steps are probed for first; the probe rate the legs ask for
-/// is returned (bits/s, 0: none) for the connection's prober.
+/// When the subscriber's connection can send RTX probes (`estimates.can_probe`, see the
+/// transport's prober), upward steps are probed for first, and a probe passes only when
+/// the rate the subscriber acknowledged (`estimates.delivered`) shows the path carried it;
+/// the probe rate the legs ask for is returned (bits/s, 0: none) for the prober.
 /// Then re-targets every leg (sizes, stalls, caps). The keyframes the new targets need go
 /// to `keyframes`, each with the index of its leg in `legs`.
 #[allow(clippy::too_many_arguments)]
 pub fn allocate(
     subscriber: &str,
     legs: &[(&Source, &LegSink)],
-    budget_bps: u64,
-    stale: bool,
+    estimates: &Estimates,
     now: Instant,
     clock_ms: u64,
     speakers: &[ParticipantId],
-    can_probe: bool,
     keyframes: &mut Vec<(usize, u32)>,
 ) -> u64 {
+    let budget_bps = estimates.effective();
+    let stale = estimates.is_stale(now);
+    let can_probe = estimates.can_probe.load(Ordering::Relaxed);
+    let mut delivered = match estimates.delivered.load(Ordering::Relaxed) {
+        0 => None,
+        d => Some(d as i64),
+    };
     let mut probe_bps = 0;
     let mut remaining = budget_bps as i64;
+    // What the legs served so far take, from the estimate and from what was delivered.
+    let take = |remaining: &mut i64, delivered: &mut Option<i64>, bps: u64| {
+        *remaining -= bps as i64;
+        if let Some(d) = delivered {
+            *d -= bps as i64;
+        }
+    };
     let mut video: Vec<(usize, &Source, &LegSink)> = Vec::new();
     for (i, &(source, sink)) in legs.iter().enumerate() {
         if source.info.kind == MediaKind::Audio {
-            remaining -= source.rate_of(0) as i64;
+            take(&mut remaining, &mut delivered, source.rate_of(0));
         } else if !sink.paused.load(Ordering::Relaxed) {
             video.push((i, source, sink));
         }
@@ -148,7 +162,7 @@ pub fn allocate(
         let (ranked, rungs) = source.ladder(now);
         if !source.is_simulcast() && rungs.len() <= 1 {
             // One stream without temporal layers: nothing to choose.
-            remaining -= source.rate_of(0) as i64;
+            take(&mut remaining, &mut delivered, source.rate_of(0));
             sink.step.cap_rank.store(u32::MAX, Ordering::Relaxed);
             sink.step.bw_paused.store(false, Ordering::Relaxed);
         } else if budget_bps == 0 {
@@ -179,10 +193,19 @@ pub fn allocate(
                         && (r.sid > target_sid || (r.sid == target_sid && r.tid >= target_tid))
                 })
             });
+            let budget = alloc::Budget {
+                remaining,
+                delivered,
+                stale,
+            };
             let d = alloc::plan_leg(
-                &sink.step, &rates, &layer_of, pref, cur, remaining, stale, clock_ms, can_probe,
+                &sink.step, &rates, &layer_of, pref, cur, budget, clock_ms, can_probe,
             );
             probe_bps += d.probe_bps;
+            // A probe still going is in what was delivered: not for the legs after it.
+            if let Some(left) = &mut delivered {
+                *left -= d.probe_bps as i64;
+            }
             if let Some(passed) = d.probe_passed {
                 source.stats().probes[usize::from(!passed)].fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
@@ -221,7 +244,11 @@ pub fn allocate(
                     if ask != 0 {
                         keyframes.push((i, ask));
                     }
-                    remaining -= rates.first().copied().unwrap_or(0) as i64;
+                    take(
+                        &mut remaining,
+                        &mut delivered,
+                        rates.first().copied().unwrap_or(0),
+                    );
                     continue;
                 }
                 alloc::Step::Layer(fit) => {
@@ -235,7 +262,11 @@ pub fn allocate(
                             "bandwidth: leg stepped up"
                         );
                     }
-                    remaining -= rates.get(fit).copied().unwrap_or(0) as i64;
+                    take(
+                        &mut remaining,
+                        &mut delivered,
+                        rates.get(fit).copied().unwrap_or(0),
+                    );
                 }
             }
         }

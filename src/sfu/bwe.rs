@@ -14,6 +14,9 @@ use rtc::interceptor::{
     BandwidthEstimator, LossController, OveruseDetector, PacketReport, RateCalculator,
     SlopeEstimator, Usage,
 };
+use sluice_media::estimates::Estimates;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// At most one delay-based decrease per this long: time for the allocator's layer switch
@@ -52,6 +55,9 @@ pub struct SubscriberEstimator {
     deltas: u32,
     /// When the last reports came.
     last_report: Option<Instant>,
+    /// Where the rate received over the last second is published for the allocator's
+    /// probe verdicts (None: nowhere).
+    delivered: Option<Arc<Estimates>>,
 }
 
 /// Feedback pausing this long restarts the delay detection.
@@ -79,7 +85,15 @@ impl SubscriberEstimator {
             holding: false,
             deltas: 0,
             last_report: None,
+            delivered: None,
         }
+    }
+
+    /// Also publishes the rate the subscriber acknowledged over the last second in
+    /// `estimates.delivered`, on every feedback.
+    pub fn publishing_delivered(mut self, estimates: Arc<Estimates>) -> Self {
+        self.delivered = Some(estimates);
+        self
     }
 
     fn update_delay(&mut self, now: Instant, usage: Usage, received: Option<f64>) {
@@ -169,6 +183,10 @@ impl BandwidthEstimator for SubscriberEstimator {
             }
         }
         let received = self.received.rate_bits_per_second(now);
+        if let Some(e) = &self.delivered {
+            e.delivered
+                .store(received.unwrap_or(0.0) as u64, Ordering::Relaxed);
+        }
         self.update_delay(now, usage, received);
         let lost = reports.iter().filter(|r| !r.arrived).count();
         let loss_target = self.loss.update(now, lost, reports.len());

@@ -27,6 +27,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use sluice_media::JoinClock;
+use sluice_media::estimates::Estimates;
 use sluice_media::layers::Layer;
 use sluice_media::select::{self, Keyframes};
 use sluice_media::source::{LegOutput, LegSink, Source, SourceNegotiation, Written};
@@ -394,12 +395,10 @@ impl Leg {
 pub(crate) async fn allocate(
     subscriber: &str,
     legs: &[Arc<Leg>],
-    budget_bps: u64,
-    stale: bool,
+    estimates: &Estimates,
     now: Instant,
     clock_ms: u64,
     speakers: &[super::ParticipantId],
-    can_probe: bool,
 ) -> u64 {
     let pairs: Vec<(&Source, &LegSink)> = legs
         .iter()
@@ -407,7 +406,7 @@ pub(crate) async fn allocate(
         .collect();
     let mut asks = Vec::new();
     let probe = select::allocate(
-        subscriber, &pairs, budget_bps, stale, now, clock_ms, speakers, can_probe, &mut asks,
+        subscriber, &pairs, estimates, now, clock_ms, speakers, &mut asks,
     );
     for (i, ssrc) in asks {
         legs[i].source.request_keyframe(ssrc).await;

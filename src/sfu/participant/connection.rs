@@ -154,11 +154,14 @@ pub(super) async fn build_pc(
             .with(
                 Slot::CongestionControl,
                 WithRtxStreams(
-                    CongestionControlBuilder::new(crate::sfu::bwe::SubscriberEstimator::new(
-                        (cfg.bandwidth_initial_kbps * 1000) as f64,
-                        (cfg.bandwidth_min_kbps * 1000) as f64,
-                        (cfg.bandwidth_max_kbps * 1000) as f64,
-                    ))
+                    CongestionControlBuilder::new(
+                        crate::sfu::bwe::SubscriberEstimator::new(
+                            (cfg.bandwidth_initial_kbps * 1000) as f64,
+                            (cfg.bandwidth_min_kbps * 1000) as f64,
+                            (cfg.bandwidth_max_kbps * 1000) as f64,
+                        )
+                        .publishing_delivered(estimates.clone()),
+                    )
                     .build(),
                 ),
             );

@@ -71,17 +71,9 @@ impl Participant {
             .saturating_duration_since(self.join_clock.at)
             .as_millis() as u64
             + 1;
-        let probe = crate::sfu::track::allocate(
-            &self.id,
-            &legs,
-            self.estimates.effective(),
-            self.estimates.is_stale(now),
-            now,
-            clock_ms,
-            speakers,
-            self.estimates.can_probe.load(Ordering::Relaxed),
-        )
-        .await;
+        let probe =
+            crate::sfu::track::allocate(&self.id, &legs, &self.estimates, now, clock_ms, speakers)
+                .await;
         self.estimates.probe_bps.store(probe, Ordering::Relaxed);
     }
 
