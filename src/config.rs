@@ -236,6 +236,15 @@ pub struct SfuConfig {
     pub bandwidth_min_kbps: u64,
     /// Highest the send-side estimate goes, kbit/s: the most Sluice sends one subscriber.
     pub bandwidth_max_kbps: u64,
+    /// Data-channel messages one participant may send per second, sustained; beyond it
+    /// (and [`SfuConfig::data_channel_burst`]) they are dropped, counted, and the client
+    /// told once (`sluice.error` code `rate_limited`).
+    pub data_channel_rate_per_sec: u32,
+    /// Data-channel messages one participant may send in a burst.
+    pub data_channel_burst: u32,
+    /// Data-channel messages of one participant waiting to be handled, at most; more are
+    /// dropped as over the rate.
+    pub data_channel_queue: usize,
 }
 
 impl Default for SfuConfig {
@@ -257,6 +266,9 @@ impl Default for SfuConfig {
             bandwidth_initial_kbps: 1000,
             bandwidth_min_kbps: 50,
             bandwidth_max_kbps: 20_000,
+            data_channel_rate_per_sec: 20,
+            data_channel_burst: 50,
+            data_channel_queue: 32,
         }
     }
 }
@@ -425,6 +437,12 @@ impl Config {
                 "sfu.max_subscriptions_per_participant",
                 s.max_subscriptions_per_participant,
             ),
+            (
+                "sfu.data_channel_rate_per_sec",
+                s.data_channel_rate_per_sec as usize,
+            ),
+            ("sfu.data_channel_burst", s.data_channel_burst as usize),
+            ("sfu.data_channel_queue", s.data_channel_queue),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid {

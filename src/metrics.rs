@@ -241,6 +241,12 @@ const FAMILIES: &[FamilySpec] = &[
         &[],
     ),
     (
+        "sluice_data_channel_messages_limited_total",
+        "Data-channel messages dropped over a participant's rate or backlog limit.",
+        MetricType::COUNTER,
+        &[],
+    ),
+    (
         "sluice_forward_latency_seconds",
         "Time from receiving a packet to handing it to a subscriber leg.",
         MetricType::HISTOGRAM,
@@ -596,6 +602,13 @@ impl Collector for CoreCollector {
             vec![counter(
                 &[],
                 st.data_channel_messages_refused.load(Ordering::Relaxed),
+            )],
+        );
+        push(
+            "sluice_data_channel_messages_limited_total",
+            vec![counter(
+                &[],
+                st.data_channel_messages_limited.load(Ordering::Relaxed),
             )],
         );
         for (name, h) in [

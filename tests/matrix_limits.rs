@@ -1,11 +1,13 @@
 #![recursion_limit = "256"]
 //! Bounds on what one member can make Sluice hold or relay, against a real Synapse:
-//! sessions per account, and stream metadata.
+//! sessions per account, stream metadata, and a member flooding the data channel and
+//! to-device signaling.
 
 mod support;
 
 use serde_json::json;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use support::matrix::*;
 
@@ -131,3 +133,113 @@ async fn stream_metadata_out_of_bounds_is_refused_by_field() {
     );
     alice.close().await;
 }
+
+/// Joins `p` to a call of its own and returns how long the invite took to a connected
+/// peer with an open data channel.
+async fn join_alone(p: &Arc<Participant>, sluice: &SluiceUnderTest) -> Duration {
+    let room = call_room(p, &[], sluice).await;
+    p.write_membership(&room, sluice.transport(), 3_600_000)
+        .await;
+    let t = std::time::Instant::now();
+    p.invite().await;
+    p.wait_for("connected with the data channel open", LONG, |p| {
+        p.dc_open.load(Ordering::Relaxed)
+    })
+    .await;
+    t.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_member_is_cut_to_its_rate_and_other_calls_still_join() {
+    let sluice = SluiceUnderTest::start(|_| {}).await;
+    let quiet = Participant::new(2, &sluice, true).await;
+    let quiet_join = join_alone(&quiet, &sluice).await;
+    let flooder = Participant::new(0, &sluice, true).await;
+    join_alone(&flooder, &sluice).await;
+
+    // The flooder sends data-channel messages far faster than the limit (each one
+    // is work for Sluice: a metadata update, merged and rebroadcast), and to-device events
+    // from eight tasks at once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let dc_flood = {
+        let (p, stop) = (flooder.clone(), stop.clone());
+        tokio::spawn(async move {
+            let msg = json!({"type": "m.call.sdp_stream_metadata_changed",
+                "content": {"sdp_stream_metadata": {}}})
+            .to_string();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if p.peer.dc.send_text(&msg).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                // About 3,000 a second: far above the limit, not a memory test.
+                if sent.is_multiple_of(16) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            sent
+        })
+    };
+    let to_device: Vec<_> = (0..8)
+        .map(|_| {
+            let p = flooder.clone();
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    let c = p.base_content(json!({"candidates": []}));
+                    p.send_to_sfu("m.call.candidates", c).await;
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile a member of another call joins.
+    let other = Participant::new(3, &sluice, true).await;
+    let flood_join = join_alone(&other, &sluice).await;
+    for t in to_device {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = dc_flood.await.unwrap();
+    let stats = sluice.sfu.stats();
+    let limited = stats.data_channel_messages_limited.load(Ordering::Relaxed);
+    let to_device_limited = sluice
+        .signaling()
+        .stats
+        .rate_limited
+        .load(Ordering::Relaxed);
+    eprintln!(
+        "join: {quiet_join:?} on a quiet instance, {flood_join:?} under the flood \
+         ({sent} data-channel messages, {limited} dropped; 240 to-device events, \
+         {to_device_limited} dropped)"
+    );
+    assert!(
+        limited > 0,
+        "none of {sent} data-channel messages was dropped"
+    );
+    assert!(to_device_limited > 0, "no to-device event was dropped");
+    // The flooder was told once, and its call goes on.
+    flooder
+        .wait_for("the rate_limited notice", LONG, |p| {
+            p.dc_log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m["type"] == "sluice.error" && m["content"]["code"] == "rate_limited")
+        })
+        .await;
+    let notices = flooder
+        .dc_log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| m["content"]["code"] == "rate_limited")
+        .count();
+    assert!(notices <= 2, "{notices} rate_limited notices for one flood");
+    assert!(flooder.hangup_reason().is_none());
+    assert_eq!(sluice.signaling().session_count(), 3);
+    for p in [&quiet, &flooder, &other] {
+        p.close().await;
+    }
+}
+

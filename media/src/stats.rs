@@ -171,6 +171,8 @@ pub struct Stats {
     pub probes: [AtomicU64; 2],
     /// Data-channel messages refused for size or encoding.
     pub data_channel_messages_refused: AtomicU64,
+    /// Data-channel messages dropped over a participant's rate or backlog limit.
+    pub data_channel_messages_limited: AtomicU64,
     /// NACKs received from subscribers (answered by webrtc's NACK responder).
     pub nacks_received: AtomicU64,
     /// Retransmission requests removed by the per-subscriber retransmission budget.
@@ -210,6 +212,7 @@ impl Default for Stats {
             probe_packets: AtomicU64::new(0),
             probes: Default::default(),
             data_channel_messages_refused: AtomicU64::new(0),
+            data_channel_messages_limited: AtomicU64::new(0),
             nacks_received: AtomicU64::new(0),
             retransmits_suppressed: AtomicU64::new(0),
             ice_failures: AtomicU64::new(0),

@@ -555,7 +555,7 @@ impl Conn {
             | SfuEventKind::Connected
             | SfuEventKind::DataChannelOpen
             | SfuEventKind::DataChannelMessage(_)
-            | SfuEventKind::DataChannelRefused(_) => {}
+            | SfuEventKind::DataChannelRefused { .. } => {}
         }
         None
     }

@@ -90,10 +90,16 @@ pub enum SfuEventKind {
     /// The participant's data channel opened.
     DataChannelOpen,
     /// A text message on the participant's data channel.
-    DataChannelMessage(String),
-    /// A data-channel message was refused (binary, not UTF-8, or above 64 KiB); the
-    /// reason is for the client (`sluice.error`).
-    DataChannelRefused(String),
+    DataChannelMessage(DataChannelText),
+    /// A data-channel message was refused: binary, not UTF-8 or above 64 KiB (code
+    /// `message_refused`), or over the participant's rate or queue limit (`rate_limited`,
+    /// once per run of refused messages). The reason is for the client (`sluice.error`).
+    DataChannelRefused {
+        /// The `sluice.error` code.
+        code: &'static str,
+        /// Why, for the client.
+        reason: String,
+    },
     /// The participant started publishing a track (its first packet arrived).
     TrackPublished(TrackInfo),
     /// The participant stopped publishing a track, or left.
@@ -114,4 +120,35 @@ pub struct SfuEvent {
     pub participant: ParticipantId,
     /// What happened.
     pub kind: SfuEventKind,
+}
+
+/// A data-channel text message on its way to the signaling layer. Until every copy is
+/// dropped (the message handled) it counts against its participant's bound on messages
+/// waiting to be handled (`sfu.data_channel_queue`), so a participant whose messages are
+/// slow to handle cannot pile up an unbounded backlog.
+#[derive(Debug, Clone)]
+pub struct DataChannelText {
+    text: String,
+    _waiting: std::sync::Arc<()>,
+}
+
+impl DataChannelText {
+    /// `text`, counted in `waiting` (whose strong count is the participant's backlog).
+    pub(crate) fn new(text: String, waiting: &std::sync::Arc<()>) -> Self {
+        Self {
+            text,
+            _waiting: waiting.clone(),
+        }
+    }
+
+    /// The message.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for DataChannelText {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
 }

@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use events::{
-    EventSink, IceCandidate, JoinOptions, OfferMode, SdpKind, SessionDescription, SfuEvent,
-    SfuEventKind,
+    DataChannelText, EventSink, IceCandidate, JoinOptions, OfferMode, SdpKind, SessionDescription,
+    SfuEvent, SfuEventKind,
 };
 pub use sluice_media::layers::{Layer, LayerState, choose_layer};
 pub use speakers::Speaker;

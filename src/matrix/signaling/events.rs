@@ -67,9 +67,9 @@ impl Signaling {
                     old.abort();
                 }
             }
-            SfuEventKind::DataChannelMessage(text) => self.on_dc_message(&s, &text).await,
-            SfuEventKind::DataChannelRefused(reason) => {
-                self.send_error(&s, "message_refused", &reason, None).await;
+            SfuEventKind::DataChannelMessage(text) => self.on_dc_message(&s, text.as_str()).await,
+            SfuEventKind::DataChannelRefused { code, reason } => {
+                self.send_error(&s, code, &reason, None).await;
             }
             SfuEventKind::Left(reason) => {
                 self.forget(&s);
