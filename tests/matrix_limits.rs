@@ -243,3 +243,56 @@ async fn a_flooding_member_is_cut_to_its_rate_and_other_calls_still_join() {
     }
 }
 
+/// Sends `m.call.invite` in the legacy form, without `room_id`.
+async fn legacy_invite(p: &Participant) {
+    let offer = p.peer.pc.create_offer(None).await.unwrap();
+    p.peer.pc.set_local_description(offer).await.unwrap();
+    let sdp = p.peer.pc.local_description().await.unwrap().sdp;
+    let mut content = p.base_content(json!({
+        "offer": {"type": "offer", "sdp": sdp}, "lifetime": 30000,
+    }));
+    content.as_object_mut().unwrap().remove("room_id");
+    p.send_to_sfu("m.call.invite", content).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_invite_is_looked_up_in_a_bounded_number_of_rooms() {
+    let sluice = SluiceUnderTest::start(|_| {}).await;
+    // A member with a call membership: its invite without room_id is answered.
+    let member = Participant::new(0, &sluice, true).await;
+    let room = call_room(&member, &[], &sluice).await;
+    member
+        .write_membership(&room, sluice.transport(), 3_600_000)
+        .await;
+    legacy_invite(&member).await;
+    member
+        .wait_for("the answer", LONG, |p| {
+            !p.received("m.call.answer").is_empty()
+        })
+        .await;
+    // A sender joined to more rooms with Sluice than it scans, with no membership in any:
+    // told to name the room, after at most 16 rooms' memberships were read.
+    let roamer = Participant::new(1, &sluice, false).await;
+    futures_util::future::join_all((0..17).map(|_| call_room(&roamer, &[], &sluice))).await;
+    legacy_invite(&roamer).await;
+    roamer
+        .wait_for("hangup", LONG, |p| p.hangup_reason().is_some())
+        .await;
+    assert_eq!(
+        roamer.hangup_reason().as_deref(),
+        Some("sluice.bad_request")
+    );
+    let h = &roamer.received("m.call.hangup")[0];
+    assert!(
+        h.content["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("send `room_id`"),
+        "{}",
+        h.content["error"]
+    );
+    assert_eq!(sluice.signaling().session_count(), 1);
+    for p in [&member, &roamer] {
+        p.close().await;
+    }
+}

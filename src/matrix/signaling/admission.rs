@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// An invite without `room_id` (the legacy form) is looked for in at most this many of
+/// the rooms its sender shares with Sluice.
+const LEGACY_ROOMS: usize = 16;
+
 impl Signaling {
     /// Reads the call memberships of a room from the client's state store, their ages
     /// bounded by when Sluice first saw them ([`FirstSeen`]).
@@ -66,8 +70,27 @@ impl Signaling {
                 error: "`room_id` is not a room id".into(),
             })?,
             None => {
+                // The legacy form names no room: look in the rooms the sender is joined
+                // to (a cheap member lookup first), at most LEGACY_ROOMS of them.
                 let mut found = None;
+                let mut shared = 0;
                 for room in self.client.joined_rooms() {
+                    let joined = matches!(
+                        room.get_member_no_sync(sender).await,
+                        Ok(Some(m)) if *m.membership() == MembershipState::Join
+                    );
+                    if !joined {
+                        continue;
+                    }
+                    shared += 1;
+                    if shared > LEGACY_ROOMS {
+                        return Err(Refusal {
+                            reason: "sluice.bad_request",
+                            error: format!(
+                                "no `room_id`, and the sender shares more than {LEGACY_ROOMS} rooms with Sluice: send `room_id`"
+                            ),
+                        });
+                    }
                     let ms = self.memberships(room.room_id()).await;
                     if ms.iter().any(|m| {
                         m.user_id == sender.as_str()
