@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when Matrix sync is up (or Matrix is off) and not draining; 503 with the reason |
+//! | `GET /readyz` | 200 when Matrix sync is up (answered within 15 s; or Matrix is off) and not draining; 503 with the reason |
 //! | `GET /.well-known/sluice` | `{"transports": [...]}` (docs/protocol.md §1) |
 //! | `GET /admin/conferences` | conferences, participants, tracks |
 //! | `DELETE /admin/conferences/{conference}/participants/{participant}` | kick |

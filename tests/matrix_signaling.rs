@@ -648,9 +648,30 @@ async fn homeserver_outage_does_not_disturb_media_and_sync_recovers() {
         p.write_membership(&r, sluice.transport(), 3_600_000).await;
     }
     run_call(&[a.clone(), b.clone()], false).await;
+    let focus = sluice.focus.as_ref().unwrap();
+
+    // Frozen (accepting connections, answering nothing): readiness notices within 20 s,
+    // and comes back once it thaws.
+    hs.freeze(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while focus.is_synced() {
+        if std::time::Instant::now() > deadline {
+            hs.freeze(false);
+            panic!("sync still counted as up 20 s into a frozen homeserver");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    hs.freeze(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !focus.is_synced() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sync did not recover after the homeserver thawed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     hs.stop();
-    let focus = sluice.focus.as_ref().unwrap();
     let deadline = std::time::Instant::now() + LONG;
     while focus.is_synced() {
         assert!(

@@ -180,19 +180,40 @@ async fn join_with_retry(room: Room) {
     }
 }
 
-/// Syncs forever. Errors back off (1 s doubling to 30 s) and never stop the loop; media
-/// already flowing is not touched by a homeserver outage. Rooms whose membership state a
-/// response changed go to the membership watch (`room_changes`), after the store has them.
+/// How long each sync request may wait on the homeserver for news (its long poll).
+const SYNC_LONG_POLL: Duration = Duration::from_secs(10);
+
+/// A sync request still unanswered this long after its long poll ended means the
+/// homeserver stalled (it accepts connections but does not answer, e.g. frozen): the
+/// request is abandoned, sync counts as down (`/readyz` 503), and it is retried.
+const SYNC_STALL_GRACE: Duration = Duration::from_secs(5);
+
+/// Syncs forever. Errors and stalls back off (1 s doubling to 30 s) and never stop the
+/// loop; media already flowing is not touched by a homeserver outage. Rooms whose
+/// membership state a response changed go to the membership watch (`room_changes`),
+/// after the store has them.
 async fn sync_loop(
     client: Client,
     up: Arc<AtomicBool>,
     errors: Arc<std::sync::atomic::AtomicU64>,
     room_changes: mpsc::UnboundedSender<matrix_sdk::ruma::OwnedRoomId>,
 ) {
-    let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
+    let mut settings = SyncSettings::default().timeout(SYNC_LONG_POLL);
     let mut delay = Duration::from_secs(1);
     loop {
-        match client.sync_once(settings.clone()).await {
+        let answer = tokio::time::timeout(
+            SYNC_LONG_POLL + SYNC_STALL_GRACE,
+            client.sync_once(settings.clone()),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "the homeserver did not answer a sync request within {} s",
+                (SYNC_LONG_POLL + SYNC_STALL_GRACE).as_secs()
+            )
+        })
+        .and_then(|r| r.map_err(|e| e.to_string()));
+        match answer {
             Ok(response) => {
                 if !up.swap(true, Ordering::Relaxed) {
                     info!("matrix sync is up");

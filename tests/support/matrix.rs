@@ -675,7 +675,27 @@ impl OwnSynapse {
         assert!(st.success(), "scripts/synapse start failed");
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) the homeserver process: it keeps its
+    /// sockets but answers nothing while frozen.
+    pub fn freeze(&self, frozen: bool) {
+        // scripts/synapse runs the homeserver in the foreground of its launcher process.
+        let pid = std::fs::read_to_string(self.dir.join("launcher.pid")).unwrap();
+        let st = std::process::Command::new("kill")
+            .arg(if frozen { "-STOP" } else { "-CONT" })
+            .arg(pid.trim())
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot signal the homeserver");
+    }
+
     pub fn stop(&self) {
+        // A frozen homeserver would not act on the stop.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("launcher.pid")) {
+            let _ = std::process::Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.trim())
+                .status();
+        }
         let _ = std::process::Command::new(Self::script())
             .arg("stop")
             .arg(&self.dir)
