@@ -5,6 +5,7 @@
 //! (plain or Olm-encrypted); after connect, clients talk to it on a data channel. The
 //! media core ([`crate::sfu`]) knows nothing of this: [`signaling::Signaling`] translates.
 
+pub mod dc_message;
 pub mod membership;
 pub mod metrics;
 pub mod protocol;

@@ -8,8 +8,7 @@ use super::membership::{self, CALL_MEMBER_EVENT, FirstSeen, Membership};
 use super::protocol::{self, Body, CallMessage, Rejection, Reply};
 use crate::config::MatrixConfig;
 use crate::sfu::{
-    HangupReason, IceCandidate, MediaKind, SdpKind, SessionDescription, Sfu, SfuError, SfuEvent,
-    SfuEventKind, TrackRef,
+    HangupReason, IceCandidate, MediaKind, SdpKind, Sfu, SfuError, SfuEvent, SfuEventKind,
 };
 use matrix_sdk::Client;
 use matrix_sdk::deserialized_responses::{EncryptionInfo, RawAnySyncOrStrippedState};
