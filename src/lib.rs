@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod fuzz;
 pub mod http;
 pub mod livekit;
 pub mod logging;

@@ -124,7 +124,7 @@ struct TokenRequest {
 }
 
 /// A refused request: status, Matrix errcode, message, and the metric result.
-struct Refusal {
+pub(crate) struct Refusal {
     status: StatusCode,
     errcode: &'static str,
     error: String,
@@ -152,7 +152,7 @@ impl Refusal {
 }
 
 /// A validated request: who asks (unverified yet), for which room, as whom.
-struct Ask {
+pub(crate) struct Ask {
     server_name: String,
     access_token: String,
     claimed_user_id: Option<String>,
@@ -371,7 +371,7 @@ fn delay_of(id: &str, timeout: i64, required: bool) -> Result<Option<(String, i6
     Ok(Some((id.to_owned(), timeout)))
 }
 
-fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
+pub(crate) fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
     let req: LegacyRequest = parse(body)?;
     if req.room.is_empty() {
         return Err(Refusal::bad_json("Missing room parameter"));
@@ -396,7 +396,7 @@ fn legacy_ask(body: &[u8]) -> Result<Ask, Refusal> {
 
 /// `/get_token` (`delegate: false`) and `/delegate_delayed_leave` (`true`: the delay is
 /// required and no token is minted).
-fn token_ask(body: &[u8], delegate: bool) -> Result<Ask, Refusal> {
+pub(crate) fn token_ask(body: &[u8], delegate: bool) -> Result<Ask, Refusal> {
     let req: TokenRequest = parse(body)?;
     if req.room_id.is_empty() || req.slot_id.is_empty() {
         return Err(Refusal::bad_json(

@@ -15,7 +15,7 @@ pub mod identity;
 pub mod metrics;
 pub mod openid;
 mod room;
-mod session;
+pub(crate) mod session;
 pub mod signal;
 mod ws;
 

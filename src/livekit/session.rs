@@ -60,7 +60,10 @@ struct Conn {
 /// The size a subscriber's `track_setting` asks for (LiveKit's adaptive stream): (0, 0)
 /// pauses; an element size as given; a quality as the size of the publisher's layer of that
 /// quality (from its `add_track` layers), else of LiveKit's usual 1/4, 1/2, 1 ladder.
-fn wanted_size(ts: &proto::UpdateTrackSettings, info: Option<&proto::TrackInfo>) -> (u32, u32) {
+pub(crate) fn wanted_size(
+    ts: &proto::UpdateTrackSettings,
+    info: Option<&proto::TrackInfo>,
+) -> (u32, u32) {
     if ts.disabled {
         return (0, 0);
     }

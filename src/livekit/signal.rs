@@ -134,7 +134,7 @@ fn url_path(url: &str) -> String {
 }
 
 /// Decodes `join_request`: URL-safe Base64 of a `WrappedJoinRequest`, gzip or not.
-pub(super) fn decode_join(param: Option<&String>) -> Result<proto::JoinRequest, String> {
+pub(crate) fn decode_join(param: Option<&String>) -> Result<proto::JoinRequest, String> {
     let Some(param) = param else {
         return Ok(proto::JoinRequest::default());
     };

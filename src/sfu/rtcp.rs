@@ -93,6 +93,20 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
+impl KeyframeRequestInterceptor {
+    /// One that counts into `stats` and keeps the subscriber's estimates in `estimates`.
+    pub fn counted(
+        stats: std::sync::Arc<super::stats::Stats>,
+        estimates: std::sync::Arc<Estimates>,
+    ) -> Self {
+        Self {
+            stats: Some(stats),
+            estimates: Some(estimates),
+            ..Default::default()
+        }
+    }
+}
+
 impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
@@ -201,11 +215,7 @@ pub fn with_keyframe_requests_counted(
 ) -> Registry {
     registry.with(
         Slot::from(KEYFRAME_REQUEST_SLOT),
-        KeyframeRequestInterceptor {
-            stats: Some(stats),
-            estimates: Some(estimates),
-            ..Default::default()
-        },
+        KeyframeRequestInterceptor::counted(stats, estimates),
     )
 }
 
@@ -242,6 +252,21 @@ pub struct NackBudgetInterceptor {
 }
 
 impl NackBudgetInterceptor {
+    /// A budget from `estimates`, counting what it removes into `stats`.
+    pub fn new(
+        estimates: std::sync::Arc<Estimates>,
+        stats: std::sync::Arc<super::stats::Stats>,
+    ) -> Self {
+        Self {
+            estimates,
+            stats,
+            tokens: 0.0,
+            last: None,
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+        }
+    }
+
     /// Packets per second the budget allows at estimate `bps` (0: unknown).
     pub fn rate(bps: u64) -> f64 {
         (bps as f64 * RETRANSMIT_SHARE / (8.0 * RETRANSMIT_SIZE_BYTES)).max(MIN_RETRANSMITS_PER_SEC)
@@ -339,14 +364,7 @@ pub fn with_nack_budget(
 ) -> Registry {
     registry.with(
         Slot::from(NACK_BUDGET_SLOT),
-        NackBudgetInterceptor {
-            estimates,
-            stats,
-            tokens: 0.0,
-            last: None,
-            read_queue: VecDeque::new(),
-            write_queue: VecDeque::new(),
-        },
+        NackBudgetInterceptor::new(estimates, stats),
     )
 }
 
