@@ -435,8 +435,9 @@ impl TestPeer {
     ) -> Arc<TestPeer> {
         let loopback = ip.parse::<std::net::IpAddr>().unwrap().is_loopback();
         let mut media = MediaEngine::default();
-        let opus_pt = 111 - idx;
-        let vp8_pt = 96 + 2 * idx;
+        let pt_idx = if idx < 16 { idx } else { 2 + idx % 14 }; // 7-bit payload types
+        let opus_pt = 111 - pt_idx;
+        let vp8_pt = 96 + 2 * pt_idx;
         let (video_mime, video_fmtp) = match video {
             TestVideo::Vp8 => ("video/VP8", ""),
             TestVideo::Vp9 => ("video/VP9", "profile-id=0"),

@@ -52,6 +52,12 @@ impl Router {
         self.sink.clone()
     }
 
+    /// Forgets a peer that left, and its events (long runs keep the log short).
+    pub fn remove(&self, id: &str) {
+        self.peers.lock().unwrap().remove(id);
+        self.log.lock().unwrap().retain(|e| e.participant != id);
+    }
+
     pub fn add(&self, peer: &Arc<TestPeer>) {
         *peer.sink.lock().unwrap() = Some(self.sink.clone());
         self.peers
