@@ -67,6 +67,19 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, SfuError> {
                 summary.data_channel = true;
             }
             "audio" | "video" => {
+                // RTP payload types are 7 bits: a section offering 128 or more would carry
+                // packets whose type no receiver can match (webrtc-rs then drops them
+                // without ever opening the track).
+                if let Some(pt) = media
+                    .media_name
+                    .formats
+                    .iter()
+                    .find(|f| f.parse::<u8>().map_or(true, |pt| pt > 127))
+                {
+                    return Err(SfuError::BadSdp(format!(
+                        "payload type `{pt}` in a {kind} section is not 0 to 127"
+                    )));
+                }
                 let supported = if kind == "audio" {
                     AUDIO_CODECS
                 } else {
@@ -227,6 +240,23 @@ mod tests {
             Err(SfuError::BadSdp(m)) => assert!(m.contains("limit")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn payload_types_past_seven_bits_are_bad_sdp() {
+        for pt in ["128", "300", "x"] {
+            let sdp = offer(&format!(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96 {pt}\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n"
+            ));
+            match check_offer(&sdp) {
+                Err(SfuError::BadSdp(m)) => assert!(m.contains(pt), "{m}"),
+                other => panic!("{pt}: {other:?}"),
+            }
+        }
+        let ok = offer(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 127\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtpmap:96 VP8/90000\r\n",
+        );
+        assert!(check_offer(&ok).is_ok());
     }
 
     #[test]
