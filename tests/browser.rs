@@ -630,3 +630,46 @@ async fn a_browser_and_a_webrtc_rs_participant_exchange_media() {
     rs.close().await;
     wait_empty(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_answers_ends_with_a_clear_message() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = stack().await;
+    let (user, password) = account("unanswered").await;
+    let b = login(&stack, "unanswered", &user, &password).await;
+    // The transport names a device of Sluice's account that does not exist: the invite
+    // reaches nobody, as when Sluice is not running.
+    b.eval(
+        "const c = window.sluice.config; c.transport = {...c.transport, device_id: 'NOSUCHDEVICE'}; return true;",
+        json!([]),
+    )
+    .await;
+    b.fill("#room", &room_alias(&stack)).await;
+    b.click("#join-button").await;
+    b.wait_until(
+        "the page to call Sluice",
+        LONG,
+        "return document.getElementById('status').textContent.includes('calling Sluice');",
+    )
+    .await;
+    // The invite's lifetime is 30 s.
+    b.wait_until(
+        "the call to give up",
+        Duration::from_secs(60),
+        "return !document.getElementById('lobby').hidden;",
+    )
+    .await;
+    let banner = b.banner().await;
+    assert!(
+        banner.contains("did not answer") && banner.contains("may not be running"),
+        "{banner}"
+    );
+    let status = b
+        .eval(
+            "return document.getElementById('status').textContent;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(status, json!("logged in"));
+    wait_empty(&stack).await;
+}

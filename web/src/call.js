@@ -6,6 +6,8 @@ const randomId = () => Array.from(crypto.getRandomValues(new Uint8Array(12)), (b
 
 /** Default size asked for a tile before the page has laid it out. */
 const DEFAULT_TILE = { width: 640, height: 360 };
+/** How long an invite stays valid, and how long the page waits for Sluice to answer it. */
+const INVITE_LIFETIME_MS = 30_000;
 
 /**
  * Human text for Sluice's hangup reasons (docs/protocol.md §7). `connected`: the call had
@@ -24,6 +26,7 @@ export function describeHangup(reason, error, connected = false) {
       ice_failed: "the media connection failed (ICE failed)",
       invite_timeout: "the media connection did not come up in time (ICE did not connect)",
       unknown_error: "Sluice hit an internal error",
+      no_answer: `Sluice did not answer within ${INVITE_LIFETIME_MS / 1000} s: it may not be running, or it is not this room's call focus`,
       "sluice.unauthorized": "Sluice refused the call: not authorized",
       "sluice.conference_full": "Sluice refused the call: the conference is full",
       "sluice.server_full": "Sluice refused the call: the server is full",
@@ -205,11 +208,15 @@ export class SluiceCall extends EventTarget {
       "m.call.invite",
       this.base({
         offer: { type: "offer", sdp: pc.localDescription.sdp },
-        lifetime: 30_000,
+        lifetime: INVITE_LIFETIME_MS,
         sluice_version: 1,
         "org.matrix.msc3077.sdp_stream_metadata": this.ownMetadata(),
       }),
     );
+    // The invite's lifetime is as long as Sluice may take to answer it.
+    this.answerTimer = setTimeout(() => {
+      if (!this.answered) this.end("invite_timeout", null, true, "no_answer");
+    }, INVITE_LIFETIME_MS);
   }
 
   gathered(timeoutMs) {
@@ -235,6 +242,8 @@ export class SluiceCall extends EventTarget {
     try {
       switch (type) {
         case "m.call.answer":
+          this.answered = true;
+          clearTimeout(this.answerTimer);
           await this.pc.setRemoteDescription(c.answer);
           await this.toDevice.send("m.call.select_answer", this.base({ selected_party_id: c.party_id }));
           this.mergeMeta(c["org.matrix.msc3077.sdp_stream_metadata"]);
@@ -476,17 +485,19 @@ export class SluiceCall extends EventTarget {
     this.pc?.close();
   }
 
-  async end(reason, error, notifySluice) {
+  /** Ends the call; `shown` is the reason the page explains (by default the one sent). */
+  async end(reason, error, notifySluice, shown = reason) {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.subscriptionTimer);
+    clearTimeout(this.answerTimer);
     if (notifySluice) await this.toDevice.send("m.call.hangup", this.base({ reason })).catch(() => {});
     this.pc?.close();
     this.toDevice.close();
     await this.membership.remove().catch((e) => console.warn("could not remove the membership", e));
     this.remoteStreams.clear();
     this.remoteMeta = {};
-    this.dispatchEvent(new CustomEvent("ended", { detail: { reason, text: describeHangup(reason, error, this.wasConnected) } }));
+    this.dispatchEvent(new CustomEvent("ended", { detail: { reason, text: describeHangup(shown, error, this.wasConnected) } }));
   }
 }
 
