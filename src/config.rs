@@ -208,6 +208,9 @@ pub struct SfuConfig {
     /// Seconds a participant has from its join until ICE connects; past that it is removed
     /// with reason `invite_timeout`.
     pub ice_connect_timeout_secs: u64,
+    /// Seconds a connected participant may go without a sign of life (media, replies to ICE
+    /// checks) before it is removed with `ice_failed`; a shorter network blip survives.
+    pub ice_lost_timeout_secs: u64,
     /// Minimum milliseconds between two keyframe requests (PLI) sent to one publisher
     /// stream; requests in between are coalesced and counted as suppressed.
     pub keyframe_request_min_interval_ms: u64,
@@ -255,6 +258,7 @@ impl Default for SfuConfig {
             udp_port_max: 0,
             nat_1to1_ips: Vec::new(),
             ice_connect_timeout_secs: 30,
+            ice_lost_timeout_secs: 15,
             keyframe_request_min_interval_ms: 1000,
             max_participants_per_conference: 100,
             max_conferences: 1000,
@@ -277,6 +281,16 @@ impl SfuConfig {
     /// The ICE connect deadline as a duration.
     pub fn ice_connect_timeout(&self) -> Duration {
         Duration::from_secs(self.ice_connect_timeout_secs)
+    }
+
+    /// The ICE agent's (disconnected, then failed) timeouts for `ice_lost_timeout_secs`.
+    pub fn ice_lost_timeouts(&self) -> (Duration, Duration) {
+        let total = self.ice_lost_timeout_secs.max(2);
+        let disconnected = (total / 2).clamp(1, 5);
+        (
+            Duration::from_secs(disconnected),
+            Duration::from_secs(total - disconnected),
+        )
     }
 
     /// The keyframe request throttle interval as a duration.
@@ -418,6 +432,13 @@ impl Config {
                 option: "sfu.ice_connect_timeout_secs",
                 expected: "seconds between 1 and 600",
                 got: s.ice_connect_timeout_secs.to_string(),
+            });
+        }
+        if !(2..=120).contains(&s.ice_lost_timeout_secs) {
+            return Err(ConfigError::Invalid {
+                option: "sfu.ice_lost_timeout_secs",
+                expected: "seconds between 2 and 120",
+                got: s.ice_lost_timeout_secs.to_string(),
             });
         }
         if s.keyframe_request_min_interval_ms > 60_000 {
@@ -729,6 +750,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sfu.ice_connect_timeout_secs"), "{e}");
+        let e = Config::from_toml_str("[sfu]\nice_lost_timeout_secs = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`sfu.ice_lost_timeout_secs`: expected seconds between 2"));
+        let (d, f) = SfuConfig::default().ice_lost_timeouts();
+        assert_eq!((d.as_secs(), f.as_secs()), (5, 10));
     }
 
     #[test]

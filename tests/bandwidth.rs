@@ -5,7 +5,9 @@
 //! find the limit, the allocator has to step the leg down to a layer that fits, try upward
 //! no more often than its hold allows, and return to the top layer once the limit lifts;
 //! below the lowest layer, drop the track and bring it back after the limit lifts, though
-//! with nothing sent no feedback can raise the estimate.
+//! with nothing sent no feedback can raise the estimate. And a participant whose link dies
+//! (nothing gets through either way, as when a browser crashes) is removed once
+//! `sfu.ice_lost_timeout_secs` passes.
 //!
 //! Needs root (CAP_NET_ADMIN) and iproute2 (`ip`, `tc`); scripts/test runs as root in CI.
 
@@ -36,6 +38,7 @@ fn run(cmd: &str, args: &[&str]) {
 struct Netns {
     name: String,
     host_if: String,
+    ns_if: String,
     host_ip: String,
     ns_ip: String,
 }
@@ -50,10 +53,11 @@ impl Netns {
         let n = Netns {
             name: format!("sluice-bw-{pid}-{k}"),
             host_if: format!("slbw{}{k}h", pid % 10_000),
+            ns_if: format!("slbw{}{k}n", pid % 10_000),
             host_ip: format!("10.231.{net}.1"),
             ns_ip: format!("10.231.{net}.2"),
         };
-        let ns_if = format!("slbw{}{k}n", pid % 10_000);
+        let ns_if = n.ns_if.clone();
         // Leftovers of a crashed earlier run with the same pid.
         let _ = Command::new("ip").args(["netns", "del", &n.name]).output();
         let _ = Command::new("ip")
@@ -120,6 +124,25 @@ impl Netns {
                 "60ms",
             ],
         );
+    }
+
+    /// Lets nothing through either way (a token bucket of 8 bit/s that holds no packet
+    /// above 64 bytes), without taking the link down: the peer goes silent, as a crashed
+    /// browser does.
+    fn black_hole(&self) {
+        let hole = [
+            "root", "tbf", "rate", "8bit", "burst", "64", "latency", "1ms",
+        ];
+        let host: Vec<&str> = ["qdisc", "replace", "dev", &self.host_if]
+            .into_iter()
+            .chain(hole)
+            .collect();
+        run("tc", &host);
+        let inside: Vec<&str> = ["-n", &self.name, "qdisc", "replace", "dev", &self.ns_if]
+            .into_iter()
+            .chain(hole)
+            .collect();
+        run("tc", &inside);
     }
 
     fn unlimit(&self) {
@@ -605,4 +628,77 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
     );
 
     call.end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_link_dies_is_removed_after_the_lost_timeout() {
+    let ns = Netns::create();
+    let mut cfg = test_config();
+    cfg.bind_address = ns.host_ip.parse().unwrap();
+    cfg.ice_lost_timeout_secs = 4;
+    let sfu = Sfu::new(cfg);
+    let router = Router::start(&sfu);
+    let watcher = TestPeer::new_at(&sfu, 0, false, false, &ns.host_ip).await;
+    router.add(&watcher);
+    watcher.join(&sfu).await.unwrap();
+    watcher.wait_for("connected", LONG, |s| s.connected).await;
+    let inside = NetnsRuntime::start(&ns.name);
+    let id = "@user1:test|DEV1".to_owned();
+    let sink = sfu_sink(&sfu, &id);
+    let (ns_ip, id2) = (ns.ns_ip.clone(), id.clone());
+    let gone = inside
+        .handle
+        .spawn(async move { TestPeer::build_at(id2, 1, true, false, sink, &ns_ip).await })
+        .await
+        .unwrap();
+    router.add(&gone);
+    gone.join(&sfu).await.unwrap();
+    gone.wait_for("connected", LONG, |s| s.connected).await;
+    gone.start_sending();
+    wait_published(&router, &gone, 2).await;
+    sfu.subscribe(CONF, &watcher.id, &gone.track_refs())
+        .await
+        .unwrap();
+    watcher
+        .wait_for("the peer's video", LONG, |st| {
+            st.remotes
+                .get("video-1")
+                .is_some_and(|r| r.packets.len() > 20)
+        })
+        .await;
+
+    let cut = Instant::now();
+    ns.black_hole();
+    // 4 s configured; webrtc-rs's own default would take 30 s.
+    router
+        .wait_for(
+            "the silent peer removed with ice_failed",
+            Duration::from_secs(20),
+            |log| {
+                log.iter().any(|e| {
+                    e.participant == id && e.kind == SfuEventKind::Left(HangupReason::IceFailed)
+                })
+            },
+        )
+        .await;
+    eprintln!(
+        "removed {:.1} s after its link died",
+        cut.elapsed().as_secs_f64()
+    );
+    watcher
+        .wait_for("its tracks ended at the watcher", LONG, |st| {
+            ["audio-1", "video-1"]
+                .iter()
+                .all(|t| st.remotes.get(*t).is_some_and(|r| r.ended))
+        })
+        .await;
+    assert_eq!(sfu.participants(CONF), vec![watcher.id.clone()]);
+    // The watcher, still connected, stays.
+    sfu.shutdown(HangupReason::UserHangup).await;
+    watcher.close().await;
+    inside
+        .handle
+        .spawn(async move { gone.close().await })
+        .await
+        .unwrap();
 }

@@ -171,8 +171,10 @@ pub(super) async fn build_pc(
             crate::sfu::rtcp::with_nack_budget(registry, inner.stats.clone(), estimates.clone());
         let registry =
             crate::sfu::probe::with_prober(registry, estimates.clone(), inner.stats.clone());
+        let (disconnected, failed) = cfg.ice_lost_timeouts();
         let mut settings = SettingEngineBuilder::new()
-            .with_include_loopback_candidate(cfg.bind_address.is_loopback());
+            .with_include_loopback_candidate(cfg.bind_address.is_loopback())
+            .with_ice_timeouts(Some(disconnected), Some(failed), None);
         if !cfg.nat_1to1_ips.is_empty() {
             settings = settings.with_nat_1to1_ips(
                 cfg.nat_1to1_ips.iter().map(|ip| ip.to_string()).collect(),
