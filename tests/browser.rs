@@ -673,3 +673,49 @@ async fn a_call_nobody_answers_ends_with_a_clear_message() {
     assert_eq!(status, json!("logged in"));
     wait_empty(&stack).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_a_room_whose_creator_is_still_setting_it_up_succeeds() {
+    use matrix_sdk::ruma::api::client::room::create_room::v3::{Request, RoomPreset};
+    use matrix_sdk::ruma::events::room::join_rules::{JoinRule, RoomJoinRulesEventContent};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let stack = stack().await;
+    let (user, password) = account("second").await;
+    let b = login(&stack, "second", &user, &password).await;
+    // Someone else pressed "Join call" on the new room a moment earlier: the room exists,
+    // but until their client has made it public (here: 2 s) a join is refused with 403.
+    let creator = register(
+        &support::matrix::homeserver(),
+        &unique("creator"),
+        "pw",
+        "C",
+    )
+    .await;
+    let localpart = unique("race");
+    let mut req = Request::new();
+    req.room_alias_name = Some(localpart.clone());
+    req.preset = Some(RoomPreset::PrivateChat);
+    let pl = json!({"events": {support::matrix::MEMBER_EVENT: 0}});
+    req.power_level_content_override = Some(
+        matrix_sdk::ruma::serde::Raw::new(&pl)
+            .unwrap()
+            .cast_unchecked(),
+    );
+    let room = creator.create_room(req).await.unwrap();
+    let opening = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        room.send_state_event(RoomJoinRulesEventContent::new(JoinRule::Public))
+            .await
+            .unwrap();
+    });
+    join_call(
+        &b,
+        &format!("#{localpart}:{}", stack.server_name),
+        JoinOptions::default(),
+    )
+    .await;
+    opening.await.unwrap();
+    assert_eq!(b.banner().await, "");
+    b.click("#leave").await;
+    wait_empty(&stack).await;
+}

@@ -80,7 +80,7 @@ export async function joinCallRoom(client, roomIdOrAlias, sfuUserId) {
   if (!target) throw new UserError("enter a room alias (#name:server) or room id (!id:server)");
   let roomId;
   try {
-    roomId = (await client.joinRoom(target)).roomId;
+    roomId = await joinRetrying(client, target);
   } catch (e) {
     if (!target.startsWith("#") || (e?.errcode !== "M_NOT_FOUND" && e?.httpStatus !== 404)) {
       throw new UserError(`cannot join ${target}: ${e?.errcode ?? ""} ${e?.message ?? e}`);
@@ -102,11 +102,28 @@ export async function joinCallRoom(client, roomIdOrAlias, sfuUserId) {
     } catch (e2) {
       if (e2?.errcode !== "M_ROOM_IN_USE") throw new UserError(`cannot create ${target}: ${e2?.message ?? e2}`);
       // Someone else created it a moment ago.
-      roomId = (await client.joinRoom(target)).roomId;
+      roomId = await joinRetrying(client, target);
     }
   }
   await waitForSluice(client, roomId, sfuUserId);
   return roomId;
+}
+
+/**
+ * Joins `target`, retrying a refusal (403) for 5 s: a room someone created a moment ago
+ * refuses joins until its creator's client has set its join rules (two people pressing
+ * "Join call" on a new room at once).
+ */
+async function joinRetrying(client, target) {
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    try {
+      return (await client.joinRoom(target)).roomId;
+    } catch (e) {
+      if (e?.errcode !== "M_FORBIDDEN" || Date.now() >= deadline) throw e;
+      await sleep(250);
+    }
+  }
 }
 
 async function waitForSluice(client, roomId, sfuUserId) {
