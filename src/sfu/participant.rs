@@ -91,6 +91,8 @@ pub(crate) struct Participant {
     offers: OfferMode,
     first_mid: Mutex<Option<String>>,
     connected: AtomicBool,
+    /// Woken once ICE connects: the connect deadline's task then ends.
+    connected_now: Arc<tokio::sync::Notify>,
     removed: AtomicBool,
     /// Since when the participant publishes and subscribes nothing (None: it does).
     idle_since: Mutex<Option<Instant>>,
@@ -134,6 +136,7 @@ impl Participant {
             offers,
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
+            connected_now: Arc::new(tokio::sync::Notify::new()),
             removed: AtomicBool::new(false),
             idle_since: Mutex::new(Some(Instant::now())),
             estimates,
@@ -170,8 +173,12 @@ impl Participant {
 
         let weak = Arc::downgrade(&p);
         let timeout = inner.config.ice_connect_timeout();
+        let connected = p.connected_now.clone();
         let timer = tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {}
+                _ = connected.notified() => return,
+            }
             if let Some(p) = weak.upgrade()
                 && !p.connected.load(Ordering::Acquire)
             {

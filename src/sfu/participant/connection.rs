@@ -44,6 +44,7 @@ impl PeerConnectionEventHandler for Handler {
         match state {
             RTCPeerConnectionState::Connected if !p.connected.swap(true, Ordering::AcqRel) => {
                 info!(conference = %p.conference_id, participant = %p.id, "connected");
+                p.connected_now.notify_one();
                 p.emit(SfuEventKind::Connected);
             }
             RTCPeerConnectionState::Failed => {
