@@ -187,7 +187,8 @@ pub fn fuzz(target: &Target, seeds: Vec<Vec<u8>>, opts: &Options) -> Report {
         }
         let base = &pool[rng.below(pool.len())];
         let other = &pool[rng.below(pool.len())];
-        let m = mutate(target.shape, base, other, &mut rng, &dict);
+        let mut m = mutate(target.shape, base, other, &mut rng, &dict);
+        m.truncate(target.max_len);
         mutants += 1;
         let (new, accepted) = record(&m, &mut report, &mut seen);
         // Blind (uninstrumented), some accepted mutants are kept anyway, so runs walk

@@ -20,6 +20,9 @@ pub struct Target {
     pub name: &'static str,
     /// What its input looks like (chooses the mutations).
     pub shape: Shape,
+    /// Longest input worth trying: a little above what the wire carries (a datagram, the
+    /// 64 KiB to-device and data-channel limits, LiveKit's SDP limit); mutants are cut to it.
+    pub max_len: usize,
     /// Runs one input; panics on a finding. True when the parser accepted the input.
     pub run: fn(&[u8]) -> bool,
 }
@@ -29,61 +32,73 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "to_device",
         shape: Shape::HeadJson,
+        max_len: 64 << 10,
         run: sluice::fuzz::to_device,
     },
     Target {
         name: "membership",
         shape: Shape::HeadJson,
+        max_len: 64 << 10,
         run: sluice::fuzz::membership,
     },
     Target {
         name: "stream_metadata",
         shape: Shape::Json,
+        max_len: 64 << 10,
         run: sluice::fuzz::stream_metadata,
     },
     Target {
         name: "sdp_offer",
         shape: Shape::Lines,
+        max_len: 256 << 10,
         run: sluice::fuzz::sdp_offer,
     },
     Target {
         name: "dc_message",
         shape: Shape::Json,
+        max_len: 64 << 10,
         run: sluice::fuzz::dc_message,
     },
     Target {
         name: "livekit_signal",
         shape: Shape::Bytes,
+        max_len: 256 << 10,
         run: sluice::fuzz::livekit_signal,
     },
     Target {
         name: "livekit_token",
         shape: Shape::Lines,
+        max_len: 16 << 10,
         run: sluice::fuzz::livekit_token,
     },
     Target {
         name: "livekit_auth",
         shape: Shape::HeadJson,
+        max_len: 16 << 10,
         run: sluice::fuzz::livekit_auth,
     },
     Target {
         name: "rtcp",
         shape: Shape::Bytes,
+        max_len: 1500,
         run: sluice::fuzz::rtcp,
     },
     Target {
         name: "rtp_payload",
         shape: Shape::Bytes,
+        max_len: 1500,
         run: media::rtp_payload,
     },
     Target {
         name: "av1_dependency_descriptor",
         shape: Shape::Bytes,
+        max_len: 4096,
         run: media::av1_dependency_descriptor,
     },
     Target {
         name: "rewrite",
         shape: Shape::Bytes,
+        max_len: 64 << 10,
         run: media::rewrite,
     },
 ];

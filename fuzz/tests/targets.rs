@@ -102,6 +102,7 @@ fn the_engine_finds_a_planted_bug() {
     let t = Target {
         name: "planted",
         shape: Shape::Json,
+        max_len: 1 << 10,
         run: planted,
     };
     let opts = Options {
