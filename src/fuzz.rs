@@ -106,13 +106,24 @@ pub fn dc_message(data: &[u8]) -> bool {
 }
 
 /// The `join_request` query parameter of LiveKit's `/rtc/v1` (Base64 of a possibly gzipped
-/// `WrappedJoinRequest`), on the first line; each later line a Base64 frame of the
-/// connection, a `SignalRequest`, taken apart as the connection does.
+/// `WrappedJoinRequest`) on the first line, then the connection's frames, each a
+/// `SignalRequest` in URL-safe Base64 on a line of its own, taken apart as the connection
+/// does; or the whole input as one raw frame.
 pub fn livekit_signal(data: &[u8]) -> bool {
+    use base64::Engine;
     let (param, frames) = head_body(data);
     let mut accepted = signal::decode_join(Some(&param.to_owned())).is_ok();
     accepted |= signal::decode_join(Some(&String::from_utf8_lossy(data).into_owned())).is_ok();
-    for frame in std::iter::once(data).chain(frames.split(|b| *b == b'\n')) {
+    let b64 = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let decoded: Vec<Vec<u8>> = frames
+        .split(|b| *b == b'\n')
+        .filter_map(|l| b64.decode(l.trim_ascii()).ok())
+        .collect();
+    for frame in std::iter::once(data).chain(decoded.iter().map(Vec::as_slice)) {
         let Ok(req) = proto::SignalRequest::decode(frame) else {
             continue;
         };
