@@ -391,14 +391,7 @@ mod tests {
         // 960 kbit/s: a quarter is 25 packets/s of 1200 bytes, 12.5 in a half-second burst.
         estimates.gcc.store(960_000, Ordering::Relaxed);
         let stats = std::sync::Arc::new(super::super::Stats::default());
-        let mut b = NackBudgetInterceptor {
-            estimates,
-            stats,
-            tokens: 0.0,
-            last: None,
-            read_queue: VecDeque::new(),
-            write_queue: VecDeque::new(),
-        };
+        let mut b = NackBudgetInterceptor::new(estimates, stats);
         let t0 = Instant::now();
         let mut nack = TransportLayerNack {
             sender_ssrc: 1,
