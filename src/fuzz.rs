@@ -4,7 +4,7 @@
 //! returns whether the parser accepted the input (the engine reports the share).
 //! docs/fuzzing.md says how they are run.
 
-use crate::livekit::{auth, session, signal};
+use crate::livekit::{auth, data, session, signal};
 use crate::matrix::{dc_message, membership, protocol, stream_metadata};
 use crate::sfu::rtcp::{KeyframeRequestInterceptor, NackBudgetInterceptor};
 use crate::sfu::{IceCandidate, Stats, sdp};
@@ -172,6 +172,37 @@ pub fn livekit_token(data: &[u8]) -> bool {
     }
     // Accepted as far as the signature: three dot-separated Base64 parts.
     token.split('.').count() == 3
+}
+
+/// A LiveKit data packet as a client sends it: the data channel's label on the first line,
+/// the `DataPacket` after it. What is relayed decodes, names Sluice's sender and no
+/// destinations; a refusal has its code.
+pub fn livekit_data(data: &[u8]) -> bool {
+    let (label, body) = head_body(data);
+    match data::relay(label, body, "@fuzz:example.org:DEVICE", "PA_fuzz") {
+        Ok(r) => {
+            let out = proto::DataPacket::decode(&r.bytes[..])
+                .unwrap_or_else(|e| panic!("a relayed packet does not decode: {e}"));
+            assert_eq!(
+                (
+                    out.participant_identity.as_str(),
+                    out.participant_sid.as_str()
+                ),
+                ("@fuzz:example.org:DEVICE", "PA_fuzz")
+            );
+            assert!(out.destination_identities.is_empty());
+            assert!(r.identities.len() + r.sids.len() <= data::MAX_DESTINATIONS);
+            assert_eq!(
+                r.reaches("someone-unnamed", "PA_unnamed"),
+                r.identities.is_empty() && r.sids.is_empty()
+            );
+            true
+        }
+        Err(e) => {
+            assert!(!e.code().is_empty() && !e.to_string().is_empty());
+            false
+        }
+    }
 }
 
 /// A request body of the authorization service (`/sfu/get` on the first line's choice:

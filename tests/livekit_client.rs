@@ -289,3 +289,158 @@ async fn livekit_e2ee_frames_pass_sluice_untouched() {
     .await;
     door.sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+/// What `b` received as data packets: (from, text, topic, kind) in arrival order.
+async fn data_of(b: &Browser) -> Vec<(String, String, String, u64)> {
+    let v = b.eval("return window.lk.data;", json!([])).await;
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+            (
+                s("from"),
+                s("text"),
+                s("topic"),
+                d["kind"].as_u64().unwrap_or(9),
+            )
+        })
+        .collect()
+}
+
+async fn publish(b: &Browser, text: &str, options: Value) {
+    b.eval(
+        "return window.room.localParticipant.publishData(new TextEncoder().encode(arguments[0]), arguments[1]).then(() => true);",
+        json!([text, options]),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_data_packets_streams_and_rpc_reach_the_room_from_their_sender() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    let pages = join(
+        &door,
+        &driver,
+        "room-data",
+        &[
+            ("alice", json!({})),
+            ("bob", json!({})),
+            ("carol", json!({})),
+        ],
+    )
+    .await;
+    let (alice, bob, carol) = (&pages[0], &pages[1], &pages[2]);
+    let has =
+        |text: &str| format!("window.lk.data.some(d => d.from === 'alice' && d.text === '{text}')");
+
+    // A reliable packet to the room reaches both others, from Alice, with its topic.
+    publish(
+        alice,
+        "hello all",
+        json!({"reliable": true, "topic": "chat"}),
+    )
+    .await;
+    for b in [bob, carol] {
+        wait(b, "alice's packet to the room", &has("hello all")).await;
+    }
+    let got = data_of(bob).await;
+    assert_eq!(
+        got[0],
+        ("alice".into(), "hello all".into(), "chat".into(), 0),
+        "{got:?}"
+    );
+
+    // A packet for Bob reaches only Bob: Carol gets the next one to the room, and the
+    // reliable channel is ordered, so she would have had it by then.
+    publish(
+        alice,
+        "for bob",
+        json!({"reliable": true, "destinationIdentities": ["bob"]}),
+    )
+    .await;
+    publish(alice, "after", json!({"reliable": true})).await;
+    wait(bob, "alice's packet for bob", &has("for bob")).await;
+    wait(carol, "alice's next packet", &has("after")).await;
+    let got = data_of(carol).await;
+    assert!(
+        !got.iter().any(|d| d.1 == "for bob"),
+        "carol got bob's packet: {got:?}"
+    );
+
+    // Lossy packets ride the lossy channel (sent until one arrives: it may drop).
+    let deadline = Instant::now() + LONG;
+    loop {
+        publish(alice, "lossy", json!({"reliable": false})).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Some(d) = data_of(bob).await.into_iter().find(|d| d.1 == "lossy") {
+            assert_eq!(d.3, 1, "the lossy packet arrived as kind {}", d.3);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no lossy packet reached bob");
+    }
+
+    // A text stream (header, chunks, trailer) and an RPC call with its response.
+    alice
+        .eval(
+            "return window.room.localParticipant.sendText('a streamed text', {topic: 'lk.test'}).then(() => true);",
+            json!([]),
+        )
+        .await;
+    wait(
+        bob,
+        "alice's text stream",
+        "window.lk.texts.some(t => t.from === 'alice' && t.text === 'a streamed text')",
+    )
+    .await;
+    let answer = alice
+        .eval(
+            "return window.room.localParticipant.performRpc({destinationIdentity: 'bob', method: 'greet', payload: 'there'});",
+            json!([]),
+        )
+        .await;
+    assert_eq!(answer, json!("hello there from alice"));
+
+    // A packet whose sender fields claim someone else arrives as Alice's; bytes that are
+    // no DataPacket are refused and counted, and nothing of them reaches anyone.
+    let refused = || door.signal.stats.data_packets[1].load(std::sync::atomic::Ordering::Relaxed);
+    let refused_before = refused();
+    alice
+        .eval(
+            "return window.lkRawData(window.lkForgedPacket('mallory', 'forged'));",
+            json!([]),
+        )
+        .await;
+    wait(bob, "the forged packet, as alice's", &has("forged")).await;
+    let before = data_of(bob).await.len();
+    alice
+        .eval("return window.lkRawData([255, 255, 255]);", json!([]))
+        .await;
+    publish(alice, "after garbage", json!({"reliable": true})).await;
+    wait(
+        bob,
+        "alice's packet after the garbage",
+        &has("after garbage"),
+    )
+    .await;
+    assert_eq!(
+        data_of(bob).await.len(),
+        before + 1,
+        "{:?}",
+        data_of(bob).await
+    );
+    assert_eq!(refused(), refused_before + 1);
+    let relayed = door.signal.stats.data_packets[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert!(relayed >= 6, "{relayed} packets relayed");
+
+    for b in &pages {
+        disconnect(b).await;
+    }
+    settle(&door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
+    door.sfu.shutdown(HangupReason::UserHangup).await;
+}

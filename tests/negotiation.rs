@@ -158,6 +158,7 @@ async fn in_client_offer_mode_legs_ride_the_receive_sections_the_client_adds() {
     router.add(&sub);
     let client = sluice::sfu::JoinOptions {
         offers: sluice::sfu::OfferMode::Client,
+        ..Default::default()
     };
     sub.join_with(&sfu, client).await.expect("join");
     sub.wait_for("connected", LONG, |s| s.connected).await;

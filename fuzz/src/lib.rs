@@ -66,6 +66,12 @@ pub const TARGETS: &[Target] = &[
         run: sluice::fuzz::livekit_signal,
     },
     Target {
+        name: "livekit_data",
+        shape: Shape::Bytes,
+        max_len: 64 << 10,
+        run: sluice::fuzz::livekit_data,
+    },
+    Target {
         name: "livekit_token",
         shape: Shape::Lines,
         max_len: 16 << 10,

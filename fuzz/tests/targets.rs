@@ -146,6 +146,10 @@ fn livekit_signal() {
     check("livekit_signal");
 }
 #[test]
+fn livekit_data() {
+    check("livekit_data");
+}
+#[test]
 fn livekit_token() {
     check("livekit_token");
 }

@@ -2,7 +2,7 @@
 //! ([`crate::metrics::Metrics::register`]).
 
 use super::auth::{AuthService, ENDPOINTS, RESULTS};
-use super::signal::{OUTCOMES, Signal};
+use super::signal::{DATA_RESULTS, OUTCOMES, Signal};
 use crate::metrics::{FamilySpec, counter, declared_family, descs, gauge};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -22,6 +22,13 @@ pub const FAMILIES: &[FamilySpec] = &[
         "LiveKit signaling connections: joined, or refused or ended by reason.",
         MetricType::COUNTER,
         &["outcome"],
+    ),
+    (
+        "sluice_livekit_data_packets_total",
+        "LiveKit data packets clients sent: relayed, refused, not permitted; and copies \
+         dropped for a recipient with 1 MiB waiting on its data channel.",
+        MetricType::COUNTER,
+        &["result"],
     ),
     (
         "sluice_livekit_participants",
@@ -92,6 +99,16 @@ impl Collector for LiveKitCollector {
                 )
             })
             .collect();
+        let data = DATA_RESULTS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                counter(
+                    &[("result", r)],
+                    self.signal.stats.data_packets[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
         let participants = vec![gauge(&[], self.signal.counts().1 as f64)];
         let (mut jobs, mut actions) = (Vec::new(), Vec::new());
         if let Some(d) = self.auth.delegation() {
@@ -109,6 +126,7 @@ impl Collector for LiveKitCollector {
         [
             ("sluice_livekit_token_requests_total", requests),
             ("sluice_livekit_connections_total", connections),
+            ("sluice_livekit_data_packets_total", data),
             ("sluice_livekit_participants", participants),
             ("sluice_livekit_delayed_leaves", jobs),
             ("sluice_livekit_delayed_leave_actions_total", actions),

@@ -7,9 +7,11 @@
 //! LiveKit's signaling (`/rtc/v1`, the single-peer-connection protocol: the endpoint in
 //! `ws`, token and join-request checks in [`signal`]) runs each connection as one task
 //! (`session`) over the SFU in client-offer mode, beside a LiveKit-protocol view of each
-//! room (`room`).
+//! room (`room`). Data packets on the client's `_reliable` and `_lossy` channels are
+//! relayed to the room as `data` decides.
 
 pub mod auth;
+pub(crate) mod data;
 pub mod delayed_leave;
 pub mod identity;
 pub mod metrics;

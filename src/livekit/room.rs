@@ -261,6 +261,25 @@ impl Rooms {
         out
     }
 
+    /// The SFU participants of `room` that `relay` reaches, its sender (`from`, a `PA_`
+    /// sid) aside.
+    pub(super) fn data_recipients(
+        &self,
+        room: &str,
+        from: &str,
+        relay: &super::data::Relay,
+    ) -> Vec<String> {
+        let rooms = self.rooms.lock().unwrap();
+        let Some(r) = rooms.get(room) else {
+            return Vec::new();
+        };
+        r.members
+            .iter()
+            .filter(|(sid, m)| *sid != from && relay.reaches(&m.info.identity, sid))
+            .map(|(_, m)| m.participant.clone())
+            .collect()
+    }
+
     /// Rooms and members, for tests and metrics.
     pub(super) fn counts(&self) -> (usize, usize) {
         let rooms = self.rooms.lock().unwrap();

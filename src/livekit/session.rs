@@ -2,11 +2,12 @@
 //! events and the room's notices out, in one task. The connection joins the SFU in
 //! client-offer mode (LiveKit's single peer connection: only the client offers).
 
+use super::data;
 use super::room::{Member, Notice, seen_as, sid};
 use super::signal::{Grant, Signal};
 use crate::sfu::{
-    HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode, SdpKind, SessionDescription,
-    SfuEvent, SfuEventKind, TrackRef,
+    DataChannelPacket, DataChannels, HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode,
+    SdpKind, SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackRef,
 };
 use axum::extract::ws::{CloseFrame, Message as Ws, WebSocket};
 use livekit_protocol as proto;
@@ -56,6 +57,11 @@ struct Conn {
     last_ping: Instant,
     speakers: Vec<String>,
 }
+
+/// The LiveKit server version Sluice answers as: clients turn features on by it
+/// (livekit-client: RPC from 1.8.0; rid-based simulcast of VP9 and AV1, which Sluice does
+/// not take, only above 1.13.6). Sluice's own version is in `ServerInfo.node_id`.
+pub(crate) const LIVEKIT_COMPAT_VERSION: &str = "1.9.0";
 
 /// The size a subscriber's `track_setting` asks for (LiveKit's adaptive stream): (0, 0)
 /// pauses; an element size as given; a quality as the size of the publisher's layer of that
@@ -126,6 +132,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
     let (sink, mut events) = mpsc::unbounded_channel::<SfuEvent>();
     let options = JoinOptions {
         offers: OfferMode::Client,
+        data: DataChannels::Packets,
     };
     let answer = match c
         .s
@@ -164,11 +171,11 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         room: Some(room),
         participant: Some(info),
         other_participants: others,
-        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server_version: LIVEKIT_COMPAT_VERSION.to_owned(),
         server_info: Some(proto::ServerInfo {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: LIVEKIT_COMPAT_VERSION.to_owned(),
             protocol: 16,
-            node_id: "sluice".to_owned(),
+            node_id: concat!("sluice-", env!("CARGO_PKG_VERSION")).to_owned(),
             ..Default::default()
         }),
         ping_interval: PING_INTERVAL,
@@ -553,6 +560,7 @@ impl Conn {
                     .await;
             }
             SfuEventKind::Left(reason) => return Some(End::SfuLeft(reason)),
+            SfuEventKind::DataPacket(p) => self.on_data(p).await,
             SfuEventKind::LocalCandidate(None)
             | SfuEventKind::Offer(_)
             | SfuEventKind::Connected
@@ -561,6 +569,47 @@ impl Conn {
             | SfuEventKind::DataChannelRefused { .. } => {}
         }
         None
+    }
+
+    /// Relays a data packet this client sent to the room members it names (all others
+    /// when it names none), on the channel it came on.
+    async fn on_data(&mut self, p: DataChannelPacket) {
+        let stats = &self.s.stats;
+        if !self.grant.can_publish_data {
+            stats.count_data(2);
+            debug!(participant = %self.participant, "LiveKit data packet without the grant to publish data dropped");
+            return;
+        }
+        let relay = match data::relay(p.label(), p.data(), &self.grant.identity, &self.sid) {
+            Ok(r) => r,
+            Err(e) => {
+                stats.count_data(1);
+                info!(room = %self.grant.room, participant = %self.participant, label = p.label(), reason = e.code(), error = %e, "LiveKit data packet refused");
+                return;
+            }
+        };
+        stats.count_data(0);
+        let to = self
+            .s
+            .rooms
+            .data_recipients(&self.grant.room, &self.sid, &relay);
+        for participant in to {
+            match self
+                .s
+                .sfu
+                .send_data_packet(&self.conference, &participant, p.label(), &relay.bytes)
+                .await
+            {
+                Ok(()) => {}
+                Err(SfuError::DataChannelBacklog(queued)) => {
+                    self.s.stats.count_data(3);
+                    debug!(room = %self.grant.room, %participant, queued, "LiveKit data packet dropped for a recipient that is not reading");
+                }
+                Err(e) => {
+                    debug!(room = %self.grant.room, %participant, error = %e, "LiveKit data packet not delivered")
+                }
+            }
+        }
     }
 
     /// The first media of one of this client's tracks arrived: pair it with its

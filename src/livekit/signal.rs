@@ -29,16 +29,28 @@ pub const OUTCOMES: [&str; 6] = [
     "protocol_error",
 ];
 
+/// What became of the data packets clients sent: relayed, refused (a channel without
+/// packets, undecodable, empty, server-only or too many destinations), not permitted (the
+/// token grants no data publishing); and copies dropped because a recipient's data
+/// channel had 1 MiB waiting.
+pub const DATA_RESULTS: [&str; 4] = ["relayed", "refused", "not_permitted", "recipient_backlog"];
+
 /// Counters of the signaling endpoint.
 #[derive(Default)]
 pub struct SignalStats {
     /// Connections by outcome ([`OUTCOMES`]).
     pub connections: [AtomicU64; OUTCOMES.len()],
+    /// Data packets by result ([`DATA_RESULTS`]).
+    pub data_packets: [AtomicU64; DATA_RESULTS.len()],
 }
 
 impl SignalStats {
     pub(super) fn count(&self, outcome: usize) {
         self.connections[outcome].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn count_data(&self, result: usize) {
+        self.data_packets[result].fetch_add(1, Ordering::Relaxed);
     }
 }
 

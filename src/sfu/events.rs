@@ -54,11 +54,31 @@ pub enum OfferMode {
     Client,
 }
 
+/// What a participant's data channels carry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DataChannels {
+    /// Sluice's own protocol (docs/protocol.md §4): the first channel the client opens, of
+    /// UTF-8 text messages ([`SfuEventKind::DataChannelMessage`]); binary ones are refused
+    /// and later channels ignored.
+    #[default]
+    Text,
+    /// Every channel the client opens, up to [`MAX_DATA_CHANNELS`], messages binary or
+    /// text, handed to the front end with the channel's label
+    /// ([`SfuEventKind::DataPacket`]): the LiveKit protocol's `_reliable` and `_lossy`.
+    Packets,
+}
+
+/// The most data channels a [`DataChannels::Packets`] participant may open; later ones
+/// are ignored.
+pub const MAX_DATA_CHANNELS: usize = 4;
+
 /// How a participant joins ([`super::Sfu::join_with`]).
 #[derive(Debug, Clone, Default)]
 pub struct JoinOptions {
     /// Who offers after the join.
     pub offers: OfferMode,
+    /// What its data channels carry.
+    pub data: DataChannels,
 }
 
 /// Where a participant's events go: the front end that joined it supplies one at
@@ -91,6 +111,8 @@ pub enum SfuEventKind {
     DataChannelOpen,
     /// A text message on the participant's data channel.
     DataChannelMessage(DataChannelText),
+    /// ([`DataChannels::Packets`]) A message on one of the participant's data channels.
+    DataPacket(DataChannelPacket),
     /// A data-channel message was refused: binary, not UTF-8 or above 64 KiB (code
     /// `message_refused`), or over the participant's rate or queue limit (`rate_limited`,
     /// once per run of refused messages). The reason is for the client (`sluice.error`).
@@ -144,6 +166,46 @@ impl DataChannelText {
     /// The message.
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+}
+
+/// A data-channel message of a [`DataChannels::Packets`] participant on its way to the
+/// front end, counted against the participant's backlog like [`DataChannelText`].
+#[derive(Debug, Clone)]
+pub struct DataChannelPacket {
+    label: std::sync::Arc<str>,
+    data: bytes::Bytes,
+    _waiting: std::sync::Arc<()>,
+}
+
+impl DataChannelPacket {
+    /// `data` from the channel `label`, counted in `waiting`.
+    pub(crate) fn new(
+        label: std::sync::Arc<str>,
+        data: bytes::Bytes,
+        waiting: &std::sync::Arc<()>,
+    ) -> Self {
+        Self {
+            label,
+            data,
+            _waiting: waiting.clone(),
+        }
+    }
+
+    /// The label of the channel it came on.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The message.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl PartialEq for DataChannelPacket {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && self.data == other.data
     }
 }
 

@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use events::{
-    DataChannelText, EventSink, IceCandidate, JoinOptions, OfferMode, SdpKind, SessionDescription,
-    SfuEvent, SfuEventKind,
+    DataChannelPacket, DataChannelText, DataChannels, EventSink, IceCandidate, JoinOptions,
+    MAX_DATA_CHANNELS, OfferMode, SdpKind, SessionDescription, SfuEvent, SfuEventKind,
 };
 pub use sluice_media::layers::{Layer, LayerState, choose_layer};
 pub use speakers::Speaker;
@@ -98,6 +98,9 @@ pub enum SfuError {
     /// A data-channel message over the size limit, or the channel is not open.
     #[error("data channel: {0}")]
     DataChannel(String),
+    /// The data channel's send buffer holds more than it may: the message is dropped.
+    #[error("the data channel's send buffer holds {0} bytes; message dropped")]
+    DataChannelBacklog(usize),
     /// webrtc reported an error.
     #[error("webrtc: {0}")]
     WebRtc(String),
@@ -122,6 +125,7 @@ impl SfuError {
             SfuError::InvalidState(_) => "invalid_state",
             SfuError::BadCandidate(_) => "bad_candidate",
             SfuError::DataChannel(_) => "data_channel",
+            SfuError::DataChannelBacklog(_) => "data_channel_backlog",
             SfuError::WebRtc(_) => "webrtc",
         }
     }
@@ -367,16 +371,7 @@ impl Sfu {
         sdp::check_offer(offer_sdp)?;
         self.start_housekeeping();
         let conf = Conference::reserve(&self.inner, conference, participant)?;
-        match Participant::create(
-            &self.inner,
-            &conf,
-            participant,
-            offer_sdp,
-            sink,
-            options.offers,
-        )
-        .await
-        {
+        match Participant::create(&self.inner, &conf, participant, offer_sdp, sink, options).await {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 conf.release_reservation(participant);
@@ -512,6 +507,21 @@ impl Sfu {
     ) -> Result<(), SfuError> {
         let p = self.inner.participant(conference, participant)?;
         p.send_data(text).await
+    }
+
+    /// ([`DataChannels::Packets`]) Sends a binary message on the participant's data
+    /// channel labelled `label`. Refused with [`SfuError::DataChannelBacklog`] when that
+    /// channel's send buffer already holds 1 MiB (a recipient that does not read misses
+    /// messages instead of growing Sluice's memory).
+    pub async fn send_data_packet(
+        &self,
+        conference: &str,
+        participant: &str,
+        label: &str,
+        data: &[u8],
+    ) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.send_data_packet(label, data).await
     }
 
     /// Removes a participant, releasing everything it held. [`SfuEventKind::Left`] follows.

@@ -9,8 +9,9 @@ use super::sdp;
 use super::stats::MediaKind;
 use super::track::{Leg, PublishedTrack};
 use super::{
-    EventSink, HangupReason, IceCandidate, Inner, OfferMode, ParticipantId, SdpKind,
-    SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackInfo, TrackRef,
+    DataChannels, EventSink, HangupReason, IceCandidate, Inner, JoinOptions, OfferMode,
+    ParticipantId, SdpKind, SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackInfo,
+    TrackRef,
 };
 use rtc::interceptor::{CongestionControlBuilder, SenderReportBuilder, Slot, TwccSenderBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
@@ -42,11 +43,14 @@ mod publish;
 mod subscribe;
 
 use connection::{Handler, build_pc, first_mid, same_track};
-use datachannel::data_channel_loop;
+use datachannel::{Allowance, data_channel_loop};
 use publish::{RED_PAYLOAD_TYPE, publish_loop};
 
 /// Largest data-channel message accepted or sent (docs/protocol.md §8).
 pub const MAX_DATA_CHANNEL_MESSAGE: usize = 64 * 1024;
+
+/// Most bytes a data channel's send buffer may hold before messages to it are dropped.
+pub const MAX_DATA_CHANNEL_BACKLOG: usize = 1024 * 1024;
 
 /// Header extensions Sluice negotiates besides the ones webrtc's defaults register
 /// (mid, rid, repaired-rid for video; transport-cc).
@@ -56,6 +60,9 @@ const VIDEO_EXTENSIONS: &[&str] = &[
     "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
     "https://aomediacodec.github.io/av1-rtp-spec/#dependency-descriptor-rtp-header-extension",
 ];
+
+/// A data channel and its label.
+type LabelledChannel = (Arc<str>, Arc<dyn DataChannel>);
 
 #[derive(Default)]
 struct Negotiation {
@@ -83,7 +90,13 @@ pub(crate) struct Participant {
     published: Mutex<Vec<Arc<PublishedTrack>>>,
     /// Stream ids the client declared as screenshares (applies to tracks published later).
     screenshare_streams: Mutex<HashSet<String>>,
-    dc: Mutex<Option<Arc<dyn DataChannel>>>,
+    /// Its data channels by label, in the order they opened (one in
+    /// [`DataChannels::Text`] mode).
+    dcs: Mutex<Vec<LabelledChannel>>,
+    /// What its data channels carry.
+    data: DataChannels,
+    /// Its data-channel messages' allowance, over all its channels.
+    allowance: Mutex<Allowance>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Where the participant's events go (its front end's).
     sink: EventSink,
@@ -111,7 +124,7 @@ impl Participant {
         id: &str,
         offer_sdp: &str,
         sink: EventSink,
-        offers: OfferMode,
+        options: JoinOptions,
     ) -> Result<String, SfuError> {
         let handler = Arc::new(Handler {
             me: OnceLock::new(),
@@ -130,10 +143,12 @@ impl Participant {
             legs: Mutex::new(HashMap::new()),
             published: Mutex::new(Vec::new()),
             screenshare_streams: Mutex::new(HashSet::new()),
-            dc: Mutex::new(None),
+            dcs: Mutex::new(Vec::new()),
+            data: options.data,
+            allowance: Mutex::new(Allowance::new(&inner.config)),
             tasks: Mutex::new(Vec::new()),
             sink,
-            offers,
+            offers: options.offers,
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
             connected_now: Arc::new(tokio::sync::Notify::new()),
@@ -272,8 +287,8 @@ impl Participant {
             neg.unsent.clear();
             neg.in_flight.clear();
         }
-        let dc = self.dc.lock().unwrap().take();
-        if let Some(dc) = dc {
+        let dcs = std::mem::take(&mut *self.dcs.lock().unwrap());
+        for (_, dc) in dcs {
             let _ = dc.close().await;
         }
         if let Err(e) = self.pc.close().await {

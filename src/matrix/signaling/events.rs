@@ -31,8 +31,9 @@ impl Signaling {
             SfuEventKind::ActiveSpeakers(list) => self.announce_speakers(&s, &list).await,
             SfuEventKind::Answer(sdp) => self.send_negotiate(&s, "answer", &sdp).await,
             SfuEventKind::Offer(sdp) => self.send_negotiate(&s, "offer", &sdp).await,
-            // Matrix sessions join with Sluice offering (OfferMode::Sluice).
-            SfuEventKind::NeedOffer { .. } => {}
+            // Matrix sessions join with Sluice offering (OfferMode::Sluice) and text data
+            // channels (DataChannels::Text).
+            SfuEventKind::NeedOffer { .. } | SfuEventKind::DataPacket(_) => {}
             SfuEventKind::LocalCandidate(c) => {
                 s.candidates.lock().unwrap().push(c);
                 if !s.flush_scheduled.swap(true, Ordering::AcqRel) {

@@ -60,15 +60,20 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_data_channel(&self, dc: Arc<dyn DataChannel>) {
         let Some(p) = self.participant() else { return };
+        let label: Arc<str> = dc.label().await.unwrap_or_default().into();
         {
-            let mut slot = p.dc.lock().unwrap();
-            if slot.is_some() {
-                debug!(participant = %p.id, "ignoring a second data channel");
+            let mut dcs = p.dcs.lock().unwrap();
+            let most = match p.data {
+                DataChannels::Text => 1,
+                DataChannels::Packets => crate::sfu::MAX_DATA_CHANNELS,
+            };
+            if dcs.len() >= most {
+                debug!(participant = %p.id, %label, "ignoring a data channel beyond the {most} it may open");
                 return;
             }
-            *slot = Some(dc.clone());
+            dcs.push((label.clone(), dc.clone()));
         }
-        let task = tokio::spawn(data_channel_loop(Arc::downgrade(&p), dc));
+        let task = tokio::spawn(data_channel_loop(Arc::downgrade(&p), dc, label));
         p.track_task(task);
     }
 
