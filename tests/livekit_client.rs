@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sluice::sfu::{HangupReason, SfuSnapshot};
 use std::time::{Duration, Instant};
 use support::browser::{Browser, ChromeDriver};
-use support::livekit::{FrontDoor, LONG, front_door, settle, token};
+use support::livekit::{FrontDoor, LONG, front_door, front_door_with, settle, token};
 
 /// One browser test at a time: each runs three Chromiums.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -435,6 +435,68 @@ async fn livekit_data_packets_streams_and_rpc_reach_the_room_from_their_sender()
     let relayed = door.signal.stats.data_packets[0].load(std::sync::atomic::Ordering::Relaxed);
     assert!(relayed >= 6, "{relayed} packets relayed");
 
+    for b in &pages {
+        disconnect(b).await;
+    }
+    settle(&door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
+    door.sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn livekit_connection_quality_is_excellent_on_a_clean_path_and_lost_when_cut() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A cut connection stays a participant for a minute (not the default 15 s), so the
+    // test sees it reported lost before Sluice removes it.
+    let door = front_door_with(sluice::config::SfuConfig {
+        ice_lost_timeout_secs: 60,
+        ..support::test_config()
+    })
+    .await;
+    let driver = ChromeDriver::start().await;
+    let names = ["alice", "bob", "carol"];
+    let pages = join(
+        &door,
+        &driver,
+        "room-quality",
+        &[
+            ("alice", json!({})),
+            ("bob", json!({})),
+            ("carol", json!({})),
+        ],
+    )
+    .await;
+    // On loopback every page sees every participant, itself included, excellent.
+    for b in &pages {
+        for who in names {
+            wait(
+                b,
+                &format!("{who}'s connection excellent"),
+                &format!("window.lkQuality()['{who}'] === 'excellent'"),
+            )
+            .await;
+        }
+    }
+    // Alice's peer connection goes (her signaling stays): once its ICE consent lapses,
+    // the others see her connection lost.
+    pages[0]
+        .eval(
+            "window.room.engine.pcManager.publisher.pc.close(); return true;",
+            json!([]),
+        )
+        .await;
+    for b in &pages[1..] {
+        wait(
+            b,
+            "alice's connection lost",
+            "window.lkQuality()['alice'] === 'lost'",
+        )
+        .await;
+    }
+    let seen = pages[1].eval("return window.lkQuality();", json!([])).await;
+    assert_eq!(seen["carol"], json!("excellent"), "{seen:#}");
     for b in &pages {
         disconnect(b).await;
     }

@@ -12,13 +12,14 @@
 //! - [`alloc`]: the allocator's per-leg step decisions; [`rewrite`]: per-leg header
 //!   rewriting; [`codec`]: payload formats, one file each; [`speakers`]: active speaker
 //!   ranking; [`keyframe`]: the keyframe request throttle; [`estimates`]: a connection's bandwidth
-//!   estimates; [`stats`]: the counters.
+//!   estimates; [`quality`]: a connection's quality score and class; [`stats`]: the counters.
 
 pub mod alloc;
 pub mod codec;
 pub mod estimates;
 pub mod keyframe;
 pub mod layers;
+pub mod quality;
 pub mod rewrite;
 pub mod select;
 pub mod source;

@@ -8,7 +8,8 @@
 //! `ws`, token and join-request checks in [`signal`]) runs each connection as one task
 //! (`session`) over the SFU in client-offer mode, beside a LiveKit-protocol view of each
 //! room (`room`). Data packets on the client's `_reliable` and `_lossy` channels are
-//! relayed to the room as `data` decides.
+//! relayed to the room as `data` decides; `quality` sends each client the room's
+//! connection qualities.
 
 pub mod auth;
 pub(crate) mod data;
@@ -16,6 +17,7 @@ pub mod delayed_leave;
 pub mod identity;
 pub mod metrics;
 pub mod openid;
+mod quality;
 mod room;
 pub(crate) mod session;
 pub mod signal;

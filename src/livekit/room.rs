@@ -44,6 +44,8 @@ pub(super) struct Member {
     pub notices: mpsc::UnboundedSender<Notice>,
     /// Its published tracks that carry media: `TR_` sid → the SFU's track.
     pub media: HashMap<String, TrackRef>,
+    /// Its connection quality, as its connection task last measured it.
+    pub quality: Option<proto::ConnectionQualityInfo>,
 }
 
 /// One room.
@@ -278,6 +280,29 @@ impl Rooms {
             .filter(|(sid, m)| *sid != from && relay.reaches(&m.info.identity, sid))
             .map(|(_, m)| m.participant.clone())
             .collect()
+    }
+
+    /// Keeps member `sid`'s connection quality and returns every measured member's.
+    pub(super) fn qualities(
+        &self,
+        room: &str,
+        sid: &str,
+        own: Option<proto::ConnectionQualityInfo>,
+    ) -> Vec<proto::ConnectionQualityInfo> {
+        let mut rooms = self.rooms.lock().unwrap();
+        let Some(r) = rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        if let Some(m) = r.members.get_mut(sid) {
+            m.quality = own;
+        }
+        let mut all: Vec<proto::ConnectionQualityInfo> = r
+            .members
+            .values()
+            .filter_map(|m| m.quality.clone())
+            .collect();
+        all.sort_by(|a, b| a.participant_sid.cmp(&b.participant_sid));
+        all
     }
 
     /// Rooms and members, for tests and metrics.

@@ -2,9 +2,9 @@
 //! events and the room's notices out, in one task. The connection joins the SFU in
 //! client-offer mode (LiveKit's single peer connection: only the client offers).
 
-use super::data;
 use super::room::{Member, Notice, seen_as, sid};
 use super::signal::{Grant, Signal};
+use super::{data, quality};
 use crate::sfu::{
     DataChannelPacket, DataChannels, HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode,
     SdpKind, SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackRef,
@@ -160,6 +160,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         participant: c.participant.clone(),
         notices: notices_tx,
         media: HashMap::new(),
+        quality: None,
     };
     let (room, others, replaced) = c.s.rooms.join(&c.grant.room, member);
     if let Some(old) = replaced {
@@ -196,6 +197,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         c.subscribe(tracks).await;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(PING_INTERVAL as u64));
+    let mut quality_tick = tokio::time::interval(quality::INTERVAL);
     let end = loop {
         tokio::select! {
             frame = c.ws.recv() => match frame {
@@ -226,12 +228,34 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
                     break End::PingTimeout;
                 }
             }
+            _ = quality_tick.tick() => c.send_qualities().await,
         }
     };
     c.finish(end).await;
 }
 
 impl Conn {
+    /// Measures this connection's quality, keeps it in the room, and sends the client the
+    /// room's qualities (each interval, so a client that missed one converges).
+    async fn send_qualities(&mut self) {
+        let own = match self
+            .s
+            .sfu
+            .connection_quality(&self.conference, &self.participant)
+            .await
+        {
+            Ok(q) => q.map(|q| quality::info(&self.sid, &q)),
+            Err(_) => None,
+        };
+        let updates = self.s.rooms.qualities(&self.grant.room, &self.sid, own);
+        if !updates.is_empty() {
+            self.send(Resp::ConnectionQuality(proto::ConnectionQualityUpdate {
+                updates,
+            }))
+            .await;
+        }
+    }
+
     fn info(&self) -> proto::ParticipantInfo {
         let now = now_ms();
         proto::ParticipantInfo {

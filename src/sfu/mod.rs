@@ -41,7 +41,9 @@ pub use events::{
     DataChannelPacket, DataChannelText, DataChannels, EventSink, IceCandidate, JoinOptions,
     MAX_DATA_CHANNELS, OfferMode, SdpKind, SessionDescription, SfuEvent, SfuEventKind,
 };
+pub use participant::ConnectionQuality;
 pub use sluice_media::layers::{Layer, LayerState, choose_layer};
+pub use sluice_media::quality::{LinkSample, Quality};
 pub use speakers::Speaker;
 pub use stats::{DropReason, MediaKind, Stats};
 
@@ -507,6 +509,18 @@ impl Sfu {
     ) -> Result<(), SfuError> {
         let p = self.inner.participant(conference, participant)?;
         p.send_data(text).await
+    }
+
+    /// A participant's connection quality since the last call for it: the worse way's loss
+    /// over the interval, its round trip and jitter, scored and classed (lost while its
+    /// connection is interrupted). None before it first connected.
+    pub async fn connection_quality(
+        &self,
+        conference: &str,
+        participant: &str,
+    ) -> Result<Option<ConnectionQuality>, SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        Ok(p.connection_quality().await)
     }
 
     /// ([`DataChannels::Packets`]) Sends a binary message on the participant's data

@@ -40,11 +40,13 @@ mod connection;
 mod datachannel;
 mod negotiation;
 mod publish;
+mod quality;
 mod subscribe;
 
 use connection::{Handler, build_pc, first_mid, same_track};
 use datachannel::{Allowance, data_channel_loop};
 use publish::{RED_PAYLOAD_TYPE, publish_loop};
+pub use quality::ConnectionQuality;
 
 /// Largest data-channel message accepted or sent (docs/protocol.md §8).
 pub const MAX_DATA_CHANNEL_MESSAGE: usize = 64 * 1024;
@@ -104,6 +106,10 @@ pub(crate) struct Participant {
     offers: OfferMode,
     first_mid: Mutex<Option<String>>,
     connected: AtomicBool,
+    /// Its connection is interrupted (ICE disconnected) after having connected.
+    interrupted: AtomicBool,
+    /// What its connection had received of it when its quality was last asked.
+    received: Mutex<quality::Received>,
     /// Woken once ICE connects: the connect deadline's task then ends.
     connected_now: Arc<tokio::sync::Notify>,
     removed: AtomicBool,
@@ -151,6 +157,8 @@ impl Participant {
             offers: options.offers,
             first_mid: Mutex::new(None),
             connected: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
+            received: Mutex::new(quality::Received::default()),
             connected_now: Arc::new(tokio::sync::Notify::new()),
             removed: AtomicBool::new(false),
             idle_since: Mutex::new(Some(Instant::now())),

@@ -46,6 +46,11 @@ pub struct FrontDoor {
 
 /// Starts a front door on a loopback port, serving tests/livekit-web beside it.
 pub async fn front_door() -> FrontDoor {
+    front_door_with(test_config()).await
+}
+
+/// [`front_door`] over an SFU with `sfu_config`.
+pub async fn front_door_with(sfu_config: sluice::config::SfuConfig) -> FrontDoor {
     super::log_if_asked();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -57,7 +62,7 @@ pub async fn front_door() -> FrontDoor {
         ..LiveKitConfig::default()
     };
     cfg.validate().unwrap();
-    let sfu = Sfu::new(test_config());
+    let sfu = Sfu::new(sfu_config);
     let signal = sluice::livekit::Signal::new(sfu.clone(), &cfg, &cfg.api_secret);
     let app = signal
         .routes()

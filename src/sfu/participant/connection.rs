@@ -42,10 +42,16 @@ impl PeerConnectionEventHandler for Handler {
         let Some(p) = self.participant() else { return };
         debug!(conference = %p.conference_id, participant = %p.id, %state, "connection state");
         match state {
-            RTCPeerConnectionState::Connected if !p.connected.swap(true, Ordering::AcqRel) => {
-                info!(conference = %p.conference_id, participant = %p.id, "connected");
-                p.connected_now.notify_one();
-                p.emit(SfuEventKind::Connected);
+            RTCPeerConnectionState::Connected => {
+                p.interrupted.store(false, Ordering::Release);
+                if !p.connected.swap(true, Ordering::AcqRel) {
+                    info!(conference = %p.conference_id, participant = %p.id, "connected");
+                    p.connected_now.notify_one();
+                    p.emit(SfuEventKind::Connected);
+                }
+            }
+            RTCPeerConnectionState::Disconnected => {
+                p.interrupted.store(true, Ordering::Release);
             }
             RTCPeerConnectionState::Failed => {
                 if let Some(inner) = p.inner.upgrade() {
