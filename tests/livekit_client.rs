@@ -3,8 +3,9 @@
 //! Sluice's LiveKit front door: each page connects with a LiveKit token, publishes its fake
 //! camera (two simulcast layers) and microphone, and must decode the others' video, read
 //! from the receivers' own `getStats()`: at the layer its tiles ask for (adaptive stream),
-//! and through livekit's end-to-end encryption. Nothing here is written for Sluice but the
-//! page that calls the library.
+//! and through livekit's end-to-end encryption; their data packets, text streams and RPC
+//! calls; the connection quality Sluice reports; and a session resumed after its signaling
+//! socket dropped. Nothing here is written for Sluice but the page that calls the library.
 //!
 //! Needs Debian's chromium + chromium-driver and `npm ci` in tests/livekit-web (scripts/test
 //! does both). On failure each page's state is printed.
@@ -500,6 +501,61 @@ async fn livekit_connection_quality_is_excellent_on_a_clean_path_and_lost_when_c
     for b in &pages {
         disconnect(b).await;
     }
+    settle(&door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
+    door.sfu.shutdown(HangupReason::UserHangup).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_signaling_socket_resumes_the_session() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    let pages = join(
+        &door,
+        &driver,
+        "room-resume",
+        &[("alice", json!({})), ("bob", json!({}))],
+    )
+    .await;
+    decodes(&pages[0], "bob").await;
+    decodes(&pages[1], "alice").await;
+    let resumed = || {
+        let i = sluice::livekit::signal::OUTCOMES
+            .iter()
+            .position(|o| *o == "resumed")
+            .unwrap();
+        door.signal.stats.connections[i].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // livekit-client's own test hook drops Alice's signaling socket; she reconnects with
+    // her session id and Sluice hands the new socket to her session: she stays in the
+    // room with her media, and Bob never sees her leave.
+    pages[0]
+        .eval(
+            "window.lk.resumes = []; window.room.on('reconnected', () => lk.resumes.push('reconnected')); return window.room.simulateScenario('signal-reconnect').then(() => true);",
+            json!([]),
+        )
+        .await;
+    wait(
+        &pages[0],
+        "alice's session resumed",
+        "window.lk.resumes.includes('reconnected')",
+    )
+    .await;
+    assert_eq!(resumed(), 1);
+    decodes(&pages[1], "alice").await;
+    decodes(&pages[0], "bob").await;
+    let events = pages[1].eval("return window.lk.events;", json!([])).await;
+    assert!(
+        !events.as_array().unwrap().iter().any(|e| e == "left alice"),
+        "bob saw alice leave: {events}"
+    );
+    assert_eq!(door.signal.counts(), (1, 2));
+    assert_eq!(door.sfu.snapshot().participants, 2);
+    // Browsers that close take everything their sessions held with them.
+    drop(pages);
     settle(&door, |snap, rooms| {
         snap == SfuSnapshot::default() && rooms == (0, 0)
     })

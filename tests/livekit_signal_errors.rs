@@ -3,7 +3,8 @@
 //! reason, is counted, and leaves nothing behind: tokens missing, malformed, signed with
 //! another secret or granting no room join (HTTP 401 on `/rtc/v1` and `/rtc/v1/validate`),
 //! an unreadable join request (400), and on an open WebSocket a garbage frame or a text
-//! frame instead of the first offer (closed with the reason, counted as protocol errors).
+//! frame instead of the first offer (closed with the reason, counted as protocol errors), and
+//! a resume of a session Sluice does not have (a leave asking for a full reconnect).
 
 mod support;
 
@@ -128,6 +129,52 @@ async fn garbage_frames_before_the_offer_close_the_socket_with_the_reason() {
     }
     assert_eq!(outcome(&door, "protocol_error"), 2);
     assert_eq!(outcome(&door, "joined"), 0);
+    assert_eq!(door.sfu.snapshot(), SfuSnapshot::default());
+    assert_eq!(door.signal.counts(), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_of_an_unknown_session_is_told_to_join_again() {
+    use base64::Engine;
+    use livekit_protocol as proto;
+    use prost::Message as _;
+    let door = front_door().await;
+    let join = proto::JoinRequest {
+        reconnect: true,
+        participant_sid: "PA_nobody".into(),
+        ..Default::default()
+    };
+    let wrapped = proto::WrappedJoinRequest {
+        join_request: join.encode_to_vec(),
+        ..Default::default()
+    };
+    let param = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped.encode_to_vec());
+    let url = format!(
+        "{}/rtc/v1?access_token={}&join_request={param}",
+        door.url,
+        token("bob", "room-r")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let first = match tokio::time::timeout(support::livekit::LONG, ws.next()).await {
+        Ok(Some(Ok(Message::Binary(b)))) => proto::SignalResponse::decode(b.as_ref()).unwrap(),
+        other => panic!("expected a leave, got {other:?}"),
+    };
+    let Some(proto::signal_response::Message::Leave(leave)) = first.message else {
+        panic!("expected a leave, got {first:?}");
+    };
+    assert_eq!(
+        leave.action,
+        proto::leave_request::Action::Reconnect as i32,
+        "{leave:?}"
+    );
+    match tokio::time::timeout(support::livekit::LONG, ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(c))))) => {
+            assert!(c.reason.contains("join again"), "{:?}", c.reason)
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    assert_eq!(outcome(&door, "resume_refused"), 1);
+    assert_eq!(outcome(&door, "resumed"), 0);
     assert_eq!(door.sfu.snapshot(), SfuSnapshot::default());
     assert_eq!(door.signal.counts(), (0, 0));
 }

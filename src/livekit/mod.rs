@@ -14,6 +14,7 @@
 pub mod auth;
 pub(crate) mod data;
 pub mod delayed_leave;
+mod grant;
 pub mod identity;
 pub mod metrics;
 pub mod openid;

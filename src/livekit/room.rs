@@ -17,6 +17,27 @@ pub(super) enum Notice {
     Subscribe(Vec<(TrackRef, TrackRef, String)>),
     /// Leave: another connection took this identity.
     Replaced,
+    /// Go on on this new socket: the client resumed the session.
+    Resume(Box<Resumption>),
+}
+
+/// A new socket for a live session, handed to its task.
+pub(super) struct Resumption {
+    /// The new socket.
+    pub ws: axum::extract::ws::WebSocket,
+    /// What its token grants.
+    pub grant: super::grant::Grant,
+    /// The offer it resumed with (its ICE restart), if the join request carried one.
+    pub offer: Option<proto::SessionDescription>,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption")
+            .field("identity", &self.grant.identity)
+            .field("offer", &self.offer.is_some())
+            .finish()
+    }
 }
 
 /// One published track, for operators and tests.
@@ -303,6 +324,30 @@ impl Rooms {
             .collect();
         all.sort_by(|a, b| a.participant_sid.cmp(&b.participant_sid));
         all
+    }
+
+    /// The notice channel of member `sid` of `room`, when it has `identity`.
+    pub(super) fn notices_of(
+        &self,
+        room: &str,
+        sid: &str,
+        identity: &str,
+    ) -> Option<mpsc::UnboundedSender<Notice>> {
+        let rooms = self.rooms.lock().unwrap();
+        let m = rooms.get(room)?.members.get(sid)?;
+        (m.info.identity == identity).then(|| m.notices.clone())
+    }
+
+    /// Every member of `room` but `except` (a `PA_` sid).
+    pub(super) fn infos(&self, room: &str, except: &str) -> Vec<proto::ParticipantInfo> {
+        let rooms = self.rooms.lock().unwrap();
+        rooms.get(room).map_or_else(Vec::new, |r| {
+            r.members
+                .iter()
+                .filter(|(sid, _)| *sid != except)
+                .map(|(_, m)| m.info.clone())
+                .collect()
+        })
     }
 
     /// Rooms and members, for tests and metrics.

@@ -2,9 +2,11 @@
 //! events and the room's notices out, in one task. The connection joins the SFU in
 //! client-offer mode (LiveKit's single peer connection: only the client offers).
 
-use super::room::{Member, Notice, seen_as, sid};
+use super::room::{Member, Notice, Resumption, seen_as, sid};
 use super::signal::{Grant, Signal};
 use super::{data, quality};
+
+mod resume;
 use crate::sfu::{
     DataChannelPacket, DataChannels, HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode,
     SdpKind, SessionDescription, SfuError, SfuEvent, SfuEventKind, TrackRef,
@@ -63,6 +65,16 @@ struct Conn {
 /// not take, only above 1.13.6). Sluice's own version is in `ServerInfo.node_id`.
 pub(crate) const LIVEKIT_COMPAT_VERSION: &str = "1.9.0";
 
+/// What Sluice tells a client about itself.
+fn server_info() -> proto::ServerInfo {
+    proto::ServerInfo {
+        version: LIVEKIT_COMPAT_VERSION.to_owned(),
+        protocol: 16,
+        node_id: concat!("sluice-", env!("CARGO_PKG_VERSION")).to_owned(),
+        ..Default::default()
+    }
+}
+
 /// The size a subscriber's `track_setting` asks for (LiveKit's adaptive stream): (0, 0)
 /// pauses; an element size as given; a quality as the size of the publisher's layer of that
 /// quality (from its `add_track` layers), else of LiveKit's usual 1/4, 1/2, 1 ladder.
@@ -101,6 +113,9 @@ fn now_ms() -> i64 {
 
 /// Runs one connection to its end and releases everything it held.
 pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto::JoinRequest) {
+    if join.reconnect {
+        return resume::hand_over(s, ws, grant, join).await;
+    }
     let n = s.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut c = Conn {
         conference: format!("lk|{}", grant.room),
@@ -173,12 +188,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         participant: Some(info),
         other_participants: others,
         server_version: LIVEKIT_COMPAT_VERSION.to_owned(),
-        server_info: Some(proto::ServerInfo {
-            version: LIVEKIT_COMPAT_VERSION.to_owned(),
-            protocol: 16,
-            node_id: concat!("sluice-", env!("CARGO_PKG_VERSION")).to_owned(),
-            ..Default::default()
-        }),
+        server_info: Some(server_info()),
         ping_interval: PING_INTERVAL,
         ping_timeout: PING_TIMEOUT,
         ..Default::default()
@@ -198,18 +208,26 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
     }
     let mut tick = tokio::time::interval(Duration::from_secs(PING_INTERVAL as u64));
     let mut quality_tick = tokio::time::interval(quality::INTERVAL);
+    // Since when the socket is gone (without a leave): the session waits for a resume.
+    let mut away: Option<tokio::time::Instant> = None;
     let end = loop {
         tokio::select! {
-            frame = c.ws.recv() => match frame {
+            frame = c.ws.recv(), if away.is_none() => match frame {
                 Some(Ok(Ws::Binary(b))) => {
                     if let Some(end) = c.on_request(&b).await {
                         break end;
                     }
                 }
                 Some(Ok(Ws::Text(_))) => break End::Protocol("text frames are not supported: send protobuf"),
-                Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => break End::ClientGone,
+                Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => {
+                    info!(room = %c.grant.room, identity = %c.grant.identity, participant = %c.participant, "LiveKit signaling connection lost; waiting for the client to resume");
+                    away = Some(tokio::time::Instant::now() + resume::WINDOW);
+                }
                 Some(Ok(_)) => {}
             },
+            _ = tokio::time::sleep_until(away.unwrap_or_else(tokio::time::Instant::now)), if away.is_some() => {
+                break End::ClientGone;
+            }
             ev = events.recv() => match ev {
                 Some(ev) => {
                     if let Some(end) = c.on_event(ev).await {
@@ -221,10 +239,16 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
             n = notices.recv() => match n {
                 Some(Notice::Signal(m)) => c.send(*m).await,
                 Some(Notice::Subscribe(t)) => c.subscribe(t).await,
+                Some(Notice::Resume(r)) => {
+                    away = None;
+                    if let Some(end) = c.resume(*r).await {
+                        break end;
+                    }
+                }
                 Some(Notice::Replaced) | None => break End::Replaced,
             },
             _ = tick.tick() => {
-                if c.last_ping.elapsed() > Duration::from_secs(PING_TIMEOUT as u64) {
+                if away.is_none() && c.last_ping.elapsed() > Duration::from_secs(PING_TIMEOUT as u64) {
                     break End::PingTimeout;
                 }
             }
@@ -333,24 +357,33 @@ impl Conn {
         .await;
     }
 
+    /// The client's (re)negotiation offer; Sluice's answer follows as an SFU event.
+    async fn on_offer(&mut self, o: proto::SessionDescription) -> Option<End> {
+        debug!(participant = %self.participant, id = o.id, "LiveKit offer");
+        self.offer_id = o.id;
+        let desc = SessionDescription {
+            kind: SdpKind::Offer,
+            sdp: o.sdp,
+        };
+        if let Err(e) = self
+            .s
+            .sfu
+            .remote_description(&self.conference, &self.participant, desc)
+            .await
+        {
+            warn!(participant = %self.participant, error = %e, "LiveKit offer refused");
+            return Some(End::Protocol("the offer was refused"));
+        }
+        None
+    }
+
     async fn on_request(&mut self, bytes: &[u8]) -> Option<End> {
         let Ok(req) = proto::SignalRequest::decode(bytes) else {
             return Some(End::Protocol("a frame is not a SignalRequest"));
         };
         let (conf, pid) = (self.conference.clone(), self.participant.clone());
         match req.message? {
-            Req::Offer(o) => {
-                debug!(participant = %pid, id = o.id, "LiveKit offer");
-                self.offer_id = o.id;
-                let desc = SessionDescription {
-                    kind: SdpKind::Offer,
-                    sdp: o.sdp,
-                };
-                if let Err(e) = self.s.sfu.remote_description(&conf, &pid, desc).await {
-                    warn!(participant = %pid, error = %e, "LiveKit offer refused");
-                    return Some(End::Protocol("the offer was refused"));
-                }
-            }
+            Req::Offer(o) => return self.on_offer(o).await,
             Req::Trickle(t) => match serde_json::from_str::<IceCandidate>(&t.candidate_init) {
                 Ok(cand) => {
                     if let Err(e) = self.s.sfu.add_remote_candidate(&conf, &pid, cand).await {

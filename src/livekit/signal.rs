@@ -19,14 +19,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Largest `join_request` accepted, encoded, and after decompression.
 const MAX_JOIN_REQUEST: usize = 128 * 1024;
 
-/// Why connections were refused or ended, as metric labels.
-pub const OUTCOMES: [&str; 6] = [
+/// Why connections were refused or ended, as metric labels (and resumes: a socket handed
+/// to its live session, or refused with a request to join afresh).
+pub const OUTCOMES: [&str; 8] = [
     "joined",
     "unauthorized",
     "bad_request",
     "refused",
     "replaced",
     "protocol_error",
+    "resumed",
+    "resume_refused",
 ];
 
 /// What became of the data packets clients sent: relayed, refused (a channel without
@@ -54,16 +57,7 @@ impl SignalStats {
     }
 }
 
-/// What a valid token grants.
-#[derive(Debug, Clone)]
-pub(super) struct Grant {
-    pub identity: String,
-    pub name: String,
-    pub room: String,
-    pub can_publish: bool,
-    pub can_subscribe: bool,
-    pub can_publish_data: bool,
-}
+pub(super) use super::grant::Grant;
 
 /// The signaling endpoint's state: the SFU, the token check, the rooms.
 pub struct Signal {
