@@ -220,6 +220,11 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
                 }
                 Some(Ok(Ws::Text(_))) => break End::Protocol("text frames are not supported: send protobuf"),
                 Some(Ok(Ws::Close(_))) | Some(Err(_)) | None => {
+                    // A client resumes only a session whose media connected; one dropped
+                    // before that (Element Call trying one token, then another) is gone.
+                    if !c.s.sfu.has_connected(&c.conference, &c.participant) {
+                        break End::ClientGone;
+                    }
                     info!(room = %c.grant.room, identity = %c.grant.identity, participant = %c.participant, "LiveKit signaling connection lost; waiting for the client to resume");
                     away = Some(tokio::time::Instant::now() + resume::WINDOW);
                 }

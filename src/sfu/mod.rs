@@ -511,6 +511,13 @@ impl Sfu {
         p.send_data(text).await
     }
 
+    /// Whether a participant's connection has connected (ICE and DTLS) at least once.
+    pub fn has_connected(&self, conference: &str, participant: &str) -> bool {
+        self.inner
+            .participant(conference, participant)
+            .is_ok_and(|p| p.is_connected())
+    }
+
     /// A participant's connection quality since the last call for it: the worse way's loss
     /// over the interval, its round trip and jitter, scored and classed (lost while its
     /// connection is interrupted). None before it first connected.

@@ -1,7 +1,8 @@
 //! Resuming a LiveKit session on a new WebSocket. livekit-client, when its signaling
 //! socket drops while its peer connection may live on, reconnects with `reconnect=1` and
 //! its `PA_` sid and expects a `ReconnectResponse`, then restarts ICE with a new offer. The
-//! session's task outlives its socket by [`WINDOW`] for that; a resuming socket of the same
+//! session's task outlives its socket by [`WINDOW`] for that (when its media had connected:
+//! a session dropped before then ends at once, as nothing resumes it); a resuming socket of the same
 //! identity is handed to it ([`hand_over`]) and the session goes on with its media, legs
 //! and room state untouched. A resume Sluice cannot honour (no such session, another
 //! identity, or it already ended) gets a leave asking for a full reconnect.
