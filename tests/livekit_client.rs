@@ -112,6 +112,18 @@ async fn decodes(b: &Browser, other: &str) {
     wait(b, &format!("{other}'s video still decoding"), &more).await;
 }
 
+/// Every page leaves; the SFU and the front door then hold nothing.
+async fn leave_all(door: &FrontDoor, pages: &[Browser]) {
+    for b in pages {
+        disconnect(b).await;
+    }
+    settle(door, |snap, rooms| {
+        snap == SfuSnapshot::default() && rooms == (0, 0)
+    })
+    .await;
+    door.sfu.shutdown(HangupReason::UserHangup).await;
+}
+
 async fn disconnect(b: &Browser) {
     b.eval(
         "return window.room.disconnect().then(() => true);",
@@ -281,14 +293,7 @@ async fn livekit_e2ee_frames_pass_sluice_untouched() {
         carol_frames, 0,
         "carol decoded alice's video without her key"
     );
-    for b in &pages {
-        disconnect(b).await;
-    }
-    settle(&door, |snap, rooms| {
-        snap == SfuSnapshot::default() && rooms == (0, 0)
-    })
-    .await;
-    door.sfu.shutdown(HangupReason::UserHangup).await;
+    leave_all(&door, &pages).await;
 }
 
 /// What `b` received as data packets: (from, text, topic, kind) in arrival order.
@@ -436,14 +441,7 @@ async fn livekit_data_packets_streams_and_rpc_reach_the_room_from_their_sender()
     let relayed = door.signal.stats.data_packets[0].load(std::sync::atomic::Ordering::Relaxed);
     assert!(relayed >= 6, "{relayed} packets relayed");
 
-    for b in &pages {
-        disconnect(b).await;
-    }
-    settle(&door, |snap, rooms| {
-        snap == SfuSnapshot::default() && rooms == (0, 0)
-    })
-    .await;
-    door.sfu.shutdown(HangupReason::UserHangup).await;
+    leave_all(&door, &pages).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,14 +496,7 @@ async fn livekit_connection_quality_is_excellent_on_a_clean_path_and_lost_when_c
     }
     let seen = pages[1].eval("return window.lkQuality();", json!([])).await;
     assert_eq!(seen["carol"], json!("excellent"), "{seen:#}");
-    for b in &pages {
-        disconnect(b).await;
-    }
-    settle(&door, |snap, rooms| {
-        snap == SfuSnapshot::default() && rooms == (0, 0)
-    })
-    .await;
-    door.sfu.shutdown(HangupReason::UserHangup).await;
+    leave_all(&door, &pages).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
