@@ -615,7 +615,12 @@ async fn upward_steps_are_probed_for_under_a_real_limit() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    eprintln!("back on f {:?} after the limit lifted", t1.elapsed());
+    eprintln!(
+        "back on f {:?} after the limit lifted; probes since: passed {}, failed {}",
+        t1.elapsed(),
+        probes(0) - passed0 - passed,
+        probes(1) - failed0 - failed
+    );
     assert!(
         probes(0) > passed0 + passed,
         "the step back to f was not probed for"

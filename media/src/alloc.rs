@@ -385,6 +385,15 @@ pub fn plan_leg(
                             clock_ms.max(1) + PROBE_DURATION.as_millis() as u64,
                             Ordering::Relaxed,
                         );
+                        // A try above the layer it stayed on through the hold: that
+                        // layer is the sustained one, as for an unprobed step. (A leg
+                        // forced down from f stays on h with no upward step of its own;
+                        // when a failed probe for f then collapsed the estimate below h,
+                        // the way back to h waited for the grown hold, 10 s and more on
+                        // q under a 200 kbit/s limit in CI.)
+                        if !recovering {
+                            st.sustained_rank.store(cur as u32, Ordering::Relaxed);
+                        }
                         probe_bps = step_rate;
                     }
                     fit = cur;

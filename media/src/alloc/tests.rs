@@ -168,6 +168,39 @@ fn a_failed_probe_takes_no_step_and_doubles_the_hold() {
 }
 
 #[test]
+fn a_leg_a_failed_probe_took_below_the_layer_it_probed_from_climbs_back_at_the_base_hold() {
+    let base = UPGRADE_HOLD.as_millis() as u64;
+    let st = StepState::default();
+    // Forced down from f to h (no upward step of its own); a first probe for f fails
+    // and doubles the hold.
+    assert_eq!(probed(&st, 2, 200_000, 2_000).step, Step::Layer(1));
+    assert_eq!(probed(&st, 1, 1_000_000, 7_000).probe_bps, 120_000);
+    assert_eq!(probed(&st, 1, 200_000, 7_600).probe_passed, Some(false));
+    assert_eq!(st.sustained_rank.load(Ordering::Relaxed), 1);
+    // The next probe, a doubled hold later: the queue it builds collapses the estimate
+    // below h, and the leg goes down to q.
+    let t = 7_600 + 2 * base;
+    assert_eq!(probed(&st, 1, 1_000_000, t).probe_bps, 120_000);
+    let d = probed(&st, 1, 100_000, t + 600);
+    assert_eq!((d.step, d.probe_passed), (Step::Layer(0), Some(false)));
+    assert!(st.up_hold_ms.load(Ordering::Relaxed) > base);
+    // The estimate is back: the way back to h waits only the base hold, then probes.
+    let t = t + 600;
+    assert_eq!(probed(&st, 0, 1_000_000, t + base - 1).probe_bps, 0);
+    let d = probed(&st, 0, 1_000_000, t + base);
+    assert_eq!((d.step, d.probe_bps), (Step::Layer(0), 100_000));
+    // The recovery probe leaves h the sustained layer, and passes.
+    assert_eq!(st.sustained_rank.load(Ordering::Relaxed), 1);
+    let d = probed(&st, 0, 1_000_000, t + base + 1_000);
+    assert_eq!(
+        (d.step, d.probe_passed, d.stepped_up_from),
+        (Step::Layer(1), Some(true), Some(0))
+    );
+    // The next try at f still waits for the grown hold.
+    assert_eq!(probed(&st, 1, 1_000_000, t + 2 * base + 1_000).probe_bps, 0);
+}
+
+#[test]
 fn a_probe_the_path_did_not_deliver_fails_though_the_estimate_covers_the_step() {
     let base = UPGRADE_HOLD.as_millis() as u64;
     let at = |st: &StepState, delivered: Option<i64>, t| {
