@@ -545,6 +545,57 @@ async fn a_dropped_signaling_socket_resumes_the_session() {
     );
     assert_eq!(door.signal.counts(), (1, 2));
     assert_eq!(door.sfu.snapshot().participants, 2);
+
+    // Again, and this time Alice cannot come straight back: while the page holds her
+    // resuming sockets (they go to a closed port, a fault injected in the page, and
+    // livekit-client retries on its back-off), Bob shares his screen. Alice's session
+    // subscribes her and asks her client for a receive section, and the ask is lost with
+    // the socket; her resume offer (an ICE restart) brings no new section. Sluice asks
+    // again once she is back, and she decodes the share.
+    pages[0]
+        .eval(
+            "window.lk.holdResume = true; window.lk.resumes = []; return window.room.simulateScenario('signal-reconnect').then(() => true);",
+            json!([]),
+        )
+        .await;
+    wait(
+        &pages[0],
+        "alice's resume held",
+        "window.lk.resumesHeld > 0",
+    )
+    .await;
+    pages[1]
+        .eval("return window.lkPublishScreen();", json!([]))
+        .await;
+    let deadline = Instant::now() + LONG;
+    while !door
+        .sfu
+        .conferences()
+        .iter()
+        .flat_map(|c| &c.participants)
+        .any(|p| p.subscriptions.len() == 3)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "alice never subscribed to bob's share"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(resumed(), 1, "alice came back while held");
+    pages[0]
+        .eval("window.lk.holdResume = false; return true;", json!([]))
+        .await;
+    wait(
+        &pages[0],
+        "alice's session resumed again",
+        "window.lk.resumes.includes('reconnected')",
+    )
+    .await;
+    assert_eq!(resumed(), 2);
+    decodes(&pages[0], "bob/screen").await;
+    decodes(&pages[0], "bob").await;
+    assert_eq!(door.signal.counts(), (1, 2));
     // Browsers that close take everything their sessions held with them.
     drop(pages);
     settle(&door, |snap, rooms| {

@@ -518,6 +518,15 @@ impl Sfu {
             .is_ok_and(|p| p.is_connected())
     }
 
+    /// Asks a participant's client again for what its negotiation waits on (the media
+    /// sections of legs not yet sent, as [`SfuEventKind::NeedOffer`], or a Sluice offer),
+    /// if anything: for a front end whose earlier ask may have been lost with a signaling
+    /// connection the client then resumed. Nothing pending, nothing asked.
+    pub async fn ask_again(&self, conference: &str, participant: &str) -> Result<(), SfuError> {
+        let p = self.inner.participant(conference, participant)?;
+        p.ask_again().await
+    }
+
     /// A participant's connection quality since the last call for it: the worse way's loss
     /// over the interval, its round trip and jitter, scored and classed (lost while its
     /// connection is interrupted). None before it first connected.

@@ -58,8 +58,8 @@ pub(super) async fn hand_over(
 
 impl Conn {
     /// Goes on with the session on the resumed socket: tells the client it resumed, who is
-    /// in the room now (updates sent while it was away were lost), and answers the offer it
-    /// resumed with, if any.
+    /// in the room now (updates sent while it was away were lost), answers the offer it
+    /// resumed with, if any, and asks again for the media sections still pending.
     pub(super) async fn resume(&mut self, r: Resumption) -> Option<End> {
         info!(room = %self.grant.room, identity = %self.grant.identity, participant = %self.participant, "LiveKit session resumed on a new connection");
         let old = std::mem::replace(&mut self.ws, r.ws);
@@ -78,9 +78,22 @@ impl Conn {
             }))
             .await;
         }
-        match r.offer {
-            Some(o) => self.on_offer(o).await,
-            None => None,
+        if let Some(o) = r.offer
+            && let Some(end) = self.on_offer(o).await
+        {
+            return Some(end);
         }
+        // A media-sections requirement sent while the socket was gone was lost, and the
+        // resume offer (an ICE restart) brings no new sections: ask again, or the legs
+        // added meanwhile wait for the next change of subscriptions.
+        if let Err(e) = self
+            .s
+            .sfu
+            .ask_again(&self.conference, &self.participant)
+            .await
+        {
+            debug!(participant = %self.participant, error = %e, "asking again after a resume failed");
+        }
+        None
     }
 }

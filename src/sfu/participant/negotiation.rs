@@ -64,6 +64,19 @@ impl Participant {
         Ok(())
     }
 
+    /// Asks again for what is pending: the media sections of unsent legs (a client that
+    /// offers) or an offer of Sluice's own, whatever an earlier ask led to. For a front end
+    /// whose earlier ask may not have reached the client (a signaling connection that
+    /// dropped and resumed).
+    pub(crate) async fn ask_again(&self) -> Result<(), SfuError> {
+        let mut neg = self.neg.lock().await;
+        if neg.unsent.is_empty() && !neg.needs_offer {
+            return Ok(());
+        }
+        neg.stalled = false;
+        self.renegotiate(&mut neg).await
+    }
+
     pub(crate) async fn remote_description(
         &self,
         desc: SessionDescription,
