@@ -4,8 +4,9 @@
 //! camera (two simulcast layers) and microphone, and must decode the others' video, read
 //! from the receivers' own `getStats()`: at the layer its tiles ask for (adaptive stream),
 //! and through livekit's end-to-end encryption; their data packets, text streams and RPC
-//! calls; the connection quality Sluice reports; and a session resumed after its signaling
-//! socket dropped. Nothing here is written for Sluice but the page that calls the library.
+//! calls; the connection quality Sluice reports; the layers a publisher with dynacast
+//! sends (only those a tile needs); and a session resumed after its signaling socket
+//! dropped. Nothing here is written for Sluice but the page that calls the library.
 //!
 //! Needs Debian's chromium + chromium-driver and `npm ci` in tests/livekit-web (scripts/test
 //! does both). On failure each page's state is printed.
@@ -497,6 +498,53 @@ async fn livekit_connection_quality_is_excellent_on_a_clean_path_and_lost_when_c
     let seen = pages[1].eval("return window.lkQuality();", json!([])).await;
     assert_eq!(seen["carol"], json!("excellent"), "{seen:#}");
     leave_all(&door, &pages).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_turns_off_the_layers_no_tile_needs_and_back_on_when_one_does() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    // Alice publishes with livekit's dynacast on (her encodings follow Sluice's
+    // subscribed-quality updates); Bob shows her in a 160x90 tile, which her lower layer
+    // serves.
+    let pages = join(
+        &door,
+        &driver,
+        "room-dynacast",
+        &[
+            ("alice", json!({"dynacast": true})),
+            ("bob", json!({"adaptive": true, "tile": [160, 90]})),
+        ],
+    )
+    .await;
+    decodes(&pages[1], "alice").await;
+    // Nobody needs her upper layer: Chrome stops encoding it, and Bob still decodes her.
+    let sending = |q: bool, h: bool| {
+        format!("window.lkSent().then(s => s.q?.active === {q} && s.h?.active === {h})")
+    };
+    wait(&pages[0], "alice's upper layer off", &sending(true, false)).await;
+    decodes(&pages[1], "alice").await;
+    // Bob's tile grows: her upper layer is asked back at once, and Bob gets it.
+    pages[1]
+        .eval("return window.lkTile(640, 360);", json!([]))
+        .await;
+    wait(
+        &pages[0],
+        "alice's upper layer back on",
+        &sending(true, true),
+    )
+    .await;
+    wait(
+        &pages[1],
+        "alice's upper layer in bob's grown tile",
+        "window.lkVideo().then(v => (v.alice?.width || 0) > 320)",
+    )
+    .await;
+    // Bob leaves: nobody receives her camera, and it stops altogether.
+    disconnect(&pages[1]).await;
+    wait(&pages[0], "alice's camera off", &sending(false, false)).await;
+    leave_all(&door, &pages[..1]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

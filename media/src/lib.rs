@@ -16,6 +16,7 @@
 
 pub mod alloc;
 pub mod codec;
+pub mod dynacast;
 pub mod estimates;
 pub mod keyframe;
 pub mod layers;

@@ -81,6 +81,8 @@ pub struct Source {
     /// When the last audio-level value arrived (ms since `epoch`).
     level_at_ms: AtomicU64,
     epoch: Instant,
+    /// What its publisher was last told to send ([`crate::dynacast`]).
+    dynacast: Mutex<crate::dynacast::State>,
 }
 
 /// URI of the RFC 6464 client-to-mixer audio level extension.
@@ -146,7 +148,34 @@ impl Source {
             stats,
             closed: AtomicBool::new(false),
             screenshare: AtomicBool::new(false),
+            dynacast: Mutex::new(Default::default()),
         }
+    }
+
+    /// ([`crate::dynacast::DOWNGRADE_DELAY`]) What this video track's publisher should be told to send
+    /// now, if anything: the RIDs of its layers from the lowest up to the highest a leg
+    /// needs (`None` for a stream without one), empty for none. None: nothing to tell.
+    pub fn dynacast(&self, now: Instant) -> Option<Vec<Option<String>>> {
+        if self.info.kind != MediaKind::Video {
+            return None;
+        }
+        let mut layers: Vec<Arc<LayerState>> = self.layers.load().as_ref().clone();
+        rank_layers(&mut layers);
+        let ranked: Vec<&LayerState> = layers.iter().map(|l| l.as_ref()).collect();
+        let legs = self.legs.load();
+        let need = crate::dynacast::needed_rank(
+            &ranked,
+            legs.iter()
+                .filter(|l| !l.paused.load(Ordering::Relaxed))
+                .map(|l| l.want()),
+        );
+        let ssrcs: Vec<u32> = ranked.iter().map(|l| l.ssrc).collect();
+        let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        let top = self.dynacast.lock().unwrap().decide(&ssrcs, need, now_ms)?;
+        Some(match top {
+            Some(t) => ranked[..=t].iter().map(|l| l.rid.clone()).collect(),
+            None => Vec::new(),
+        })
     }
 
     /// Adds a simulcast layer as it opens (once per SSRC).

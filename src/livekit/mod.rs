@@ -9,11 +9,12 @@
 //! (`session`) over the SFU in client-offer mode, beside a LiveKit-protocol view of each
 //! room (`room`). Data packets on the client's `_reliable` and `_lossy` channels are
 //! relayed to the room as `data` decides; `quality` sends each client the room's
-//! connection qualities.
+//! connection qualities; `dynacast` tells publishers which of their layers anyone needs.
 
 pub mod auth;
 pub(crate) mod data;
 pub mod delayed_leave;
+mod dynacast;
 mod grant;
 pub mod identity;
 pub mod metrics;

@@ -253,6 +253,20 @@ impl Rooms {
             .cloned()
     }
 
+    /// Member `sid`'s track `track` of the SFU: its `TR_` sid and codec.
+    pub(super) fn own_track(
+        &self,
+        room: &str,
+        sid: &str,
+        track: &TrackRef,
+    ) -> Option<(String, String)> {
+        let rooms = self.rooms.lock().unwrap();
+        let m = rooms.get(room)?.members.get(sid)?;
+        let (tsid, _) = m.media.iter().find(|(_, t)| *t == track)?;
+        let info = m.info.tracks.iter().find(|t| &t.sid == tsid)?;
+        Some((tsid.clone(), info.mime_type.clone()))
+    }
+
     /// Whether a member of `room` has `identity`.
     pub(super) fn has_identity(&self, room: &str, identity: &str) -> bool {
         let rooms = self.rooms.lock().unwrap();

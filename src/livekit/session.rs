@@ -4,7 +4,7 @@
 
 use super::room::{Member, Notice, Resumption, seen_as, sid};
 use super::signal::{Grant, Signal};
-use super::{data, quality};
+use super::{data, dynacast, quality};
 
 mod resume;
 use crate::sfu::{
@@ -620,6 +620,16 @@ impl Conn {
                 self.speakers = now;
                 self.send(Resp::SpeakersChanged(proto::SpeakersChanged { speakers }))
                     .await;
+            }
+            SfuEventKind::LayersNeeded(n) => {
+                if let Some((sid, mime)) =
+                    self.s
+                        .rooms
+                        .own_track(&self.grant.room, &self.sid, &n.track)
+                {
+                    let update = dynacast::update(&sid, &mime, &n);
+                    self.send(Resp::SubscribedQualityUpdate(update)).await;
+                }
             }
             SfuEventKind::Left(reason) => return Some(End::SfuLeft(reason)),
             SfuEventKind::DataPacket(p) => self.on_data(p).await,

@@ -1,7 +1,7 @@
 //! The SFU's wire-neutral values: candidates and descriptions, the events a participant's
 //! front end receives, and how a participant joins.
 
-use super::{ConferenceId, HangupReason, ParticipantId, Speaker, TrackInfo};
+use super::{ConferenceId, HangupReason, ParticipantId, Speaker, TrackInfo, TrackRef};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -131,6 +131,18 @@ pub enum SfuEventKind {
     /// The conference's active speakers changed (loudest first; empty: nobody speaks).
     /// Sent to every participant of the conference.
     ActiveSpeakers(Vec<Speaker>),
+    /// Dynacast ([`sluice_media::dynacast`]): the layers of one of the participant's video
+    /// tracks that its subscribers need changed; it may stop sending the others.
+    LayersNeeded(NeededLayers),
+}
+
+/// The layers of a published video track its subscribers need, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeededLayers {
+    /// The track.
+    pub track: TrackRef,
+    /// The RIDs of the layers to send (`None`: a stream without one); empty: none.
+    pub rids: Vec<Option<String>>,
 }
 
 /// An event of the media core.

@@ -1,9 +1,10 @@
 //! The housekeeping tick: every [`PERIOD`], per conference, the layer rates, then the
 //! active speaker ranking (announced when it changed, so at most 4 times a second), then
-//! each subscriber's bandwidth allocation (sizes learned from keyframes, stalled layers,
+//! the layers each video track's subscribers need (dynacast, told its publisher when that
+//! changed), then each subscriber's bandwidth allocation (sizes learned from keyframes, stalled layers,
 //! bandwidth estimates). One task for the whole instance.
 
-use super::{Inner, SfuEventKind};
+use super::{Inner, NeededLayers, SfuEventKind};
 use sluice_media::speakers;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -43,6 +44,18 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             if let Some(list) = ranking {
                 for p in &participants {
                     p.emit(SfuEventKind::ActiveSpeakers(list.clone()));
+                }
+            }
+            // Dynacast: tell publishers which layers of their tracks anyone needs.
+            for t in &tracks {
+                let source = t.source();
+                if let Some(rids) = source.dynacast(now)
+                    && let Some(p) = participants.iter().find(|p| p.id == source.info.publisher)
+                {
+                    p.emit(SfuEventKind::LayersNeeded(NeededLayers {
+                        track: source.info.track.clone(),
+                        rids,
+                    }));
                 }
             }
             let speakers = c.speaker_order();

@@ -39,7 +39,8 @@ use std::sync::{Arc, Mutex};
 
 pub use events::{
     DataChannelPacket, DataChannelText, DataChannels, EventSink, IceCandidate, JoinOptions,
-    MAX_DATA_CHANNELS, OfferMode, SdpKind, SessionDescription, SfuEvent, SfuEventKind,
+    MAX_DATA_CHANNELS, NeededLayers, OfferMode, SdpKind, SessionDescription, SfuEvent,
+    SfuEventKind,
 };
 pub use participant::ConnectionQuality;
 pub use sluice_media::layers::{Layer, LayerState, choose_layer};

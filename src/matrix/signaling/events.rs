@@ -33,7 +33,9 @@ impl Signaling {
             SfuEventKind::Offer(sdp) => self.send_negotiate(&s, "offer", &sdp).await,
             // Matrix sessions join with Sluice offering (OfferMode::Sluice) and text data
             // channels (DataChannels::Text).
-            SfuEventKind::NeedOffer { .. } | SfuEventKind::DataPacket(_) => {}
+            SfuEventKind::NeedOffer { .. }
+            | SfuEventKind::DataPacket(_)
+            | SfuEventKind::LayersNeeded(_) => {}
             SfuEventKind::LocalCandidate(c) => {
                 s.candidates.lock().unwrap().push(c);
                 if !s.flush_scheduled.swap(true, Ordering::AcqRel) {
