@@ -176,7 +176,7 @@ const FAMILIES: &[FamilySpec] = &[
     ),
     (
         "sluice_keyframe_requests_suppressed_total",
-        "Keyframe requests coalesced by the per-stream throttle.",
+        "Keyframe requests coalesced by the per-stream throttle (subscribers' requests, and the repeated asks of a pending layer switch).",
         MetricType::COUNTER,
         &[],
     ),

@@ -175,12 +175,22 @@ async fn livekit_client_pages_publish_simulcast_and_decode_each_other_through_sl
         "window.lkVideo().then(v => (v.alice?.width || 0) > 320)",
     )
     .await;
-    wait(
-        &pages[2],
-        "alice's lower layer in carol's small tile",
-        "window.lkVideo().then(v => (v.alice?.width || 0) > 0 && v.alice.width <= 320)",
-    )
-    .await;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let (_, width) = video_of(&pages[2], "alice").await;
+        if width > 0 && width <= 320 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let sent = pages[0].eval("return window.lkSent();", json!([])).await;
+            panic!(
+                "carol's small tile never got alice's lower layer (width {width}); alice sends \
+                 {sent}; Sluice forwards: {:#?}",
+                door.sfu.conferences()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let deadline = Instant::now() + LONG;
     let mut sent_frames: Vec<u64> = Vec::new();
     let mut checked = 0;

@@ -30,8 +30,9 @@ impl Keyframes {
 }
 
 /// Points `sink` at the layer it should receive now (preference among live layers). Returns
-/// whether the target changed, and the keyframes to ask for: the new target layer's, or
-/// the one that lets the leg take more spatial layers.
+/// whether the target changed, and the keyframes to ask for: the target layer's while the
+/// leg has not switched to it yet (every call, the caller's throttle spacing them), or the
+/// one that lets the leg take more spatial layers.
 pub fn retarget(source: &Source, sink: &LegSink, now: Instant) -> (bool, Keyframes) {
     let mut keyframes = Keyframes::default();
     let Some(mut want) = source.preferred_layer(sink.want(), now, LAYER_STALL) else {
@@ -67,7 +68,14 @@ pub fn retarget(source: &Source, sink: &LegSink, now: Instant) -> (bool, Keyfram
     }
     let old = sink.target_ssrc.swap(want, Ordering::Relaxed);
     let selected = sink.selected_ssrc.load(Ordering::Relaxed);
-    if old == want && selected != 0 {
+    // A simulcast switch still pending asks again each time (the publisher stream's
+    // throttle lets one request per interval through): the first ask may have been
+    // coalesced into a request that another leg, or this one before, made less than an
+    // interval earlier, whose keyframe came before the leg wanted this layer; browsers
+    // send no periodic keyframes, so the leg stayed on the old layer for good (a 160x90
+    // tile kept a 640-wide layer in CI).
+    let pending = source.is_simulcast() && want != selected;
+    if old == want && selected != 0 && !pending {
         return (false, keyframes);
     }
     if !source.is_simulcast() {
@@ -274,3 +282,6 @@ pub fn allocate(
     }
     probe_bps
 }
+
+#[cfg(test)]
+mod tests;

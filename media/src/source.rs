@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the publisher's connection negotiated for a track's media section.
+#[derive(Debug, Default)]
 pub struct SourceNegotiation {
     /// Header extensions, `(id, uri)`.
     pub exts: Vec<(u16, String)>,

@@ -433,11 +433,13 @@ impl Conn {
             Req::TrackSetting(ts) => {
                 for sid in &ts.track_sids {
                     let Some(t) = self.by_sid.get(sid).cloned() else {
+                        debug!(participant = %pid, track = %sid, "LiveKit track setting for a track not subscribed");
                         continue;
                     };
                     let info = self.s.rooms.track_info(&self.grant.room, sid);
                     let (w, h) = wanted_size(&ts, info.as_ref());
-                    let _ = self.s.sfu.set_track_size(&conf, &pid, &t, w, h).await;
+                    let r = self.s.sfu.set_track_size(&conf, &pid, &t, w, h).await;
+                    debug!(participant = %pid, track = %sid, w, h, ok = r.is_ok(), "LiveKit track setting");
                 }
             }
             Req::Leave(_) => return Some(End::ClientLeave),

@@ -207,6 +207,9 @@ pub struct SubscriptionInfo {
     /// The RID of the simulcast layer the subscriber receives now (None: the only stream,
     /// or nothing received yet).
     pub layer: Option<String>,
+    /// The RID of the layer it switches to at that layer's next keyframe (None: no switch
+    /// pending).
+    pub switching_to: Option<String>,
     /// The highest temporal layer id the subscriber receives when that is fewer than
     /// the publisher sends (a lower frame rate: the allocator's step below a layer's full
     /// rate); None: all of them.

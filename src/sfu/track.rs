@@ -367,6 +367,15 @@ impl Leg {
         self.source.layer(ssrc).and_then(|l| l.rid.clone())
     }
 
+    /// The RID of the layer the leg is switching to, when that is not the one it gets.
+    pub(crate) fn target_rid(&self) -> Option<String> {
+        let target = self.sink.target_ssrc.load(Ordering::Relaxed);
+        if target == self.sink.selected_ssrc.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.source.layer(target).and_then(|l| l.rid.clone())
+    }
+
     /// Re-chooses the layer; requests a keyframe of a new target. True when it changed.
     pub(crate) async fn retarget(&self, now: Instant) -> bool {
         let (changed, asks) = select::retarget(&self.source, &self.sink, now);

@@ -27,6 +27,7 @@ pub(super) async fn publish_loop(p: Weak<Participant>, remote: Arc<dyn TrackRemo
                     ssrc: init.ssrc,
                 };
                 if let Some(t) = &published {
+                    debug!(track = %t.info.track.track_id, rid = ?layer.rid, ssrc = layer.ssrc, "simulcast layer opened");
                     t.add_layer(layer);
                     continue;
                 }

@@ -25,6 +25,7 @@ impl Participant {
             .map(|(t, leg)| crate::sfu::SubscriptionInfo {
                 track: t.clone(),
                 layer: leg.layer_rid(),
+                switching_to: leg.target_rid(),
                 temporal_layer: leg.sink.temporal_layer(),
                 spatial_layer: leg.sink.spatial_layer(),
                 red: leg.sink.red_delivery(),
