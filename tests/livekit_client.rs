@@ -489,6 +489,33 @@ async fn livekit_connection_quality_is_excellent_on_a_clean_path_and_lost_when_c
             .await;
         }
     }
+    // What the scores rest on: each browser's receiver reports give Sluice a round trip
+    // (from Sluice's sender reports) and a jitter in seconds, both small on loopback, and
+    // the sequence numbers of each page's media show next to no loss.
+    let ids: Vec<String> = door.sfu.conferences()[0]
+        .participants
+        .iter()
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    let deadline = Instant::now() + LONG;
+    for id in &ids {
+        loop {
+            let q = door
+                .sfu
+                .connection_quality("lk|room-quality", id)
+                .await
+                .unwrap()
+                .expect("connected");
+            let l = q.link;
+            assert!(l.jitter < 0.1 && l.loss < 0.05, "{id}: {q:?}");
+            if l.rtt > 0.0 && l.rtt < 0.1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{id}: no round trip: {q:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     // Alice's peer connection goes (her signaling stays): once its ICE consent lapses,
     // the others see her connection lost.
     pages[0]

@@ -34,6 +34,9 @@ pub struct Estimates {
     /// transport-wide feedback (0: unknown); written by the send-side estimator. A probe
     /// passes only when this shows the path carried it (see `alloc::plan_leg`).
     pub delivered: AtomicU64,
+    /// What the subscriber's latest receiver report said (loss, jitter, round trip), for
+    /// its connection quality.
+    pub reported: crate::quality::Reported,
 }
 
 /// Without transport-wide feedback for this long, the send-side estimate is stale: it
@@ -53,6 +56,7 @@ impl Estimates {
             probe_bps: AtomicU64::new(0),
             can_probe: std::sync::atomic::AtomicBool::new(false),
             delivered: AtomicU64::new(0),
+            reported: Default::default(),
         }
     }
 

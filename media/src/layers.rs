@@ -40,6 +40,12 @@ pub struct LayerState {
     /// `width << 16 | height` of each spatial layer, from a VP9 keyframe's scalability
     /// structure or an AV1 dependency descriptor's render resolutions; 0 while unknown.
     spatial_size: [AtomicU32; codec::SPATIAL_LAYERS],
+    /// Media packets received on it.
+    received: AtomicU64,
+    /// The first and the highest sequence number received, extended past wraps (from
+    /// 1 << 16, so 0 is none). Written only by the forwarder.
+    first_seq: AtomicU64,
+    highest_seq: AtomicU64,
 }
 
 /// Counters per (spatial, temporal) layer pair.
@@ -95,7 +101,38 @@ impl LayerState {
             st_bytes_seen: Default::default(),
             st_rate_bps: Default::default(),
             spatial_size: Default::default(),
+            received: AtomicU64::new(0),
+            first_seq: AtomicU64::new(0),
+            highest_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a media packet with sequence number `seq` (the forwarder, per packet).
+    #[inline]
+    pub(crate) fn note_seq(&self, seq: u16) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let hi = self.highest_seq.load(Ordering::Relaxed);
+        if hi == 0 {
+            let ext = 1 << 16 | u64::from(seq);
+            self.first_seq.store(ext, Ordering::Relaxed);
+            self.highest_seq.store(ext, Ordering::Relaxed);
+            return;
+        }
+        let ahead = seq.wrapping_sub(hi as u16) as i16;
+        if ahead > 0 {
+            self.highest_seq.store(hi + ahead as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Packets the publisher sent on this layer as far as its sequence numbers show, and
+    /// those that arrived: `(expected, received)`.
+    pub fn packet_counts(&self) -> (u64, u64) {
+        let hi = self.highest_seq.load(Ordering::Relaxed);
+        let expected = match hi {
+            0 => 0,
+            hi => hi - self.first_seq.load(Ordering::Relaxed) + 1,
+        };
+        (expected, self.received.load(Ordering::Relaxed))
     }
 
     /// The rungs of this layer (rank `layer`): per spatial layer it carries, low to high,
@@ -346,6 +383,21 @@ pub enum Keep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_counts_follow_sequence_numbers_across_a_wrap_and_reordering() {
+        let l = LayerState::new(Layer { rid: None, ssrc: 1 });
+        assert_eq!(l.packet_counts(), (0, 0));
+        // 65530 ..= 65535, 0 ..= 9 with 65533 and 4 lost, 7 late (after 8).
+        let seqs = (65530u16..=65535)
+            .chain(0..=9)
+            .filter(|s| *s != 65533 && *s != 4 && *s != 7)
+            .chain([7]);
+        for s in seqs {
+            l.note_seq(s);
+        }
+        assert_eq!(l.packet_counts(), (16, 14));
+    }
 
     fn layer(rid: &str, ssrc: u32, size: Option<(u16, u16)>) -> LayerState {
         let l = LayerState::new(Layer {

@@ -1,6 +1,9 @@
 //! A connection's quality as a client shows it, from what its link loses and delays: a
 //! mean opinion score by a simplified E-model (ITU-T G.107: one-way latency from the
-//! round trip and jitter, an impairment per percent of loss), and the class of that score.
+//! round trip and jitter, an impairment per percent of loss), and the class of that score;
+//! and what a participant's receiver reports last said ([`Reported`]).
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// What one interval of a connection's link did, in the worse direction of each measure.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -11,6 +14,43 @@ pub struct LinkSample {
     pub rtt: f64,
     /// Inter-arrival jitter, seconds.
     pub jitter: f64,
+}
+
+/// What a participant's latest receiver report said of the streams Sluice sends it (the
+/// worst of its report blocks): written by its connection's RTCP interceptor, read by the
+/// quality tick. webrtc-rs 0.21's own statistics have no round trip for it and its
+/// jitter in RTP clock units, so Sluice keeps these itself. Relaxed atomics.
+#[derive(Debug, Default)]
+pub struct Reported {
+    /// Fraction lost, 1/256 units (RFC 3550).
+    loss_256: AtomicU32,
+    /// Inter-arrival jitter, microseconds.
+    jitter_us: AtomicU32,
+    /// Round trip from the report's LSR and DLSR, microseconds (0: none yet).
+    rtt_us: AtomicU32,
+}
+
+impl Reported {
+    /// Keeps one receiver report's worst block: `fraction_lost` (1/256 units), `jitter`
+    /// (seconds) and, when the report allowed it, the round trip (seconds).
+    pub fn record(&self, fraction_lost: u8, jitter: f64, rtt: Option<f64>) {
+        self.loss_256
+            .store(u32::from(fraction_lost), Ordering::Relaxed);
+        let us = |s: f64| (s.max(0.0) * 1e6).min(u32::MAX as f64) as u32;
+        self.jitter_us.store(us(jitter), Ordering::Relaxed);
+        if let Some(rtt) = rtt {
+            self.rtt_us.store(us(rtt).max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The figures as a link sample (zeros before any report).
+    pub fn sample(&self) -> LinkSample {
+        LinkSample {
+            loss: f64::from(self.loss_256.load(Ordering::Relaxed)) / 256.0,
+            rtt: f64::from(self.rtt_us.load(Ordering::Relaxed)) / 1e6,
+            jitter: f64::from(self.jitter_us.load(Ordering::Relaxed)) / 1e6,
+        }
+    }
 }
 
 /// The class of a connection's quality (LiveKit's `ConnectionQuality`).
@@ -58,6 +98,25 @@ pub fn classify(mos: f64) -> Quality {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_figures_come_back_in_seconds_and_keep_the_last_round_trip() {
+        let r = Reported::default();
+        assert_eq!(r.sample(), LinkSample::default());
+        r.record(64, 0.012, Some(0.080));
+        let s = r.sample();
+        assert_eq!(s.loss, 0.25);
+        assert!(
+            (s.jitter - 0.012).abs() < 1e-6 && (s.rtt - 0.080).abs() < 1e-6,
+            "{s:?}"
+        );
+        // A report without LSR (no sender report reached the participant yet) keeps the
+        // round trip measured before.
+        r.record(0, 0.001, None);
+        let s = r.sample();
+        assert_eq!(s.loss, 0.0);
+        assert!((s.rtt - 0.080).abs() < 1e-6, "{s:?}");
+    }
 
     fn q(loss: f64, rtt: f64, jitter: f64) -> Quality {
         classify(mos(&LinkSample { loss, rtt, jitter }))

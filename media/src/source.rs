@@ -179,6 +179,15 @@ impl Source {
         })
     }
 
+    /// Media packets its publisher sent, by their sequence numbers, and those that
+    /// arrived, over all its layers: `(expected, received)`.
+    pub fn packet_counts(&self) -> (u64, u64) {
+        self.layers.load().iter().fold((0, 0), |(e, r), l| {
+            let (le, lr) = l.packet_counts();
+            (e + le, r + lr)
+        })
+    }
+
     /// Adds a simulcast layer as it opens (once per SSRC).
     pub fn add_layer(&self, layer: Layer) {
         let _g = self.legs_edit.lock().unwrap();
@@ -356,6 +365,7 @@ impl Source {
             None
         };
         if let Some(l) = layers.iter().find(|l| l.ssrc == ssrc) {
+            l.note_seq(pkt.header.sequence_number);
             l.last_ms.store(self.now_ms(now), Ordering::Relaxed);
             l.bytes
                 .fetch_add(pkt.payload.len() as u64, Ordering::Relaxed);

@@ -72,17 +72,26 @@ impl KeyframeRequestInterceptor {
         reports: &[rtc::rtcp::reception_report::ReceptionReport],
     ) {
         let now_mid = ntp_middle_32(std::time::SystemTime::now());
+        // The worst block of this report, for the connection's quality.
+        let (mut loss, mut jitter, mut round_trip) = (0u8, 0f64, None::<f64>);
+        let mut any = false;
         for r in reports {
             let Some(rate) = self.clock_rates.get(&r.ssrc) else {
                 continue;
             };
+            any = true;
+            let j = r.jitter as f64 / (*rate).max(1) as f64;
             stats.leg_loss.observe_value(r.fraction_lost as f64 / 256.0);
-            stats
-                .leg_jitter
-                .observe_value(r.jitter as f64 / (*rate).max(1) as f64);
+            stats.leg_jitter.observe_value(j);
+            loss = loss.max(r.fraction_lost);
+            jitter = jitter.max(j);
             if let Some(rtt) = rtt_from_report(now_mid, r.last_sender_report, r.delay) {
                 stats.leg_rtt.observe_value(rtt);
+                round_trip = Some(round_trip.map_or(rtt, |t| t.max(rtt)));
             }
+        }
+        if any && let Some(e) = &self.estimates {
+            e.reported.record(loss, jitter, round_trip);
         }
     }
 }

@@ -1,10 +1,9 @@
 //! The participant's connection quality: what its link lost both ways, its round trip and
-//! jitter over the interval since it was last asked (from its connection's statistics),
-//! scored by the media core ([`sluice_media::quality`]).
+//! jitter over the interval since it was last asked (the loss of its media by the sequence
+//! numbers of its tracks, the rest from its receiver reports), scored by the media core
+//! ([`sluice_media::quality`]).
 
 use super::*;
-use rtc::statistics::StatsSelector;
-use rtc::statistics::report::RTCStatsReportEntry;
 use sluice_media::quality::{LinkSample, Quality, classify, mos};
 
 /// A participant's connection quality over one interval.
@@ -18,12 +17,13 @@ pub struct ConnectionQuality {
     pub link: LinkSample,
 }
 
-/// Packets received from the participant and lost on the way, as its connection counted
-/// them when last asked.
+/// Packets of the participant's media, as its tracks counted them when last asked.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Received {
+    /// Packets its sequence numbers say were sent.
+    expected: u64,
+    /// Packets that arrived.
     packets: u64,
-    lost: i64,
 }
 
 impl Participant {
@@ -46,30 +46,24 @@ impl Participant {
                 },
             });
         }
-        let report = self.pc.get_stats(Instant::now(), StatsSelector::None).await;
+        // What arrived of the participant's media, by the sequence numbers of its tracks
+        // (webrtc-rs 0.21 counts no inbound loss), and its own report of what Sluice sends
+        // it (webrtc-rs's remote-inbound statistics have no round trip, and their jitter
+        // is in RTP clock units).
+        let published: Vec<_> = self.published.lock().unwrap().clone();
         let mut now = Received::default();
-        let mut link = LinkSample::default();
-        for entry in report.iter() {
-            match entry {
-                RTCStatsReportEntry::InboundRtp(s) => {
-                    let r = &s.received_rtp_stream_stats;
-                    now.packets += r.packets_received;
-                    now.lost += r.packets_lost;
-                    link.jitter = link.jitter.max(r.jitter);
-                }
-                RTCStatsReportEntry::RemoteInboundRtp(s) => {
-                    link.loss = link.loss.max(s.fraction_lost);
-                    link.rtt = link.rtt.max(s.round_trip_time);
-                    link.jitter = link.jitter.max(s.received_rtp_stream_stats.jitter);
-                }
-                _ => {}
-            }
+        for t in &published {
+            let (expected, received) = t.source().packet_counts();
+            now.expected += expected;
+            now.packets += received;
         }
+        let mut link = self.estimates.reported.sample();
         let before = std::mem::replace(&mut *self.received.lock().unwrap(), now);
+        let expected = now.expected.saturating_sub(before.expected);
         let got = now.packets.saturating_sub(before.packets);
-        let lost = (now.lost - before.lost).max(0) as u64;
-        if got + lost > 0 {
-            link.loss = link.loss.max(lost as f64 / (got + lost) as f64);
+        if expected > 0 {
+            let lost = expected.saturating_sub(got);
+            link.loss = link.loss.max(lost as f64 / expected as f64);
         }
         let score = mos(&link);
         Some(ConnectionQuality {
