@@ -179,10 +179,12 @@ impl PyClient {
         tokio::spawn(async move {
             let mut r = BufReader::new(err).lines();
             while let Ok(Some(line)) = r.next_line().await {
+                // The last 200 lines: a crash at the end is what a failure needs.
                 let mut a = all.lock().unwrap();
-                if a.len() < 200 {
-                    a.push(line);
+                if a.len() == 200 {
+                    a.remove(0);
                 }
+                a.push(line);
             }
         });
         PyClient {
@@ -229,6 +231,12 @@ impl PyClient {
             .await
             .expect("client.py did not exit")
             .unwrap();
-        assert!(status.success(), "[{}] exited with {status}", self.name);
+        assert!(
+            status.success(),
+            "[{}] exited with {status}; last report {}; stderr:\n{}",
+            self.name,
+            self.last.lock().unwrap(),
+            self.lines.lock().unwrap().join("\n")
+        );
     }
 }
