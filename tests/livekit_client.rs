@@ -689,3 +689,67 @@ async fn a_dropped_signaling_socket_resumes_the_session() {
     .await;
     door.sfu.shutdown(HangupReason::UserHangup).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_simulcast_is_forwarded_and_switched_at_its_keyframes() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let door = front_door().await;
+    let driver = ChromeDriver::start().await;
+    // Alice's camera is H.264 simulcast (Chromium's OpenH264); Bob watches it in a large
+    // tile with adaptive stream, so Sluice picks the layer from his tile's size.
+    let pages = join(
+        &door,
+        &driver,
+        "room-h264",
+        &[
+            ("alice", json!({"codec": "h264"})),
+            ("bob", json!({"adaptive": true, "tile": [640, 360]})),
+        ],
+    )
+    .await;
+    decodes(&pages[1], "alice").await;
+    let seen = pages[1]
+        .eval("return window.lkVideo().then(v => v.alice);", json!([]))
+        .await;
+    assert_eq!(seen["codec"], json!("video/H264"), "bob decodes {seen}");
+    let published = door.sfu.conferences()[0]
+        .participants
+        .iter()
+        .find(|p| p.id.contains("alice"))
+        .map(|p| p.published.clone())
+        .unwrap();
+    assert!(
+        published
+            .iter()
+            .any(|t| t.mime_type.eq_ignore_ascii_case("video/h264")),
+        "{published:?}"
+    );
+    // A layer switch completes only at the new layer's keyframe, so each of these needs
+    // Sluice to find H.264 keyframes (IDR, SPS/PPS in STAP-A or FU-A) in the stream: the
+    // large tile gets the upper layer, the small one the lower, then the upper again.
+    let width = |op: &'static str, w: u64| {
+        format!("window.lkVideo().then(v => (v.alice?.width || 0) {op} {w})")
+    };
+    wait(
+        &pages[1],
+        "alice's upper layer (large tile)",
+        &width(">", 320),
+    )
+    .await;
+    pages[1]
+        .eval("return window.lkTile(160, 90);", json!([]))
+        .await;
+    wait(
+        &pages[1],
+        "alice's lower layer (small tile)",
+        &width("<=", 320),
+    )
+    .await;
+    decodes(&pages[1], "alice").await;
+    pages[1]
+        .eval("return window.lkTile(640, 360);", json!([]))
+        .await;
+    wait(&pages[1], "alice's upper layer again", &width(">", 320)).await;
+    decodes(&pages[1], "alice").await;
+    leave_all(&door, &pages).await;
+}

@@ -6,6 +6,7 @@ use super::room::{Member, Notice, Resumption, seen_as, sid};
 use super::signal::{Grant, Signal};
 use super::{data, dynacast, quality};
 
+mod codecs;
 mod resume;
 use crate::sfu::{
     DataChannelPacket, DataChannels, HangupReason, IceCandidate, JoinOptions, MediaKind, OfferMode,
@@ -58,6 +59,7 @@ struct Conn {
     offer_id: u32,
     last_ping: Instant,
     speakers: Vec<String>,
+    codecs: codecs::CodecPrefs,
 }
 
 /// The LiveKit server version Sluice answers as: clients turn features on by it
@@ -130,6 +132,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         offer_id: 0,
         last_ping: Instant::now(),
         speakers: Vec::new(),
+        codecs: Default::default(),
     };
     let offer = match join.publisher_offer {
         Some(o) => Ok(o),
@@ -144,6 +147,7 @@ pub(super) async fn run(s: Arc<Signal>, ws: WebSocket, grant: Grant, join: proto
         }
     };
     c.offer_id = offer.id;
+    c.codecs.offered(&offer.sdp);
     let (sink, mut events) = mpsc::unbounded_channel::<SfuEvent>();
     let options = JoinOptions {
         offers: OfferMode::Client,
@@ -344,6 +348,7 @@ impl Conn {
 
     async fn send_answer(&mut self, sdp: String) {
         debug!(participant = %self.participant, id = self.offer_id, "LiveKit answer");
+        let sdp = self.codecs.apply(sdp);
         let mids = self
             .s
             .sfu
@@ -366,6 +371,7 @@ impl Conn {
     async fn on_offer(&mut self, o: proto::SessionDescription) -> Option<End> {
         debug!(participant = %self.participant, id = o.id, "LiveKit offer");
         self.offer_id = o.id;
+        self.codecs.offered(&o.sdp);
         let desc = SessionDescription {
             kind: SdpKind::Offer,
             sdp: o.sdp,
@@ -478,6 +484,9 @@ impl Conn {
             (false, Some(c)) => format!("video/{}", c.to_ascii_uppercase()),
             (false, None) => "video/VP8".to_owned(),
         };
+        if let (false, Some(c)) = (audio, &codec) {
+            self.codecs.asked(&req.cid, c);
+        }
         let codecs = req
             .simulcast_codecs
             .iter()
