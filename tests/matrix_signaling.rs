@@ -710,8 +710,16 @@ async fn homeserver_outage_does_not_disturb_media_and_sync_recovers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // And a new call does: a member of a room created after the restart is answered,
+    // connects and sends media.
+    let c = Participant::new(2, &sluice, true).await;
+    let r = call_room(&c, &[], &sluice).await;
+    c.write_membership(&r, sluice.transport(), 3_600_000).await;
+    run_call(std::slice::from_ref(&c), false).await;
+    assert_eq!(sluice.signaling().session_count(), 2);
     a.close().await;
     b.close().await;
+    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
