@@ -581,6 +581,18 @@ async fn dynacast_turns_off_the_layers_no_tile_needs_and_back_on_when_one_does()
     // Bob leaves: nobody receives her camera, and it stops altogether.
     disconnect(&pages[1]).await;
     wait(&pages[0], "alice's camera off", &sending(false, false)).await;
+    // Each of those updates was counted by the highest quality it enabled.
+    let sent = |top: &str| {
+        let i = sluice::livekit::DYNACAST_TOPS
+            .iter()
+            .position(|t| *t == top);
+        door.signal.stats.dynacast[i.unwrap()].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        sent("low") >= 1 && sent("medium") >= 1 && sent("off") >= 1,
+        "dynacast updates by top quality: {:?}",
+        ["off", "low", "medium", "high"].map(sent)
+    );
     leave_all(&door, &pages[..1]).await;
 }
 

@@ -56,6 +56,16 @@ pub(super) fn update(
     }
 }
 
+/// How many qualities `update` enables (they are always the lowest ones): its index in
+/// [`super::signal::DYNACAST_TOPS`].
+pub(super) fn enabled_count(update: &proto::SubscribedQualityUpdate) -> usize {
+    update
+        .subscribed_codecs
+        .first()
+        .map_or(0, |c| c.qualities.iter().filter(|q| q.enabled).count())
+        .min(3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +82,10 @@ mod tests {
         let u = update("TR_x", "video/VP8", &needed);
         assert_eq!(u.track_sid, "TR_x");
         let c = &u.subscribed_codecs[0];
+        assert_eq!(
+            enabled_count(&u),
+            c.qualities.iter().filter(|q| q.enabled).count()
+        );
         (
             c.codec.clone(),
             c.qualities.iter().map(|q| q.enabled).collect(),

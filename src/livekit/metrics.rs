@@ -2,7 +2,7 @@
 //! ([`crate::metrics::Metrics::register`]).
 
 use super::auth::{AuthService, ENDPOINTS, RESULTS};
-use super::signal::{DATA_RESULTS, OUTCOMES, Signal};
+use super::signal::{DATA_RESULTS, DYNACAST_TOPS, OUTCOMES, Signal};
 use crate::metrics::{FamilySpec, counter, declared_family, descs, gauge};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -29,6 +29,13 @@ pub const FAMILIES: &[FamilySpec] = &[
          dropped for a recipient with 1 MiB waiting on its data channel.",
         MetricType::COUNTER,
         &["result"],
+    ),
+    (
+        "sluice_livekit_dynacast_updates_total",
+        "Subscribed-quality updates (dynacast) sent to LiveKit publishers, by the highest \
+         quality they enable (off: the publisher may stop the track).",
+        MetricType::COUNTER,
+        &["top"],
     ),
     (
         "sluice_livekit_participants",
@@ -109,6 +116,16 @@ impl Collector for LiveKitCollector {
                 )
             })
             .collect();
+        let dynacast = DYNACAST_TOPS
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                counter(
+                    &[("top", t)],
+                    self.signal.stats.dynacast[i].load(Ordering::Relaxed),
+                )
+            })
+            .collect();
         let participants = vec![gauge(&[], self.signal.counts().1 as f64)];
         let (mut jobs, mut actions) = (Vec::new(), Vec::new());
         if let Some(d) = self.auth.delegation() {
@@ -127,6 +144,7 @@ impl Collector for LiveKitCollector {
             ("sluice_livekit_token_requests_total", requests),
             ("sluice_livekit_connections_total", connections),
             ("sluice_livekit_data_packets_total", data),
+            ("sluice_livekit_dynacast_updates_total", dynacast),
             ("sluice_livekit_participants", participants),
             ("sluice_livekit_delayed_leaves", jobs),
             ("sluice_livekit_delayed_leave_actions_total", actions),

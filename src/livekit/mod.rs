@@ -28,4 +28,4 @@ mod ws;
 pub use crate::config::LiveKitConfig;
 pub use auth::AuthService;
 pub use room::PublishedTrack;
-pub use signal::Signal;
+pub use signal::{DYNACAST_TOPS, Signal};

@@ -639,6 +639,8 @@ impl Conn {
                         .own_track(&self.grant.room, &self.sid, &n.track)
                 {
                     let update = dynacast::update(&sid, &mime, &n);
+                    self.s.stats.dynacast[dynacast::enabled_count(&update)]
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.send(Resp::SubscribedQualityUpdate(update)).await;
                 }
             }

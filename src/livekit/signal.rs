@@ -38,6 +38,10 @@ pub const OUTCOMES: [&str; 8] = [
 /// channel had 1 MiB waiting.
 pub const DATA_RESULTS: [&str; 4] = ["relayed", "refused", "not_permitted", "recipient_backlog"];
 
+/// The `subscribed_quality_update`s sent to publishers, by the highest quality they
+/// enable (off: none, the publisher may stop the track).
+pub const DYNACAST_TOPS: [&str; 4] = ["off", "low", "medium", "high"];
+
 /// Counters of the signaling endpoint.
 #[derive(Default)]
 pub struct SignalStats {
@@ -45,6 +49,8 @@ pub struct SignalStats {
     pub connections: [AtomicU64; OUTCOMES.len()],
     /// Data packets by result ([`DATA_RESULTS`]).
     pub data_packets: [AtomicU64; DATA_RESULTS.len()],
+    /// Dynacast updates by the highest quality enabled ([`DYNACAST_TOPS`]).
+    pub dynacast: [AtomicU64; DYNACAST_TOPS.len()],
 }
 
 impl SignalStats {
