@@ -21,6 +21,7 @@ pub mod estimates;
 pub mod keyframe;
 pub mod layers;
 pub mod quality;
+pub mod resends;
 pub mod rewrite;
 pub mod select;
 pub mod source;

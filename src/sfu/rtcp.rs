@@ -13,10 +13,11 @@ use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEs
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
-use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
 use rtc::shared::error::Error;
 use sluice_media::estimates::Estimates;
-use std::collections::VecDeque;
+use sluice_media::resends::Resends;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -244,7 +245,8 @@ const RETRANSMIT_SIZE_BYTES: f64 = 1_200.0;
 /// Bounds the retransmissions webrtc's NACK responder sends one subscriber: a token
 /// bucket of [`RETRANSMIT_SHARE`] of the subscriber's bandwidth estimate (at least
 /// [`MIN_RETRANSMITS_PER_SEC`] packets/s, half a second of burst). NACK entries beyond it
-/// are removed before the responder sees them, and counted.
+/// are removed before the responder sees them, and counted; so are requests for a packet
+/// already resent [`sluice_media::resends::MAX_RESENDS`] times.
 ///
 /// Without it, a subscriber whose receiver re-requests every missing packet every
 /// 100 ms (webrtc-rs's default NACK generator does, without a retry limit) behind a
@@ -256,6 +258,8 @@ pub struct NackBudgetInterceptor {
     stats: std::sync::Arc<super::stats::Stats>,
     tokens: f64,
     last: Option<Instant>,
+    /// Resends per sent stream (by its SSRC), from when it is bound.
+    resends: HashMap<u32, Box<Resends>>,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
 }
@@ -271,6 +275,7 @@ impl NackBudgetInterceptor {
             stats,
             tokens: 0.0,
             last: None,
+            resends: HashMap::new(),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
         }
@@ -290,17 +295,32 @@ impl NackBudgetInterceptor {
             .map_or(0.5, |t| now.saturating_duration_since(t).as_secs_f64());
         self.last = Some(now);
         self.tokens = (self.tokens + rate * dt).min(rate * 0.5);
+        let mut resends = self.resends.get_mut(&nack.media_ssrc);
         let mut removed = 0;
-        nack.nacks.retain(|pair| {
-            let n = 1.0 + pair.lost_packets.count_ones() as f64;
-            if self.tokens >= n {
-                self.tokens -= n;
-                true
-            } else {
-                removed += n as u64;
-                false
+        let mut out = Vec::with_capacity(nack.nacks.len());
+        for pair in &nack.nacks {
+            // The pair's packets one by one: each needs a token and a resend left.
+            let (mut first, mut mask) = (None::<u16>, 0u16);
+            for seq in pair_seqs(pair) {
+                // (A resend is counted only when it has a token.)
+                if self.tokens >= 1.0 && resends.as_mut().is_none_or(|r| r.allow(seq)) {
+                    self.tokens -= 1.0;
+                    match first {
+                        None => first = Some(seq),
+                        Some(f) => mask |= 1 << (seq.wrapping_sub(f) - 1),
+                    }
+                } else {
+                    removed += 1;
+                }
             }
-        });
+            if let Some(f) = first {
+                out.push(NackPair {
+                    packet_id: f,
+                    lost_packets: mask,
+                });
+            }
+        }
+        nack.nacks = out;
         removed
     }
 }
@@ -358,9 +378,22 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for NackBudgetInterce
     }
 }
 
+/// The sequence numbers a NACK pair asks for: its packet id and those its bitmask marks.
+fn pair_seqs(pair: &NackPair) -> impl Iterator<Item = u16> + '_ {
+    std::iter::once(pair.packet_id).chain(
+        (0..16)
+            .filter(|b| pair.lost_packets & (1 << b) != 0)
+            .map(|b| pair.packet_id.wrapping_add(b + 1)),
+    )
+}
+
 impl Interceptor for NackBudgetInterceptor {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_local_stream(&mut self, info: &StreamInfo) {
+        self.resends.insert(info.ssrc, Box::default());
+    }
+    fn unbind_local_stream(&mut self, info: &StreamInfo) {
+        self.resends.remove(&info.ssrc);
+    }
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
@@ -431,6 +464,61 @@ mod tests {
         assert_eq!(again.nacks.len(), 12);
         // Unknown estimate: the floor rate.
         assert_eq!(NackBudgetInterceptor::rate(0), MIN_RETRANSMITS_PER_SEC);
+    }
+
+    #[test]
+    fn a_packet_asked_for_again_and_again_is_resent_three_times() {
+        let estimates = std::sync::Arc::new(Estimates::new(0));
+        estimates.gcc.store(9_600_000, Ordering::Relaxed);
+        let stats = std::sync::Arc::new(super::super::Stats::default());
+        let mut b = NackBudgetInterceptor::new(estimates, stats);
+        b.bind_local_stream(&StreamInfo {
+            ssrc: 2,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        // Packets 10, 12 and 13 asked for five times, 100 ms apart (as webrtc-rs asks
+        // for packets it got by RTX); on the fourth time 14 is new in the request.
+        let mut kept = Vec::new();
+        for round in 0..5u64 {
+            let mut nack = TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc: 2,
+                nacks: vec![NackPair {
+                    packet_id: 10,
+                    lost_packets: if round >= 3 { 0b1110 } else { 0b110 },
+                }],
+            };
+            b.thin(t0 + Duration::from_millis(100 * round), &mut nack);
+            kept.push(nack.nacks.iter().flat_map(pair_seqs).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            kept,
+            [
+                vec![10, 12, 13],
+                vec![10, 12, 13],
+                vec![10, 12, 13],
+                vec![14],
+                vec![14]
+            ]
+        );
+        // Another stream's packets (not bound here) are not counted.
+        let mut other = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 3,
+            nacks: vec![NackPair {
+                packet_id: 10,
+                lost_packets: 0,
+            }],
+        };
+        for round in 5..10 {
+            other.nacks = vec![NackPair {
+                packet_id: 10,
+                lost_packets: 0,
+            }];
+            b.thin(t0 + Duration::from_millis(100 * round), &mut other);
+            assert_eq!(other.nacks.len(), 1);
+        }
     }
 
     #[test]
