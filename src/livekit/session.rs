@@ -678,16 +678,18 @@ impl Conn {
             .s
             .rooms
             .data_recipients(&self.grant.room, &self.sid, &relay);
-        for participant in to {
-            match self
-                .s
-                .sfu
-                .send_data_packet(&self.conference, &participant, p.label(), &relay.bytes)
-                .await
-            {
+        // To every recipient at once: one whose channel is slow to take it does not hold
+        // up the others (each recipient still gets this client's packets in order).
+        let sfu = &self.s.sfu;
+        let sends = to.iter().map(|participant| {
+            sfu.send_data_packet(&self.conference, participant, p.label(), &relay.bytes)
+        });
+        let results = futures_util::future::join_all(sends).await;
+        for (participant, r) in to.iter().zip(results) {
+            match r {
                 Ok(()) => {}
                 Err(SfuError::DataChannelBacklog(queued)) => {
-                    self.s.stats.count_data(3);
+                    stats.count_data(3);
                     debug!(room = %self.grant.room, %participant, queued, "LiveKit data packet dropped for a recipient that is not reading");
                 }
                 Err(e) => {
