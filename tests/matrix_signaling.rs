@@ -715,7 +715,24 @@ async fn homeserver_outage_does_not_disturb_media_and_sync_recovers() {
     let c = Participant::new(2, &sluice, true).await;
     let r = call_room(&c, &[], &sluice).await;
     c.write_membership(&r, sluice.transport(), 3_600_000).await;
-    run_call(std::slice::from_ref(&c), false).await;
+    c.invite().await;
+    c.wait_for("answer", LONG, |p| !p.received("m.call.answer").is_empty())
+        .await;
+    c.peer.wait_for("connected", LONG, |s| s.connected).await;
+    c.peer.start_sending();
+    let deadline = std::time::Instant::now() + LONG;
+    while !sluice.sfu.conferences().iter().any(|conf| {
+        conf.participants
+            .iter()
+            .any(|p| p.id.starts_with(c.user_id.as_str()) && p.published.len() == 2)
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new call's media never reached Sluice: {:#?}",
+            sluice.sfu.conferences()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(sluice.signaling().session_count(), 2);
     a.close().await;
     b.close().await;
