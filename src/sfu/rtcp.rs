@@ -297,11 +297,14 @@ impl NackBudgetInterceptor {
         self.tokens = (self.tokens + rate * dt).min(rate * 0.5);
         let mut resends = self.resends.get_mut(&nack.media_ssrc);
         let mut removed = 0;
-        let mut out = Vec::with_capacity(nack.nacks.len());
-        for pair in &nack.nacks {
+        // Thinned in place: the kept pairs move to the front, each from a pair at or
+        // after its new place.
+        let mut kept = 0;
+        for i in 0..nack.nacks.len() {
+            let pair = nack.nacks[i];
             // The pair's packets one by one: each needs a token and a resend left.
             let (mut first, mut mask) = (None::<u16>, 0u16);
-            for seq in pair_seqs(pair) {
+            for seq in pair_seqs(&pair) {
                 // (A resend is counted only when it has a token.)
                 if self.tokens >= 1.0 && resends.as_mut().is_none_or(|r| r.allow(seq)) {
                     self.tokens -= 1.0;
@@ -314,13 +317,14 @@ impl NackBudgetInterceptor {
                 }
             }
             if let Some(f) = first {
-                out.push(NackPair {
+                nack.nacks[kept] = NackPair {
                     packet_id: f,
                     lost_packets: mask,
-                });
+                };
+                kept += 1;
             }
         }
-        nack.nacks = out;
+        nack.nacks.truncate(kept);
         removed
     }
 }

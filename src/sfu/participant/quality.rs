@@ -50,9 +50,8 @@ impl Participant {
         // (webrtc-rs 0.21 counts no inbound loss), and its own report of what Sluice sends
         // it (webrtc-rs's remote-inbound statistics have no round trip, and their jitter
         // is in RTP clock units).
-        let published: Vec<_> = self.published.lock().unwrap().clone();
         let mut now = Received::default();
-        for t in &published {
+        for t in self.published.lock().unwrap().iter() {
             let (expected, received) = t.source().packet_counts();
             now.expected += expected;
             now.packets += received;
